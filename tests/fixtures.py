@@ -1,0 +1,88 @@
+"""Tiny data folders in the exact MUFAC and CelebA-HQ (MUCAC) layouts of SPEC section 3.
+
+Real JPEG files, the real CSV and TXT formats (extra CSV columns included), small
+enough for a 2-core CPU test run.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+CELEBA_ATTRIBUTES = (
+    "5_o_Clock_Shadow Arched_Eyebrows Attractive Bags_Under_Eyes Bald Bangs Big_Lips Big_Nose Black_Hair "
+    "Blond_Hair Blurry Brown_Hair Bushy_Eyebrows Chubby Double_Chin Eyeglasses Goatee Gray_Hair Heavy_Makeup "
+    "High_Cheekbones Male Mouth_Slightly_Open Mustache Narrow_Eyes No_Beard Oval_Face Pale_Skin Pointy_Nose "
+    "Receding_Hairline Rosy_Cheeks Sideburns Smiling Straight_Hair Wavy_Hair Wearing_Earrings Wearing_Hat "
+    "Wearing_Lipstick Wearing_Necklace Wearing_Necktie Young"
+).split()
+assert CELEBA_ATTRIBUTES.index("Male") == 20 and CELEBA_ATTRIBUTES.index("Young") == 39
+
+
+def write_jpeg(path: Path, rng: np.random.Generator, size: int = 24, label: int = 0) -> None:
+    base = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+    base[: size // 2, :, label % 3] = 40 * (label % 6)  # a label-dependent band, so the task is learnable
+    Image.fromarray(base).save(path, format="JPEG", quality=90)
+
+
+def make_mufac(
+    root: Path,
+    families: dict[str, range] | None = None,
+    per_family: int = 4,
+    seed: int = 0,
+    duplicate: bool = True,
+) -> Path:
+    """A MUFAC folder. Train families F0001-F0012, test (val CSV) F0801-F0804, unseen (test CSV) F0851-F0854.
+
+    With `duplicate`, one test image is a byte-identical copy of a train image (the
+    public MUFAC's known defect).
+    """
+    rng = np.random.default_rng(seed)
+    families = families or {"train": range(1, 13), "val": range(801, 805), "test": range(851, 855)}
+    root.mkdir(parents=True, exist_ok=True)
+    for csv_part, fams in families.items():
+        folder = root / f"{csv_part}_images"
+        folder.mkdir(exist_ok=True)
+        rows = ["image_path,age_class,family_id,extra_note"]  # extra columns, ignored by the loader
+        for fam in fams:
+            for k in range(per_family):
+                age = "abcdefgh"[(fam + k) % 8]
+                name = f"F{fam:04d}_AGE_{age.upper()}_{20 + k}_{age}{k}.jpg"
+                write_jpeg(folder / name, rng, label=(fam + k) % 8)
+                rows.append(f"{name},{age},F{fam:04d},note {k}")
+        (root / f"custom_{csv_part}_dataset.csv").write_text("\n".join(rows) + "\n")
+    if duplicate:
+        train_first = sorted((root / "train_images").iterdir())[5]
+        val_first = sorted((root / "val_images").iterdir())[0]
+        shutil.copyfile(train_first, val_first)
+    return root
+
+
+def make_mucac(root: Path, identities: int = 40, per_identity: int = 3, seed: int = 0) -> Path:
+    """A CelebA-HQ folder: images 0.jpg..N.jpg, identity file, 40-attribute file with -1/1 values.
+
+    Identity ids run 0..identities-1; tests use small thresholds (test < 10 <= retain < 20 <= forget < 30 <= unseen).
+    """
+    rng = np.random.default_rng(seed)
+    images = root / "CelebA-HQ-img"
+    images.mkdir(parents=True, exist_ok=True)
+    id_lines, attr_lines = [], []
+    n = identities * per_identity
+    order = rng.permutation(n)  # identities interleaved across file numbers, as in CelebA-HQ
+    for number in range(n):
+        identity = int(order[number]) % identities
+        values = rng.choice([-1, 1], size=len(CELEBA_ATTRIBUTES))
+        write_jpeg(images / f"{number}.jpg", rng, label=int(values[20] > 0) * 3 + int(values[31] > 0))
+        id_lines.append(f"{number}.jpg {identity}")
+        attr_lines.append(f"{number}.jpg " + " ".join(str(int(v)) for v in values))
+    (root / "CelebA-HQ-identity.txt").write_text("\n".join(id_lines) + "\n")
+    (root / "CelebA-HQ-attribute.txt").write_text(
+        f"{n}\n" + " ".join(CELEBA_ATTRIBUTES) + "\n" + "\n".join(attr_lines) + "\n"
+    )
+    return root
+
+
+MUCAC_THRESHOLDS = {"test_max_id": 10, "retain_max_id": 20, "forget_max_id": 30}

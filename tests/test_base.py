@@ -1,0 +1,55 @@
+"""Base training: memorisation is measurable on digits, checkpoints are cached by their settings."""
+
+import torch
+
+from trainables import engine
+from trainables.base import base_model, checkpoint_path, default_configs, main
+from trainables.data import DataConfig, load_dataset
+from trainables.metrics import evaluate
+
+
+def test_original_memorises_more_than_retrained(tmp_path):
+    data = load_dataset(DataConfig())
+    model_cfg, train_cfg = default_configs("digits")
+    device = engine.pick_device("cpu")
+    original, seconds, cached = base_model(data, "original", model_cfg, train_cfg, 0, device, tmp_path)
+    assert not cached and seconds > 0
+    retrained, _, _ = base_model(data, "retrain", model_cfg, train_cfg, 0, device, tmp_path)
+    o = evaluate(original, data, test="test_report", unseen="unseen_report")
+    r = evaluate(retrained, data, test="test_report", unseen="unseen_report")
+    assert o["accuracy"] > 0.85 and r["accuracy"] > 0.85
+    assert o["forget_accuracy"] > r["forget_accuracy"]  # the retrained model never saw the forget set
+    assert o["forgetting_score"] > r["forgetting_score"] + 0.02
+    again, seconds_again, cached = base_model(data, "original", model_cfg, train_cfg, 0, device, tmp_path)
+    assert cached and seconds_again == seconds
+    for a, b in zip(original.state_dict().values(), again.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_checkpoint_key_follows_settings(tmp_path):
+    data = load_dataset(DataConfig())
+    model_cfg, train_cfg = default_configs("digits")
+    base = checkpoint_path(data, "original", model_cfg, train_cfg, 0, tmp_path)
+    assert checkpoint_path(data, "original", model_cfg, train_cfg, 1, tmp_path) != base
+    train_cfg.epochs += 1
+    assert checkpoint_path(data, "original", model_cfg, train_cfg, 0, tmp_path) != base
+    other = load_dataset(DataConfig(split_seed=3))
+    assert checkpoint_path(other, "original", *default_configs("digits"), 0, tmp_path) != base
+
+
+def test_same_seed_same_model(tmp_path):
+    data = load_dataset(DataConfig())
+    model_cfg, train_cfg = default_configs("digits")
+    train_cfg.epochs = 2
+    device = engine.pick_device("cpu")
+    a, _, _ = base_model(data, "retrain", model_cfg, train_cfg, 5, device, tmp_path / "a")
+    b, _, _ = base_model(data, "retrain", model_cfg, train_cfg, 5, device, tmp_path / "b")
+    for x, y in zip(a.state_dict().values(), b.state_dict().values()):
+        assert torch.equal(x, y)
+
+
+def test_command_prints_both_models(tmp_path, capsys):
+    assert main(["--epochs", "2", "--cache-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "original" in out and "retrain" in out
+    assert main(["--dataset", "mufac", "--data-dir", str(tmp_path / "missing")]) == 2

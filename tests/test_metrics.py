@@ -1,0 +1,97 @@
+"""The SPEC section 2 formulas on hand-computed inputs, and `evaluate` on a tiny model."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from trainables.data import DataConfig, Dataset, Split, load_dataset
+from trainables.data.splits import assemble
+from trainables.metrics import evaluate, final_score, forgetting_score, loss_jsd, per_example_loss
+from trainables.models import ModelConfig, build_model
+
+
+def test_spec_worked_check():
+    # accuracy 0.60 and M = 0.70 give FS = 0.20 and final score 0.60
+    assert final_score(0.60, abs(0.5 - 0.70)) == pytest.approx(0.60)
+    assert final_score(1.0, 0.0) == 1.0 and final_score(0.0, 0.5) == 0.0
+
+
+def test_separable_losses_give_perfect_attack():
+    forget = np.full(200, 0.01)
+    unseen = np.full(150, 3.0)
+    result = forgetting_score(forget, unseen)
+    assert result["mia"] == pytest.approx(1.0) and result["forgetting_score"] == pytest.approx(0.5)
+
+
+def test_identical_distributions_give_no_signal():
+    rng = np.random.default_rng(0)
+    a, b = rng.exponential(1.0, 2000), rng.exponential(1.0, 2000)
+    assert forgetting_score(a, b)["forgetting_score"] < 0.05
+    assert loss_jsd(a, b) < 0.05
+    assert loss_jsd(a, a) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_jsd_of_disjoint_distributions_is_the_maximum():
+    rng = np.random.default_rng(0)
+    d = loss_jsd(rng.normal(0, 0.01, 500), rng.normal(10, 0.01, 500))
+    assert d == pytest.approx(math.sqrt(math.log(2)), abs=1e-3)  # natural-log JS distance tops out at sqrt(ln 2)
+
+
+def test_balancing_uses_the_smaller_side_and_is_seeded():
+    rng = np.random.default_rng(1)
+    forget, unseen = rng.exponential(0.5, 900), rng.exponential(1.0, 100)
+    first, again = forgetting_score(forget, unseen, seed=3), forgetting_score(forget, unseen, seed=3)
+    assert first == again
+    assert forgetting_score(forget, unseen, seed=4) != first  # a different subsample of the forget losses
+    assert forgetting_score(forget[:100], unseen[:40])["mia"] >= 0  # forget smaller than unseen also works
+
+
+def test_non_finite_losses_give_nan_not_a_crash():
+    assert math.isnan(forgetting_score([0.1, float("nan")] * 20, [0.2] * 40)["mia"])
+    assert math.isnan(loss_jsd([0.1, float("inf")], [0.2, 0.3]))
+
+
+def test_multilabel_loss_is_mean_of_attribute_bce():
+    logits = torch.tensor([[2.0, -1.0, 0.5]])
+    labels = torch.tensor([[1.0, 0.0, 0.0]])
+    by_hand = -(math.log(1 / (1 + math.exp(-2.0))) + math.log(1 - 1 / (1 + math.exp(1.0)))
+                + math.log(1 - 1 / (1 + math.exp(-0.5)))) / 3
+    assert per_example_loss(logits, labels, "multilabel").item() == pytest.approx(by_hand, rel=1e-5)
+
+
+def test_evaluate_multiclass_keys_and_consistency():
+    data = load_dataset(DataConfig())
+    torch.manual_seed(0)
+    model = build_model(ModelConfig("resnet18_small", 4), data.in_channels, data.num_outputs)
+    cache: dict = {}
+    m = evaluate(model, data, test="val", unseen="unseen_val", cache=cache)
+    for key in ("accuracy", "top2_accuracy", "retain_accuracy", "forget_accuracy", "unseen_accuracy",
+                "mia", "forgetting_score", "final_score", "jsd"):
+        assert key in m and math.isfinite(m[key]), key
+    assert m["top2_accuracy"] >= m["accuracy"]
+    assert m["final_score"] == pytest.approx(final_score(m["accuracy"], m["forgetting_score"]))
+    assert set(cache) == {"val", "unseen_val", "forget", "retain"}  # one forward pass per split
+    report = evaluate(model, data, test="test_report", unseen="unseen_report", cache=cache)
+    assert report["forget_accuracy"] == m["forget_accuracy"]  # the forget pass was reused
+
+
+def _tiny_multilabel() -> Dataset:
+    g = torch.Generator().manual_seed(0)
+    def part(n, first_id):
+        return Split(torch.randint(0, 256, (n, 3, 8, 8), dtype=torch.uint8, generator=g),
+                     torch.randint(0, 2, (n, 3), generator=g).float(), torch.arange(first_id, first_id + n))
+    parts = {"forget": part(40, 0), "retain": part(40, 100), "test": part(40, 200), "unseen": part(40, 300)}
+    return assemble("tiny", "multilabel", ["Male", "Smiling", "Young"], parts, "x", False, 0)
+
+
+def test_evaluate_multilabel_per_attribute():
+    data = _tiny_multilabel()
+    model = build_model(ModelConfig("resnet18_small", 4), 3, 3)
+    m = evaluate(model, data)
+    per_attr = [m["accuracy_Male"], m["accuracy_Smiling"], m["accuracy_Young"]]
+    assert m["accuracy"] == pytest.approx(sum(per_attr) / 3, abs=1e-6)
+    assert "top2_accuracy" not in m

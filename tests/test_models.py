@@ -1,0 +1,34 @@
+"""Model construction, shapes and the block structure CF-k and EU-k rely on."""
+
+import pytest
+import torch
+
+from trainables.models import BLOCKS, ModelConfig, block_parameters, build_model, last_blocks
+
+
+@pytest.mark.parametrize("arch,size,channels", [("resnet18", 32, 3), ("resnet18_small", 8, 1), ("resnet18", 16, 1)])
+def test_forward_shapes(arch, size, channels):
+    model = build_model(ModelConfig(arch, width=8), channels, 5)
+    assert model(torch.rand(2, channels, size, size)).shape == (2, 5)
+
+
+def test_resnet18_is_torchvisions_architecture():
+    from torchvision.models import resnet18
+
+    ours = build_model(ModelConfig("resnet18"), 3, 8)
+    reference = resnet18(num_classes=8)
+    assert [tuple(p.shape) for p in ours.parameters()] == [tuple(p.shape) for p in reference.parameters()]
+
+
+def test_blocks_cover_every_parameter_once():
+    model = build_model(ModelConfig("resnet18_small", 4), 1, 10)
+    params = block_parameters(model, list(BLOCKS))
+    assert len(params) == len(list(model.parameters())) and len({id(p) for p in params}) == len(params)
+    assert last_blocks(model, 3) == ["layer3", "layer4", "fc"]
+    with pytest.raises(ValueError, match="k must be between 1 and 6"):
+        last_blocks(model, 7)
+
+
+def test_unknown_architecture_lists_known():
+    with pytest.raises(ValueError, match="resnet18, resnet18_small"):
+        build_model(ModelConfig("vgg"), 3, 2)

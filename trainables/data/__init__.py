@@ -1,0 +1,177 @@
+"""Data sets of the study (SPEC section 3): digits (embedded), mufac, mucac and mucac-binary.
+
+`load_dataset(DataConfig(...))` returns a `Dataset` whose splits are compact uint8
+tensors, audited on every load. Image folders are decoded once into an on-disk cache
+(`cache.py`); augmentation runs on whole batches of tensors (`augment.py`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import audit as audit_lib
+from .augment import augment_batch
+from .cache import default_cache_dir, load_images
+from .sources import MUCAC_ATTRIBUTES, Record, read_mucac, read_mufac
+from .splits import SPLIT_NAMES, DataError, Dataset, Split, assemble
+
+DATASETS = ("digits", "mufac", "mucac", "mucac-binary")
+DEFAULT_FORGET_COUNT = {"digits": 200, "mufac": 1500}
+
+__all__ = [
+    "DATASETS", "SPLIT_NAMES", "DataConfig", "DataError", "Dataset", "Split",
+    "augment_batch", "load_dataset",
+]
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "digits"
+    data_dir: str | None = None  # required for mufac / mucac
+    image_size: int = 128  # faces are resized to this once, at decode time; digits stay 8x8
+    forget_count: int | None = None  # digits and mufac: None means the default (200 / 1,500)
+    test_max_id: int = 190  # mucac identity thresholds (the paper's)
+    retain_max_id: int = 1970
+    forget_max_id: int = 4855
+    attribute: str = "Male"  # mucac-binary: the single attribute to predict
+    drop_duplicates: bool = False  # drop byte-identical copies across splits (see audit.py)
+    split_seed: int = 0  # digits' random split and the honest-selection halves
+    cache_dir: str | None = None  # decoded-image cache; default $GLI_CACHE_DIR or ~/.cache/gli-study
+
+    def validate(self) -> None:
+        if self.dataset not in DATASETS:
+            raise DataError(f"unknown data set {self.dataset!r}; known: {', '.join(DATASETS)}")
+        if self.dataset != "digits" and not self.data_dir:
+            raise DataError(f"data set {self.dataset!r} needs a data folder (--data-dir)")
+        if self.forget_count is not None and self.forget_count < 1:
+            raise DataError(f"forget count must be at least 1, got {self.forget_count}")
+        if self.dataset == "mucac-binary" and self.attribute not in MUCAC_ATTRIBUTES:
+            raise DataError(f"mucac-binary attribute must be one of {MUCAC_ATTRIBUTES}, got {self.attribute!r}")
+
+
+def _digits(cfg: DataConfig) -> Dataset:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = torch.from_numpy(np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)).unsqueeze(1)
+    labels = torch.from_numpy(bunch.target.astype(np.int64))
+    n = len(labels)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.split_seed))
+    n_test = n_unseen = n // 5
+    forget_count = cfg.forget_count or DEFAULT_FORGET_COUNT["digits"]
+    n_train = n - n_test - n_unseen
+    if forget_count >= n_train:
+        raise DataError(f"digits: forget count {forget_count} must be below the {n_train} training images")
+    cuts = {
+        "test": order[:n_test],
+        "unseen": order[n_test : n_test + n_unseen],
+        "forget": order[n_test + n_unseen : n_test + n_unseen + forget_count],
+        "retain": order[n_test + n_unseen + forget_count :],
+    }
+    ids = torch.arange(n)  # no identities in digits: each image is its own
+    parts = {k: Split(images[idx], labels[idx], ids[idx]) for k, idx in cuts.items()}
+    h = hashlib.sha256(images.numpy().tobytes() + labels.numpy().tobytes())
+    for part in sorted(cuts):  # which image lies in which part, so another split is another fingerprint
+        h.update(part.encode() + cuts[part].sort().values.numpy().tobytes())
+    fingerprint = h.hexdigest()[:16]
+    ds = assemble("digits", "multiclass", [str(c) for c in range(10)], parts, fingerprint, False, cfg.split_seed)
+    ds.audit = {
+        "dataset": "digits",
+        "sizes": ds.sizes(),
+        "identity_overlap": audit_lib.identity_overlap({k: set(map(str, p.identities.tolist())) for k, p in parts.items()}),
+        "duplicates": {"cross_split_pairs": 0, "within_split_pairs": 0, "examples": [], "dropped": 0,
+                       "note": "digits has no files; duplicates are not checked"},
+        "fingerprint": fingerprint,
+    }
+    return ds
+
+
+def _records(cfg: DataConfig, data_dir: Path) -> tuple[list[Record], str, list[str]]:
+    if cfg.dataset == "mufac":
+        records = read_mufac(data_dir, cfg.forget_count or DEFAULT_FORGET_COUNT["mufac"])
+        return records, "multiclass", [f"age_{c}" for c in "abcdefgh"]
+    attributes = MUCAC_ATTRIBUTES if cfg.dataset == "mucac" else (cfg.attribute,)
+    records = read_mucac(data_dir, attributes, cfg.test_max_id, cfg.retain_max_id, cfg.forget_max_id)
+    return records, "multilabel", list(attributes)
+
+
+def _fingerprint(records: list[Record], data_dir: Path) -> str:
+    h = hashlib.sha256()
+    for r in sorted(records, key=lambda r: (r.part, str(r.path))):
+        h.update(f"{r.part}\0{r.path.relative_to(data_dir)}\0{r.path.stat().st_size}\0{r.label}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def _from_folder(cfg: DataConfig) -> Dataset:
+    data_dir = Path(cfg.data_dir).expanduser().resolve()
+    records, task, outputs = _records(cfg, data_dir)
+    cache_dir = Path(cfg.cache_dir).expanduser().resolve() if cfg.cache_dir else default_cache_dir()
+    files = sorted({r.path for r in records})
+    images, hashes, cache_path, hit = load_images(cfg.dataset.split("-")[0], data_dir, files, cfg.image_size, cache_dir)
+    position = {f: i for i, f in enumerate(files)}
+    index = [position[r.path] for r in records]
+    names = [str(r.path.relative_to(data_dir)) for r in records]
+    parts = [r.part for r in records]
+    dups = audit_lib.find_duplicates(names, parts, [hashes[i] for i in index])
+    dropped = set(dups["droppable"]) if cfg.drop_duplicates else set()
+    keep = [i for i in range(len(records)) if i not in dropped]
+    identity_names = sorted({r.identity for r in records})
+    identity_id = {name: i for i, name in enumerate(identity_names)}
+    split_parts: dict[str, Split] = {}
+    for part in audit_lib.PARTS:
+        rows = [i for i in keep if records[i].part == part]
+        idx = torch.tensor([index[i] for i in rows], dtype=torch.long)
+        if task == "multiclass":
+            labels = torch.tensor([records[i].label[0] for i in rows], dtype=torch.long)
+        else:
+            labels = torch.tensor([records[i].label for i in rows], dtype=torch.float32).reshape(len(rows), len(outputs))
+        ids = torch.tensor([identity_id[records[i].identity] for i in rows], dtype=torch.long)
+        split_parts[part] = Split(images[idx], labels, ids)
+    fingerprint = _fingerprint([records[i] for i in keep], data_dir)
+    ds = assemble(cfg.dataset, task, outputs, split_parts, fingerprint, True, cfg.split_seed)
+    overlap = audit_lib.identity_overlap(
+        {p: {records[i].identity for i in keep if records[i].part == p} for p in audit_lib.PARTS}
+    )
+    ds.audit = {
+        "dataset": cfg.dataset,
+        "data_dir": str(data_dir),
+        "sizes": ds.sizes(),
+        "identity_overlap": overlap,
+        "duplicates": {
+            "cross_split_pairs": dups["cross_split_pairs"],
+            "within_split_pairs": dups["within_split_pairs"],
+            "examples": dups["examples"],
+            "dropped": len(records) - len(keep),
+        },
+        "fingerprint": fingerprint,
+        "cache": str(cache_path),
+        "cache_hit": hit,
+        "settings": asdict(cfg),
+    }
+    if cache_path is not None:
+        cache_path.with_suffix(".audit.json").write_text(json.dumps(ds.audit, indent=2))
+    return ds
+
+
+def load_dataset(cfg: DataConfig, for_training: bool = True) -> Dataset:
+    """Load, split and audit. With `for_training`, identity leakage between splits is refused."""
+    cfg.validate()
+    ds = _digits(cfg) if cfg.dataset == "digits" else _from_folder(cfg)
+    message = audit_lib.leakage_message(ds.audit["identity_overlap"], cfg.data_dir or cfg.dataset)
+    if message and for_training:
+        raise DataError(message)
+    dup = ds.audit["duplicates"]
+    if dup["cross_split_pairs"] and not cfg.drop_duplicates:
+        print(
+            f"[data] warning: {dup['cross_split_pairs']} byte-identical image pairs lie in different splits "
+            "(drop them with drop_duplicates / --drop-duplicates)",
+            file=sys.stderr,
+        )
+    return ds

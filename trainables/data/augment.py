@@ -1,0 +1,67 @@
+"""Training augmentation of SPEC section 4 on whole batches, with per-sample random parameters.
+
+Random horizontal flip, random affine (shear up to 10 degrees along x, scale 0.8-1.2)
+and colour jitter (brightness, contrast, saturation, each factor in [0.8, 1.2]). It
+runs on the batch's device, so on a GPU the augmentation costs no CPU time. The jitter
+is applied in a fixed order (brightness, contrast, saturation) rather than torchvision's
+random order: one branch-free kernel chain for the whole batch.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] -> float [0, 1], the models' input range (no normalisation, SPEC section 4)."""
+    return images.float().div_(255.0)
+
+
+def _uniform(n: int, low: float, high: float, gen: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    # Draw on the CPU generator so a seed gives the same parameters on every device.
+    return (torch.rand(n, generator=gen) * (high - low) + low).to(device)
+
+
+def _grayscale(x: torch.Tensor) -> torch.Tensor:
+    if x.shape[1] == 1:
+        return x
+    r, g, b = x[:, 0:1], x[:, 1:2], x[:, 2:3]
+    return 0.299 * r + 0.587 * g + 0.114 * b  # ITU-R 601 luma, as torchvision uses
+
+
+def augment_batch(
+    images: torch.Tensor,
+    generator: torch.Generator | None = None,
+    shear_deg: float = 10.0,
+    scale: tuple[float, float] = (0.8, 1.2),
+    jitter: float = 0.2,
+    flip: bool = True,
+) -> torch.Tensor:
+    """uint8 N x C x H x W -> augmented float N x C x H x W in [0, 1], on the input's device."""
+    x = to_float(images)
+    n, device = x.shape[0], x.device
+    if flip:
+        flipped = torch.rand(n, generator=generator).to(device) < 0.5
+        x = torch.where(flipped[:, None, None, None], x.flip(-1), x)
+    # Affine: output pixel p samples input at A^-1 p, with A = scale * [[1, tan(shear)], [0, 1]].
+    s = _uniform(n, scale[0], scale[1], generator, device)
+    shear = torch.tan(_uniform(n, -shear_deg, shear_deg, generator, device) * (math.pi / 180.0))
+    theta = torch.zeros(n, 2, 3, device=device)
+    theta[:, 0, 0] = 1.0 / s
+    theta[:, 0, 1] = -shear / s
+    theta[:, 1, 1] = 1.0 / s
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    if jitter > 0:
+        lo, hi = 1.0 - jitter, 1.0 + jitter
+        brightness = _uniform(n, lo, hi, generator, device)[:, None, None, None]
+        contrast = _uniform(n, lo, hi, generator, device)[:, None, None, None]
+        saturation = _uniform(n, lo, hi, generator, device)[:, None, None, None]
+        x = (x * brightness).clamp_(0, 1)
+        mean = _grayscale(x).mean(dim=(1, 2, 3), keepdim=True)
+        x = (contrast * x + (1 - contrast) * mean).clamp_(0, 1)
+        x = (saturation * x + (1 - saturation) * _grayscale(x)).clamp_(0, 1)
+    return x

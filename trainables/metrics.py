@@ -1,0 +1,170 @@
+"""The evaluation suite of SPEC section 2, exactly: accuracy, MIA forgetting score, NoMUS final score, JSD.
+
+`evaluate` runs one batched, gradient-free forward pass per split and derives every
+metric from those logits; the per-example losses are computed once and shared by the
+membership attack, the JSD and the loss plots.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.spatial.distance import jensenshannon
+from scipy.stats import gaussian_kde
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedShuffleSplit, cross_val_score
+
+from .data import Dataset, Split
+from .data.augment import to_float
+
+# Which splits select checkpoints and which are reported, per selection protocol (SPEC section 3).
+SELECTION_SPLITS = {"val": ("val", "unseen_val"), "test": ("test", "unseen")}
+REPORT_SPLITS = {"val": ("test_report", "unseen_report"), "test": ("test", "unseen")}
+_trapezoid = getattr(np, "trapezoid", None) or np.trapz  # numpy 2 renamed trapz
+
+PROTOCOL_LABEL = {
+    "val": "selection on held-out halves (val, unseen_val); reported on test_report, unseen_report",
+    "test": "selection=test: the paper's protocol, selected and reported on the same test and unseen sets",
+}
+
+
+def per_example_loss(logits: torch.Tensor, labels: torch.Tensor, task: str) -> torch.Tensor:
+    """Cross-entropy (multiclass) or the mean over attributes of BCE-with-logits (multilabel)."""
+    if task == "multiclass":
+        return F.cross_entropy(logits, labels, reduction="none")
+    return F.binary_cross_entropy_with_logits(logits, labels, reduction="none").mean(dim=1)
+
+
+def task_loss(logits: torch.Tensor, labels: torch.Tensor, task: str) -> torch.Tensor:
+    return per_example_loss(logits, labels, task).mean()
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, split: Split, device: torch.device, batch_size: int = 512) -> torch.Tensor:
+    """Float32 logits of a whole split on the CPU, in eval mode and without augmentation."""
+    was_training = model.training
+    model.eval()
+    out = []
+    use_amp = device.type == "cuda"
+    for start in range(0, len(split), batch_size):
+        x = to_float(split.images[start : start + batch_size].to(device, non_blocking=True))
+        if use_amp:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            out.append(model(x).float().cpu())
+    model.train(was_training)
+    if not out:
+        return torch.empty(0)
+    return torch.cat(out)
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor, task: str) -> float:
+    if len(labels) == 0:
+        return float("nan")
+    if task == "multiclass":
+        return float((logits.argmax(1) == labels).float().mean())
+    return float(((logits > 0).float() == labels).float().mean())  # logit > 0 <=> sigmoid > 0.5
+
+
+def attribute_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> list[float]:
+    return ((logits > 0).float() == labels).float().mean(0).tolist()
+
+
+def top2_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    top2 = logits.topk(2, dim=1).indices
+    return float((top2 == labels[:, None]).any(1).float().mean())
+
+
+def forgetting_score(forget_losses, unseen_losses, seed: int = 42) -> dict[str, float]:
+    """Membership-inference accuracy M of a loss-only logistic regression and FS = |0.5 - M|.
+
+    The larger side is subsampled with a seeded RNG so both classes have equal size
+    (SPEC: forget shuffled and cut to the unseen count; unseen is cut only when the
+    forget set is the smaller one).
+    """
+    forget = np.asarray(forget_losses, dtype=np.float64).ravel()
+    unseen = np.asarray(unseen_losses, dtype=np.float64).ravel()
+    if not (np.isfinite(forget).all() and np.isfinite(unseen).all()) or min(len(forget), len(unseen)) < 10:
+        return {"mia": float("nan"), "forgetting_score": float("nan")}
+    rng = np.random.default_rng(seed)
+    forget = rng.permutation(forget)[: len(unseen)]
+    if len(unseen) > len(forget):
+        unseen = rng.permutation(unseen)[: len(forget)]
+    x = np.concatenate([forget, unseen])[:, None]
+    y = np.concatenate([np.ones(len(forget)), np.zeros(len(unseen))])
+    cv = StratifiedShuffleSplit(n_splits=10, random_state=0)
+    m = float(np.mean(cross_val_score(LogisticRegression(), x, y, cv=cv, scoring="accuracy")))
+    return {"mia": m, "forgetting_score": abs(0.5 - m)}
+
+
+def final_score(accuracy: float, forgetting_score: float) -> float:
+    """NoMUS with lambda = 0.5: (accuracy + (1 - 2 FS)) / 2."""
+    return (accuracy + (1.0 - 2.0 * forgetting_score)) / 2.0
+
+
+def loss_jsd(losses_a, losses_b, points: int = 1000) -> float:
+    """Jensen-Shannon distance of Gaussian KDEs of two loss samples on a shared 1,000-point grid."""
+    a = np.asarray(losses_a, dtype=np.float64).ravel()
+    b = np.asarray(losses_b, dtype=np.float64).ravel()
+    if not (np.isfinite(a).all() and np.isfinite(b).all()) or min(len(a), len(b)) < 2:
+        return float("nan")
+    lo, hi = min(a.min(), b.min()), max(a.max(), b.max())
+    if hi - lo <= 0:
+        return 0.0  # both samples are the same single value
+    grid = np.linspace(lo, hi, points)
+    densities = []
+    for sample in (a, b):
+        if np.ptp(sample) == 0:  # a constant sample has no KDE bandwidth: widen it by a hair
+            sample = sample + np.linspace(-1e-9, 1e-9, len(sample)) * (hi - lo)
+        density = gaussian_kde(sample)(grid)
+        densities.append(density / _trapezoid(density, grid))
+    return float(jensenshannon(densities[0], densities[1]))
+
+
+def _outputs(model, data: Dataset, name: str, device, cache: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    if name not in cache:
+        split = data[name]
+        logits = predict(model, split, device)
+        cache[name] = (logits, per_example_loss(logits, split.labels.cpu(), data.task))
+    return cache[name]
+
+
+def evaluate(
+    model: torch.nn.Module,
+    data: Dataset,
+    test: str = "test",
+    unseen: str = "unseen",
+    retain: bool = True,
+    device: torch.device | None = None,
+    seed: int = 42,
+    cache: dict | None = None,
+) -> dict[str, float]:
+    """Every SPEC section 2 metric on (`test`, `unseen`, forget[, retain]) in one pass per split.
+
+    `cache` maps split name -> (logits, losses); pass the same dict to a second call on
+    the same model (selection then report halves) and shared splits are not re-run.
+    """
+    device = device or next(model.parameters()).device
+    cache = {} if cache is None else cache
+    test_logits, _ = _outputs(model, data, test, device, cache)
+    unseen_logits, unseen_losses = _outputs(model, data, unseen, device, cache)
+    forget_logits, forget_losses = _outputs(model, data, "forget", device, cache)
+    test_labels = data[test].labels.cpu()
+    result: dict[str, float] = {"accuracy": accuracy(test_logits, test_labels, data.task)}
+    if data.task == "multiclass" and data.num_outputs > 2:
+        result["top2_accuracy"] = top2_accuracy(test_logits, test_labels)
+    if data.task == "multilabel":
+        for name, value in zip(data.output_names, attribute_accuracy(test_logits, test_labels)):
+            result[f"accuracy_{name}"] = value
+    result["forget_accuracy"] = accuracy(forget_logits, data["forget"].labels.cpu(), data.task)
+    result["unseen_accuracy"] = accuracy(unseen_logits, data[unseen].labels.cpu(), data.task)
+    if retain:
+        retain_logits, _ = _outputs(model, data, "retain", device, cache)
+        result["retain_accuracy"] = accuracy(retain_logits, data["retain"].labels.cpu(), data.task)
+    result.update(forgetting_score(forget_losses.numpy(), unseen_losses.numpy(), seed=seed))
+    result["final_score"] = final_score(result["accuracy"], result["forgetting_score"])
+    result["jsd"] = loss_jsd(forget_losses.numpy(), unseen_losses.numpy())
+    result["forget_loss"] = float(forget_losses.mean())
+    result["unseen_loss"] = float(unseen_losses.mean())
+    return result
