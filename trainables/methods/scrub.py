@@ -1,0 +1,42 @@
+"""SCRUB (Kurmanji et al.): a student that stays near the original teacher on retain and moves away on forget."""
+
+from .. import engine
+from .base import Batch, Context, Method, distill_kl, frozen_copy, register, require
+
+
+@register("scrub")
+class SCRUB(Method):
+    """Teacher = the original model, frozen; student = the model being unlearned.
+
+    Per step (SPEC section 5): a retain step minimising CE + KL(student || teacher) at
+    temperature T, then a forget step maximising KL(student || teacher) on a forget batch.
+    """
+
+    pairs = True
+    search_space = {"lr": ("log", 1e-4, 1e-1), "temperature": ("float", 1.0, 8.0)}
+
+    def __init__(self, temperature: float = 4.0, lr: float = 0.001, epochs: int = 2, batch_size: int = 64,
+                 momentum: float = 0.0):
+        super().__init__(lr=lr, epochs=epochs, batch_size=batch_size, momentum=momentum)
+        require(temperature > 0, f"{self.name}: temperature must be positive, got {temperature}")
+        self.temperature = temperature
+
+    def setup(self, ctx: Context) -> None:
+        self.teacher = frozen_copy(ctx.original)
+        super().setup(ctx)
+
+    def _update(self, loss) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+
+    def step(self, ctx: Context, batch: Batch):
+        task, t = ctx.data.task, self.temperature
+        with engine.autocast(ctx.device):
+            student = ctx.model(batch.x)
+            retain_loss = ctx.loss(student, batch.y) + distill_kl(student, self.teacher(batch.x), task, t)
+        self._update(retain_loss)
+        with engine.autocast(ctx.device):
+            forget_loss = -distill_kl(ctx.model(batch.xf), self.teacher(batch.xf), task, t)
+        self._update(forget_loss)
+        return (retain_loss + forget_loss).detach()
