@@ -1,0 +1,68 @@
+"""Starting or joining the Ray cluster, and checking it against what the study asks for.
+
+A Ray instance the launcher starts itself runs no dashboard (and so no job server):
+Ray's job API once had no authentication at all (CVE-2023-48022). Ray's token
+authentication is left as Ray sets it; nothing here turns it off.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import ray
+import torch
+
+from .config import ConfigError, StudyConfig
+
+
+def preflight(cfg: StudyConfig) -> None:
+    """Checks that need no cluster: GPUs asked for on a machine whose torch sees none."""
+    if cfg.num_gpus > 0 and not torch.cuda.is_available() and not cfg.allow_cpu:
+        raise ConfigError(
+            f"--num-gpus {cfg.num_gpus:g} but torch sees no CUDA device here; "
+            "pass --allow-cpu to schedule GPU slots as logical GPUs and run the trials on the CPU"
+        )
+    if cfg.num_gpus > 0 and not cfg.address and torch.cuda.is_available() and cfg.num_gpus > torch.cuda.device_count():
+        raise ConfigError(f"--num-gpus {cfg.num_gpus:g} but this machine has {torch.cuda.device_count()} GPU(s)")
+
+
+def connect(cfg: StudyConfig, dashboard: bool = False) -> dict:
+    """Start a local Ray instance (or join `cfg.address`); returns the cluster's resources."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if ray.is_initialized():
+        resources = ray.cluster_resources()
+    elif cfg.address:
+        try:
+            ray.init(address=cfg.address, logging_level="ERROR", log_to_driver=False)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise ConfigError(f"--address {cfg.address}: cannot join the Ray cluster ({str(exc).splitlines()[0]})") from None
+        resources = ray.cluster_resources()
+    else:
+        ray.init(
+            num_cpus=cfg.num_cpus or os.cpu_count(),
+            num_gpus=cfg.num_gpus,  # with --allow-cpu on a CPU machine these are logical GPUs
+            include_dashboard=dashboard,
+            logging_level="ERROR",
+            log_to_driver=False,
+        )
+        resources = ray.cluster_resources()
+    gpus = resources.get("GPU", 0.0)
+    if cfg.num_gpus > gpus + 1e-9:
+        raise ConfigError(f"--num-gpus {cfg.num_gpus:g} but the Ray cluster has {gpus:g} GPU(s)")
+    return resources
+
+
+def slots(cfg: StudyConfig, resources: dict) -> int:
+    """How many trials can run at once: CPU slots, and GPU slots when trials take GPUs."""
+    cpu_slots = math.floor(resources.get("CPU", 1) / cfg.cpus_per_trial + 1e-9)
+    if cfg.gpus_per_trial > 0:
+        return max(1, min(cpu_slots, math.floor(cfg.num_gpus / cfg.gpus_per_trial + 1e-9)))
+    return max(1, cpu_slots)
+
+
+def trial_resources(cfg: StudyConfig) -> dict:
+    res = {"cpu": cfg.cpus_per_trial}
+    if cfg.gpus_per_trial > 0:
+        res["gpu"] = cfg.gpus_per_trial
+    return res

@@ -1,0 +1,160 @@
+"""The study's configuration: one dataclass, a YAML file, then command-line flags, resolved once.
+
+`resolve(args)` returns the `StudyConfig` with defaults filled in (results folder,
+tracking URI, storage path); `ConfigError` carries one line for the user.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from trainables.data import DATASETS
+from trainables.methods import available
+
+BASELINES = [m for m in available() if m != "gli"]
+
+
+class ConfigError(ValueError):
+    """A configuration problem, one line, raised before any expensive work."""
+
+
+@dataclass
+class StudyConfig:
+    dataset: str = "digits"
+    data_dir: str | None = None
+    forget_count: int | None = None
+    results_dir: str | None = None  # default ./results/<experiment_name>
+    experiment_name: str | None = None  # default gli-<dataset>
+    num_gpus: float = 0
+    num_cpus: int | None = None  # default: every core of this machine (local cluster only)
+    gpus_per_trial: float = 0.25  # small ResNet-18 trials share a GPU
+    cpus_per_trial: float = 1
+    address: str | None = None  # join this Ray cluster instead of starting one
+    storage_path: str | None = None  # shared storage for multi-node runs; default <results_dir>/ray
+    tracking_uri: str | None = None  # default sqlite:///<results_dir>/mlflow.db
+    gli_trials: int = 24
+    seeds: int = 3
+    selection: str = "val"
+    objective: str = "pareto"
+    tune_baselines: bool = False
+    baselines: list[str] = field(default_factory=lambda: list(BASELINES))
+    smoke_test: bool = False
+    allow_cpu: bool = False
+    sampler_seed: int = 0
+    eval_every: int | None = None  # steps between evaluations inside a trial (default: ~10 per epoch)
+    patience: int | None = None  # evaluations without improvement before a trial stops early
+    base_epochs: int | None = None  # override the base models' training epochs
+    method_epochs: int | None = None  # override every method's epochs (the smoke test uses 1)
+    max_failures: int = 2  # retries of a trial whose worker died (a diverging trial is never retried)
+    gli_space: dict[str, list[float]] = field(default_factory=lambda: {
+        "step_size": [1e-3, 1e-1], "iterations": [1, 10], "guidance": [100.0, 20000.0]})
+    cache_dir: str | None = None  # decoded-image cache (default ~/.cache/gli-study)
+
+    def validate(self) -> None:
+        if self.dataset not in DATASETS:
+            raise ConfigError(f"unknown data set {self.dataset!r}; known: {', '.join(DATASETS)}")
+        if self.dataset != "digits" and not self.data_dir:
+            raise ConfigError(f"data set {self.dataset!r} needs --data-dir")
+        if self.selection not in ("val", "test"):
+            raise ConfigError(f"--selection must be val or test, got {self.selection!r}")
+        if self.objective not in ("pareto", "final_score"):
+            raise ConfigError(f"--objective must be pareto or final_score, got {self.objective!r}")
+        unknown = sorted(set(self.baselines) - set(BASELINES))
+        if unknown:
+            raise ConfigError(f"unknown baseline method(s) {', '.join(unknown)}; known: {', '.join(BASELINES)}")
+        for name, value, low in [("--gli-trials", self.gli_trials, 1), ("--seeds", self.seeds, 1),
+                                 ("--max-failures", self.max_failures, 0)]:
+            if int(value) != value or value < low:
+                raise ConfigError(f"{name} must be a whole number >= {low}, got {value}")
+        if self.num_gpus < 0 or self.cpus_per_trial <= 0 or (self.num_cpus is not None and self.num_cpus < 1):
+            raise ConfigError("--num-gpus must be >= 0, --num-cpus >= 1 and --cpus-per-trial > 0")
+        if self.num_gpus > 0 and not 0 < self.gpus_per_trial <= max(1.0, self.num_gpus):
+            raise ConfigError(f"--gpus-per-trial must be in (0, {max(1.0, self.num_gpus)}], got {self.gpus_per_trial}")
+        self._validate_space()
+
+    def _validate_space(self) -> None:
+        expected = {"step_size", "iterations", "guidance"}
+        if set(self.gli_space) != expected:
+            raise ConfigError(f"gli_space needs exactly the keys {sorted(expected)}, got {sorted(self.gli_space)}")
+        for key, bounds in self.gli_space.items():
+            if not (isinstance(bounds, (list, tuple)) and len(bounds) == 2):
+                raise ConfigError(f"gli_space.{key} must be [low, high], got {bounds!r}")
+            low, high = bounds
+            if not low <= high:
+                raise ConfigError(f"gli_space.{key}: low {low} is above high {high}")
+        if self.gli_space["step_size"][0] <= 0:
+            raise ConfigError(f"gli_space.step_size: the step size must be positive, got low {self.gli_space['step_size'][0]}")
+        if self.gli_space["iterations"][0] < 1:
+            raise ConfigError("gli_space.iterations: the iteration count must be >= 1")
+        if self.gli_space["guidance"][0] <= 0:
+            raise ConfigError("gli_space.guidance: guidance weights are searched on a log scale and must be > 0")
+
+    # --- derived ----------------------------------------------------------------------------
+    @property
+    def results_path(self) -> Path:
+        return Path(self.results_dir).expanduser().resolve()
+
+    def fill_defaults(self) -> "StudyConfig":
+        if self.smoke_test:  # the whole path, small: every method, one seed, short trials
+            self.gli_trials = min(self.gli_trials, 4)
+            self.seeds = 1
+            self.base_epochs = self.base_epochs or 3
+            self.method_epochs = self.method_epochs or 1
+            self.eval_every = self.eval_every or 7
+        self.experiment_name = self.experiment_name or f"gli-{self.dataset}" + ("-smoke" if self.smoke_test else "")
+        self.results_dir = str(Path(self.results_dir or Path("results") / self.experiment_name).expanduser().resolve())
+        self.storage_path = self.storage_path or str(self.results_path / "ray")
+        if "://" not in self.storage_path:
+            self.storage_path = str(Path(self.storage_path).expanduser().resolve())
+        self.tracking_uri = self.tracking_uri or f"sqlite:///{self.results_path / 'mlflow.db'}"
+        if self.num_gpus == 0:
+            self.gpus_per_trial = 0
+        return self
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(StudyConfig)}
+
+
+def load_yaml(path: str) -> dict[str, Any]:
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file ({exc.strerror})") from None
+    try:
+        values = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where} ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings, got {type(values).__name__}")
+    values = {str(k).replace("-", "_"): v for k, v in values.items()}
+    unknown = sorted(set(values) - set(FIELDS))
+    if unknown:
+        raise ConfigError(f"{path}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(FIELDS))}")
+    return values
+
+
+def resolve(file_values: dict[str, Any], flag_values: dict[str, Any]) -> StudyConfig:
+    """Defaults, then the YAML file, then the flags that were given."""
+    merged = {**file_values, **{k: v for k, v in flag_values.items() if v is not None}}
+    try:
+        cfg = StudyConfig(**merged)
+    except TypeError as exc:
+        raise ConfigError(str(exc)) from None
+    cfg.fill_defaults()
+    cfg.validate()
+    return cfg
+
+
+def write_resolved(cfg: StudyConfig, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(yaml.safe_dump(asdict(cfg), sort_keys=True))
+    os.replace(tmp, path)

@@ -1,0 +1,88 @@
+"""The function Ray Tune runs for every trial of every stage: base models, baselines, GLI, confirmation.
+
+`unlearning_trial(config, data)` reads its stage, method, seed and hyper-parameters
+from `config`, receives the decoded data set once through the object store
+(`tune.with_parameters`), takes the base models from the shared checkpoint folder
+(trained there by the base stage, never retrained), and reports a flat metrics dict
+with `tune.report`: one report per evaluation (selection metrics, for curves), then a
+last report holding every objective and every final metric.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+from ray import tune
+
+from . import engine
+from .base import TrainConfig, base_model
+from .data import Dataset
+from .methods import REFERENCE_ROWS, create
+from .models import ModelConfig
+from .runner import RunnerConfig, reference_row, unlearn
+
+# Keys of a trial's config that are not method hyper-parameters.
+TRIAL_KEYS = ("stage", "method", "seed", "hparams", "settings", "run")
+
+
+def trial_spec(config: dict) -> dict:
+    """A trial's config, flat: grid stages put {method, seed, hparams} under "run"."""
+    return {**config, **config.get("run", {})}
+
+
+def trial_hparams(config: dict) -> dict:
+    """Hyper-parameters of a trial: fixed ones under "hparams", searched ones at the top level."""
+    config = trial_spec(config)
+    searched = {k: v for k, v in config.items() if k not in TRIAL_KEYS}
+    return {**config.get("hparams", {}), **searched}
+
+
+def _threads(settings: dict) -> None:
+    cpus = max(1, int(settings.get("cpus_per_trial", 1)))
+    torch.set_num_threads(cpus)  # Ray's CPU share for this trial, not every core of the node
+
+
+def _finite(metrics: dict) -> dict:
+    """Numbers only (Tune and MLflow take floats), NaN / inf kept as they are for the failure checks."""
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def unlearning_trial(config: dict, data: Dataset | None = None) -> None:
+    start = time.perf_counter()
+    config = trial_spec(config)
+    settings = config["settings"]
+    _threads(settings)
+    device = engine.pick_device(settings.get("device"))
+    name, seed = config["method"], int(config["seed"])
+    models_dir = Path(settings["models_dir"])
+    model_cfg = ModelConfig(**settings["model"])
+    train_cfg = TrainConfig(**settings["train"])
+    runner = RunnerConfig(**settings["runner"])
+    if name in REFERENCE_ROWS:
+        model, seconds, cached = base_model(data, name, model_cfg, train_cfg, seed, device, models_dir)
+        row = reference_row(model, data, runner.selection, seconds)
+        row.update(cached=float(cached), trial_seconds=time.perf_counter() - start, final=1.0)
+        if name == "retrain":
+            row["rte"] = 1.0
+        tune.report(_finite(row))
+        return
+    original, _, _ = base_model(data, "original", model_cfg, train_cfg, seed, device, models_dir)
+    _, retrain_seconds, _ = base_model(data, "retrain", model_cfg, train_cfg, seed, device, models_dir)
+    method = create(name, data.name, **trial_hparams(config))
+    startup = time.perf_counter() - start
+
+    def report_eval(step: int, sel: dict) -> None:
+        tune.report({**{f"sel_{k}": v for k, v in _finite(sel).items()}, "step": float(step), "final": 0.0})
+
+    result = unlearn(method, original, data, seed, device, runner, retrain_seconds=retrain_seconds, on_eval=report_eval)
+    row = _finite(result["metrics"])
+    bad = [k for k in ("sel_accuracy", "sel_forgetting_score", "accuracy", "forgetting_score") if not math.isfinite(row.get(k, math.nan))]
+    if bad:
+        raise FloatingPointError(f"{name}: non-finite {', '.join(bad)}")
+    row.update(final=1.0, startup_seconds=startup, trial_seconds=time.perf_counter() - start,
+               pid=float(os.getpid()))
+    tune.report(row)
