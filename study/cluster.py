@@ -27,10 +27,12 @@ def preflight(cfg: StudyConfig) -> None:
         raise ConfigError(f"--num-gpus {cfg.num_gpus:g} but this machine has {torch.cuda.device_count()} GPU(s)")
 
 
-def connect(cfg: StudyConfig, dashboard: bool = False) -> dict:
-    """Start a local Ray instance (or join `cfg.address`); returns the cluster's resources."""
+def connect(cfg: StudyConfig, dashboard: bool = False) -> tuple[dict, bool]:
+    """Start a local Ray instance (or join `cfg.address`); returns (the cluster's resources,
+    whether this call connected, so that the caller shuts down only what it started)."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    if ray.is_initialized():
+    started = not ray.is_initialized()
+    if not started:
         resources = ray.cluster_resources()
     elif cfg.address:
         try:
@@ -49,8 +51,10 @@ def connect(cfg: StudyConfig, dashboard: bool = False) -> dict:
         resources = ray.cluster_resources()
     gpus = resources.get("GPU", 0.0)
     if cfg.num_gpus > gpus + 1e-9:
+        if started:
+            ray.shutdown()
         raise ConfigError(f"--num-gpus {cfg.num_gpus:g} but the Ray cluster has {gpus:g} GPU(s)")
-    return resources
+    return resources, started
 
 
 def slots(cfg: StudyConfig, resources: dict) -> int:

@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     results = cfg.results_path
     write_resolved(cfg, results / "config.yaml")
     try:
-        resources = connect(cfg, dashboard=args.dashboard)
+        resources, started_ray = connect(cfg, dashboard=args.dashboard)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -162,9 +162,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         tracker.end_parent(status)
-        import ray
+        if started_ray:
+            import ray
 
-        ray.shutdown()
+            ray.shutdown()
 
 
 if __name__ == "__main__":

@@ -51,8 +51,17 @@ def _finite(metrics: dict) -> dict:
     return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
+def _placement() -> dict:
+    """Where this trial ran: wall-clock start and the GPU Ray assigned (-1: none)."""
+    import ray
+
+    gpu_ids = ray.get_gpu_ids() if ray.is_initialized() else []
+    return {"started_at": time.time(), "gpu_id": float(gpu_ids[0]) if gpu_ids else -1.0}
+
+
 def unlearning_trial(config: dict, data: Dataset | None = None) -> None:
     start = time.perf_counter()
+    placement = _placement()
     config = trial_spec(config)
     settings = config["settings"]
     _threads(settings)
@@ -65,7 +74,8 @@ def unlearning_trial(config: dict, data: Dataset | None = None) -> None:
     if name in REFERENCE_ROWS:
         model, seconds, cached = base_model(data, name, model_cfg, train_cfg, seed, device, models_dir)
         row = reference_row(model, data, runner.selection, seconds)
-        row.update(cached=float(cached), trial_seconds=time.perf_counter() - start, final=1.0)
+        row.update(cached=float(cached), trial_seconds=time.perf_counter() - start, final=1.0, ended_at=time.time(),
+                   **placement)
         if name == "retrain":
             row["rte"] = 1.0
         tune.report(_finite(row))
@@ -84,5 +94,5 @@ def unlearning_trial(config: dict, data: Dataset | None = None) -> None:
     if bad:
         raise FloatingPointError(f"{name}: non-finite {', '.join(bad)}")
     row.update(final=1.0, startup_seconds=startup, trial_seconds=time.perf_counter() - start,
-               pid=float(os.getpid()))
+               pid=float(os.getpid()), ended_at=time.time(), **placement)
     tune.report(row)

@@ -1,0 +1,57 @@
+"""Study configuration: defaults, YAML then flags, and one clear error per bad setting."""
+
+import pytest
+
+from study.config import ConfigError, load_yaml, resolve
+
+
+def test_defaults_resolve_paths(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = resolve({}, {})
+    assert cfg.experiment_name == "gli-digits"
+    assert cfg.results_dir == str(tmp_path / "results" / "gli-digits")
+    assert cfg.tracking_uri == f"sqlite:///{tmp_path}/results/gli-digits/mlflow.db"  # absolute, always
+    assert cfg.storage_path == str(tmp_path / "results" / "gli-digits" / "ray")
+    assert cfg.gpus_per_trial == 0 and cfg.objective == "pareto" and cfg.selection == "val"
+
+
+def test_file_then_flags(tmp_path):
+    path = tmp_path / "study.yaml"
+    path.write_text("gli_trials: 7\nseeds: 2\nselection: test\ngli-space:\n  step_size: [0.002, 0.05]\n"
+                    "  iterations: [1, 4]\n  guidance: [100, 5000]\n")
+    cfg = resolve(load_yaml(str(path)), {"seeds": 5, "gli_trials": None})
+    assert cfg.gli_trials == 7  # from the file
+    assert cfg.seeds == 5  # the flag wins
+    assert cfg.selection == "test" and cfg.gli_space["iterations"] == [1, 4]
+
+
+def test_smoke_test_shrinks_the_study():
+    cfg = resolve({}, {"smoke_test": True})
+    assert cfg.gli_trials <= 4 and cfg.seeds == 1 and cfg.method_epochs == 1 and cfg.experiment_name.endswith("-smoke")
+
+
+@pytest.mark.parametrize("text,message", [
+    ("gli_trials: [1, 2\n", "not valid YAML at line"),
+    ("num_trials: 5\n", "unknown setting(s) num_trials"),
+    ("- just a list\n", "expected a mapping"),
+])
+def test_bad_yaml(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_yaml(str(path))
+
+
+@pytest.mark.parametrize("values,message", [
+    ({"dataset": "cifar"}, "unknown data set 'cifar'"),
+    ({"dataset": "mufac"}, "needs --data-dir"),
+    ({"gli_space": {"step_size": [0.1, 0.01], "iterations": [1, 10], "guidance": [100, 20000]}}, "low 0.1 is above high 0.01"),
+    ({"gli_space": {"step_size": [0, 0.1], "iterations": [1, 10], "guidance": [100, 20000]}}, "step size must be positive"),
+    ({"gli_space": {"step_size": [0.001, 0.1], "iterations": [0, 10], "guidance": [100, 20000]}}, "iteration count"),
+    ({"gli_trials": 0}, "--gli-trials must be a whole number >= 1"),
+    ({"baselines": ["finetune", "magic"]}, "unknown baseline method(s) magic"),
+    ({"num_gpus": 2, "gpus_per_trial": 0}, "--gpus-per-trial must be in"),
+])
+def test_bad_values(values, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        resolve(values, {})

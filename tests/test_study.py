@@ -1,0 +1,123 @@
+"""The study end to end on the CPU: the smoke study, logical GPUs, reuse of finished work, launcher errors.
+
+One Ray instance for the module (2 CPUs, 4 logical GPUs); the launcher joins it and
+leaves it running.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import optuna
+import pytest
+import ray
+from mlflow.tracking import MlflowClient
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+
+from study.launch import main as launch
+from trainables.methods import REFERENCE_ROWS, available
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_instance():
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    ray.init(num_cpus=2, num_gpus=4, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def _runs(uri: str, experiment: str):
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], max_results=10000)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return client, parents, children
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    results = tmp_path_factory.mktemp("smoke")
+    uri = f"sqlite:///{results}/store.db"
+    assert launch(["--smoke-test", "--results-dir", str(results), "--tracking-uri", uri]) == 0
+    return results, uri
+
+
+def test_smoke_study_records_everything(smoke, capsys):
+    results, uri = smoke
+    client, parents, children = _runs(uri, "gli-digits-smoke")
+    assert len(parents) == 1
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    for tag in ("dataset", "selection", "objective", "git_commit", "data_fingerprint"):
+        assert tag in parent.data.tags
+    assert parent.data.params["dataset"] == "digits" and parent.data.params["gli_trials"] == "4"
+    methods = {c.data.tags["method"] for c in children}
+    assert methods == set(REFERENCE_ROWS) | set(available())
+    for c in children:
+        assert c.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert c.data.tags["stage"] in ("base", "baseline", "gli", "confirm") and c.data.tags["seed"] == "0"
+        assert c.info.status == "FINISHED"
+    gli = [c for c in children if c.data.tags["stage"] == "gli"]
+    assert len(gli) == 4
+    assert {"step_size", "iterations", "w_start", "w_end"} <= set(gli[0].data.params)
+    history = client.get_metric_history(gli[0].info.run_id, "sel_final_score")
+    assert len(history) >= 2  # a curve: one point per evaluation, plus the final value
+    for key in ("accuracy", "forgetting_score", "final_score", "jsd", "sel_accuracy", "sel_forgetting_score"):
+        assert key in gli[0].data.metrics
+    # the paper's setting is the first trial, and every Optuna trial holds both objectives
+    storage = JournalStorage(JournalFileBackend(str(results / "optuna.journal")))
+    study = optuna.load_study(study_name="gli-digits-smoke-gli-pareto", storage=storage)
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4
+    assert all(len(t.values) == 2 for t in study.trials)
+    assert study.trials[0].params == {"step_size": 0.01, "iterations": 2, "w_start": 200.0, "w_end": 1000.0}
+    assert all(t.params["w_end"] >= t.params["w_start"] for t in study.trials)
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "summary")}
+    assert {"summary/front.csv", "summary/summary.md", "summary/gli_trials.csv"} <= artifacts
+    front = (results / "front.csv").read_text()
+    assert "gli_front" in front and "reference" in front and "baseline" in front
+    assert (results / "config.yaml").exists()
+
+
+def test_second_run_reuses_finished_work(smoke, capsys):
+    results, uri = smoke
+    checkpoints = sorted((results / "models").iterdir())
+    stamps = [p.stat().st_mtime_ns for p in checkpoints]
+    _, _, before = _runs(uri, "gli-digits-smoke")
+    assert launch(["--smoke-test", "--results-dir", str(results), "--tracking-uri", uri]) == 0
+    err = capsys.readouterr().err
+    assert "stage base: 2 of 2 trial(s) already finished" in err
+    assert "all 4 trials already in the Optuna study" in err
+    assert [p.stat().st_mtime_ns for p in sorted((results / "models").iterdir())] == stamps  # nothing retrained
+    _, parents, after = _runs(uri, "gli-digits-smoke")
+    assert len(parents) == 1 and len(after) == len(before)  # the same parent, no second child per trial
+
+
+def test_logical_gpus_run_trials_concurrently(tmp_path):
+    config = tmp_path / "study.yaml"
+    config.write_text("baselines: [finetune, neggrad]\ngli_trials: 3\n")
+    uri = f"sqlite:///{tmp_path}/store.db"
+    code = launch(["--smoke-test", "--config", str(config), "--results-dir", str(tmp_path / "r"), "--tracking-uri", uri,
+                   "--num-gpus", "4", "--allow-cpu", "--gpus-per-trial", "0.5"])
+    assert code == 0
+    _, _, children = _runs(uri, "gli-digits-smoke")
+    assert all(c.data.metrics["gpu_id"] >= 0 for c in children)  # every trial was given a (logical) GPU
+    spans = sorted((c.data.metrics["started_at"], c.data.metrics["ended_at"]) for c in children)
+    overlapping = sum(1 for (s1, e1), (s2, e2) in zip(spans, spans[1:]) if s2 < e1)
+    assert overlapping >= 1  # at least two trials ran at the same time
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--num-gpus", "2"], "torch sees no CUDA device"),
+    (["--num-gpus", "8", "--allow-cpu"], "the Ray cluster has 4 GPU(s)"),
+    (["--dataset", "mufac"], "needs --data-dir"),
+    (["--dataset", "mufac", "--data-dir", "/nonexistent/mufac"], "missing MUFAC data folder"),
+    (["--tracking-uri", "sqlite:////proc/no/such/dir/mlflow.db"], "cannot write the database"),
+])
+def test_launcher_errors_are_one_line(tmp_path, capsys, argv, message):
+    code = launch(argv + ["--smoke-test", "--results-dir", str(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err[-1].startswith("error: ") and message in err[-1]
