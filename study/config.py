@@ -100,6 +100,13 @@ class StudyConfig:
     def results_path(self) -> Path:
         return Path(self.results_dir).expanduser().resolve()
 
+    @property
+    def models_dir(self) -> str:
+        """Base-model checkpoints: under the shared storage path, so every node of a cluster reads them."""
+        if "://" in self.storage_path:  # an object-store URI: checkpoints stay with the results on the driver's disk
+            return str(self.results_path / "models")
+        return str(Path(self.storage_path) / "models")
+
     def fill_defaults(self) -> "StudyConfig":
         if self.smoke_test:  # the whole path, small: every method, one seed, short trials
             self.gli_trials = min(self.gli_trials, 4)

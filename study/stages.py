@@ -104,7 +104,7 @@ class StudyContext:
         if self.cfg.base_epochs:
             train_cfg.epochs = self.cfg.base_epochs
         runner = RunnerConfig(eval_every=self.cfg.eval_every, selection=self.cfg.selection, patience=self.cfg.patience)
-        return {"models_dir": f"{self.cfg.results_dir}/models", "model": asdict(model_cfg), "train": asdict(train_cfg),
+        return {"models_dir": self.cfg.models_dir, "model": asdict(model_cfg), "train": asdict(train_cfg),
                 "runner": asdict(runner), "cpus_per_trial": self.cfg.cpus_per_trial}
 
     def fixed_hparams(self) -> dict:

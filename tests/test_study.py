@@ -83,14 +83,14 @@ def test_smoke_study_records_everything(smoke, capsys):
 
 def test_second_run_reuses_finished_work(smoke, capsys):
     results, uri = smoke
-    checkpoints = sorted((results / "models").iterdir())
+    checkpoints = sorted((results / "ray" / "models").iterdir())
     stamps = [p.stat().st_mtime_ns for p in checkpoints]
     _, _, before = _runs(uri, "gli-digits-smoke")
     assert launch(["--smoke-test", "--results-dir", str(results), "--tracking-uri", uri]) == 0
     err = capsys.readouterr().err
     assert "stage base: 2 of 2 trial(s) already finished" in err
     assert "all 4 trials already in the Optuna study" in err
-    assert [p.stat().st_mtime_ns for p in sorted((results / "models").iterdir())] == stamps  # nothing retrained
+    assert [p.stat().st_mtime_ns for p in sorted((results / "ray" / "models").iterdir())] == stamps  # nothing retrained
     _, parents, after = _runs(uri, "gli-digits-smoke")
     assert len(parents) == 1 and len(after) == len(before)  # the same parent, no second child per trial
 
@@ -107,6 +107,25 @@ def test_logical_gpus_run_trials_concurrently(tmp_path):
     spans = sorted((c.data.metrics["started_at"], c.data.metrics["ended_at"]) for c in children)
     overlapping = sum(1 for (s1, e1), (s2, e2) in zip(spans, spans[1:]) if s2 < e1)
     assert overlapping >= 1  # at least two trials ran at the same time
+
+
+def test_tuned_baselines_scalar_objective_paper_protocol(tmp_path, capsys):
+    config = tmp_path / "study.yaml"
+    config.write_text("baselines: [finetune]\ngli_trials: 2\n")
+    uri = f"sqlite:///{tmp_path}/store.db"
+    assert launch(["--smoke-test", "--config", str(config), "--results-dir", str(tmp_path / "r"), "--tracking-uri", uri,
+                   "--tune-baselines", "--objective", "final_score", "--selection", "test"]) == 0
+    out = capsys.readouterr().out
+    assert "selection=test: the paper's protocol" in out
+    client, parents, children = _runs(uri, "gli-digits-smoke")
+    assert parents[0].data.tags["selection"] == "test" and parents[0].data.tags["objective"] == "final_score"
+    stages = [(c.data.tags["stage"], c.data.tags["method"]) for c in children]
+    assert stages.count(("baseline", "finetune")) == 2  # an Optuna search with GLI's budget
+    assert stages.count(("confirm", "finetune")) == 1 and stages.count(("confirm", "gli")) == 1  # the best of each
+    storage = JournalStorage(JournalFileBackend(str(tmp_path / "r" / "optuna.journal")))
+    study = optuna.load_study(study_name="gli-digits-smoke-finetune-final_score", storage=storage)
+    assert len(study.trials) == 2 and study.trials[0].params == {"lr": 0.001}  # the paper's setting first
+    assert "| finetune | 1 |" in (tmp_path / "r" / "summary.md").read_text()
 
 
 @pytest.mark.parametrize("argv,message", [
