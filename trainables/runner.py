@@ -46,8 +46,11 @@ class Diverged(FloatingPointError):
 
 
 def _on_device(data: Dataset, device: torch.device) -> Dataset:
+    """Retain and forget (the batches' source) on the device; on CUDA also every evaluation split,
+    so an evaluation copies nothing from the host. `train` (= forget + retain) stays behind."""
     splits = dict(data.splits)
-    for name in ("retain", "forget"):  # the splits methods draw batches from; evaluation streams the rest
+    names = [n for n in splits if n != "train"] if device.type == "cuda" else ["retain", "forget"]
+    for name in names:
         splits[name] = splits[name].to(device)
     return dataclasses.replace(data, splits=splits)
 
