@@ -19,11 +19,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from analysis import tables
+from analysis.report import StudyInfo, build_report, gli_front, hparams_of
 from trainables.data import DataConfig, DataError, load_dataset
 from trainables.methods import REFERENCE_ROWS
 from trainables.metrics import PROTOCOL_LABEL
 
-from . import summary as summary_lib
 from .cluster import connect, preflight, slots
 from .config import FIELDS, ConfigError, StudyConfig, load_yaml, resolve, write_resolved
 from .spaces import gli_space, method_space, paper_point
@@ -96,13 +97,11 @@ def run_study(ctx: StudyContext) -> pd.DataFrame:
     else:
         ctx.run_grid("baseline", [{"method": m, "seed": s, "hparams": fixed} for s in seeds for m in cfg.baselines])
     ctx.run_search("gli", "gli", gli_space(cfg.gli_space), paper_point("gli", cfg.dataset, cfg.gli_space), cfg.gli_trials)
-    gli_trials = ctx.tracker.children("gli")
-    front = summary_lib.gli_front(gli_trials, cfg.objective, limit=5)
-    settings = [{k: v for k, v in summary_lib.hparams_of(r).items()} for _, r in front.iterrows()]
+    front = gli_front(ctx.tracker.children("gli"), cfg.objective)
+    settings = [hparams_of(r) for _, r in front.iterrows()]
     confirm = [{"method": "gli", "seed": s, "hparams": h} for h in settings for s in seeds]
     confirm += [{"method": m, "seed": s, "hparams": {**fixed, **h}} for m, hs in tuned.items() for h in hs for s in seeds]
     ctx.run_grid("confirm", confirm)
-    return gli_trials, front
 
 
 def _best_params(study, objective: str) -> dict:
@@ -132,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     protocol = PROTOCOL_LABEL[cfg.selection]
     params = {**asdict(cfg), "data_fingerprint": data.fingerprint}
+    ctx = StudyContext(cfg, data, tracker, slots(cfg, resources))
+    params["trial_settings"] = ctx.settings  # model, base training and runner settings, for export
     tags = {"dataset": cfg.dataset, "selection": cfg.selection, "selection_protocol": protocol,
             "objective": cfg.objective, "git_commit": git_commit(), "data_fingerprint": data.fingerprint,
             "smoke_test": str(cfg.smoke_test)}
@@ -141,18 +142,17 @@ def main(argv: list[str] | None = None) -> int:
     status = "FAILED"
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops cleanly, like Ctrl-C
     try:
-        ctx = StudyContext(cfg, data, tracker, slots(cfg, resources))
-        gli_trials, front = run_study(ctx)
-        rows = summary_lib.method_rows(tracker.children(), tuned=cfg.tune_baselines)
-        summary = summary_lib.table(rows)
-        written = summary_lib.write_outputs(tracker.children(), gli_trials, front, summary, protocol, results)
+        run_study(ctx)
+        info = StudyInfo(cfg.experiment_name, cfg.dataset, cfg.selection, cfg.objective, cfg.tune_baselines,
+                         cfg.results_dir)
+        summary, front, written = build_report(tracker, info, results)
         tracker.log_artifact(results / "config.yaml")
         for path in written:
             tracker.log_artifact(path, "summary")
         status = "FINISHED"
-        print(summary_lib.format_summary(summary, f"{cfg.experiment_name}: {protocol}"))
-        print(f"\nGLI trials: {len(gli_trials)} finished, {len(front)} on the Pareto front "
-              f"(front.csv). Wall time {time.time() - start:.0f}s.")
+        print(tables.to_markdown(summary, info.title, cfg.dataset))
+        print(f"GLI: {len(tracker.children('gli'))} trials finished, {len(front)} setting(s) confirmed "
+              f"(front.csv, front.png). Wall time {time.time() - start:.0f}s.")
         print(f"Results: {results}\nMLflow:  {cfg.tracking_uri} (experiment {cfg.experiment_name})")
         print(f"Browse:  mlflow ui --backend-store-uri {cfg.tracking_uri} --host 127.0.0.1 --port 5000")
         return 0

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sqlite3
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
@@ -23,6 +26,7 @@ from ray import tune
 from trainables.trainable import trial_hparams, trial_spec
 
 PARENT_TAG = "mlflow.parentRunId"
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no progress bars in the study's log
 
 
 class TrackingError(RuntimeError):
@@ -131,6 +135,21 @@ class Tracker:
         self.known[key] = run.info.run_id
         return run.info.run_id
 
+    def log_losses(self, run_id: str, forget, unseen) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "losses.npz"
+            np.savez_compressed(path, forget=np.asarray(forget, dtype=np.float32), unseen=np.asarray(unseen, dtype=np.float32))
+            self.client.log_artifact(run_id, str(path))
+
+    def load_losses(self, run_id: str) -> tuple[np.ndarray, np.ndarray] | None:
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                local = self.client.download_artifacts(run_id, "losses.npz", tmp)
+                with np.load(local) as z:
+                    return z["forget"], z["unseen"]
+        except Exception:  # a run without the artifact (or an unreachable artifact store)
+            return None
+
     def log_metrics(self, run_id: str, metrics: dict, step: int) -> None:
         now = int(time.time() * 1000)
         items = [Metric(k, float(v), now, step) for k, v in metrics.items()
@@ -181,6 +200,8 @@ class TrackingCallback(tune.Callback):
             self.tracker.client.set_terminated(run_id, status="FAILED")
         else:
             self.tracker.log_metrics(run_id, metrics, int(result.get("steps", 0)))
+            if "forget_losses" in result:
+                self.tracker.log_losses(run_id, result["forget_losses"], result.get("unseen_losses", []))
             self.tracker.client.set_terminated(run_id, status="FINISHED")
         if self.on_done:
             self.on_done(trial, ok=result.get("final") == 1.0)

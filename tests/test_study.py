@@ -140,3 +140,51 @@ def test_launcher_errors_are_one_line(tmp_path, capsys, argv, message):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert err[-1].startswith("error: ") and message in err[-1]
+
+
+def test_export_then_reproduce_agrees(smoke, tmp_path, capsys):
+    from analysis.export import main as export_main
+    from study.reproduce import main as reproduce_main
+
+    results, uri = smoke
+    out = tmp_path / "export"
+    assert export_main(["--experiment", "gli-digits-smoke", "--tracking-uri", uri, "--out", str(out)]) == 0
+    for name in list(REFERENCE_ROWS) + available() + ["gli-pareto"]:
+        assert (out / f"{name}.yaml").exists(), name
+    for name in ("summary.md", "summary.tex", "summary.csv", "front.png", "front.pdf", "losses.png", "front.csv"):
+        assert (out / name).exists(), name
+    import yaml
+
+    spec = yaml.safe_load((out / "gli.yaml").read_text())
+    assert spec["data"]["fingerprint"] and spec["git_commit"] and spec["seeds"] == [0]
+    assert set(spec["hparams"]) >= {"step_size", "iterations", "w_start", "w_end"}
+    pareto = yaml.safe_load((out / "gli-pareto.yaml").read_text())
+    assert len(pareto["settings"]) >= 1 and "confirmed" in pareto["settings"][0]
+    capsys.readouterr()
+    assert reproduce_main([str(out / "gli.yaml"), "--check"]) == 0
+    assert "reproduced numbers agree with the export" in capsys.readouterr().out
+    assert reproduce_main([str(out / "finetune.yaml"), "--check"]) == 0
+
+
+def test_export_and_reproduce_errors(smoke, tmp_path, capsys):
+    from mlflow.tracking import MlflowClient
+
+    from analysis.export import main as export_main
+    from study.reproduce import main as reproduce_main
+
+    _, uri = smoke
+    cases = [
+        (["--experiment", "nope", "--tracking-uri", uri], "unknown experiment 'nope'"),
+        (["--experiment", "x", "--tracking-uri", f"sqlite:///{tmp_path}/missing.db"], "does not exist"),
+    ]
+    empty_uri = f"sqlite:///{tmp_path}/empty.db"
+    MlflowClient(tracking_uri=empty_uri).create_experiment("empty")
+    cases.append((["--experiment", "empty", "--tracking-uri", empty_uri], "holds no study"))
+    for argv, message in cases:
+        assert export_main(argv + ["--out", str(tmp_path / "o")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith("error: ") and message in err[-1], err
+    not_export = tmp_path / "config.yaml"
+    not_export.write_text("dataset: digits\n")
+    assert reproduce_main([str(not_export)]) == 2
+    assert "not a method export of analysis.export" in capsys.readouterr().err

@@ -65,13 +65,21 @@ def report_metrics(model, data: Dataset, selection: str, cache: dict | None = No
     return evaluate(model, data, test=test, unseen=unseen, retain=True, cache=cache)
 
 
-def reference_row(model, data: Dataset, selection: str, seconds: float) -> dict:
+def report_losses(cache: dict, selection: str) -> dict:
+    """The per-example forget and unseen (report split) losses behind the reported metrics."""
+    unseen = REPORT_SPLITS[selection][1]
+    return {"forget": cache["forget"][1].numpy(), "unseen": cache[unseen][1].numpy()}
+
+
+def reference_row(model, data: Dataset, selection: str, seconds: float, losses_out: dict | None = None) -> dict:
     """Metrics of a base model (original or retrain) in the same layout as a method run."""
     cache: dict = {}
     sel = selection_metrics(model, data, selection, cache)
     out = report_metrics(model, data, selection, cache)
     out.update({f"sel_{k}": v for k, v in sel.items()})
     out["seconds"] = seconds
+    if losses_out is not None:
+        losses_out.update(report_losses(cache, selection))
     return out
 
 
@@ -90,7 +98,7 @@ def unlearn(
     retrain_seconds: float | None = None,
     on_eval: EvalCallback | None = None,
 ) -> dict:
-    """Run `method` from a copy of `original`; returns {"metrics", "curve", "model", "steps"}.
+    """Run `method` from a copy of `original`; returns {"metrics", "curve", "model", "steps", "losses"}.
 
     `metrics` holds the report-split metrics under their plain names, the selection
     metrics of the chosen checkpoint as `sel_*`, and `seconds`, `steps`, `best_step`,
@@ -150,9 +158,11 @@ def unlearn(
             raise ValueError(f"{method.name}: the method took no steps (is its driver split smaller than a batch?)")
         checkpoint(steps)
     model.load_state_dict(best[2])
-    metrics = report_metrics(model, data, cfg.selection)
+    cache: dict = {}
+    metrics = report_metrics(model, data, cfg.selection, cache)
     metrics.update({f"sel_{k}": v for k, v in best_sel.items()})
     metrics.update(seconds=seconds, steps=steps, best_step=best[1], evaluations=len(curve))
     if retrain_seconds:
         metrics["rte"] = seconds / retrain_seconds
-    return {"metrics": metrics, "curve": curve, "model": model, "steps": steps}
+    return {"metrics": metrics, "curve": curve, "model": model, "steps": steps,
+            "losses": report_losses(cache, cfg.selection)}

@@ -51,6 +51,11 @@ def _finite(metrics: dict) -> dict:
     return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
+def _loss_lists(losses: dict) -> dict:
+    """Per-example report losses, for the driver to store as an artifact (the loss plots)."""
+    return {f"{k}_losses": [round(float(v), 6) for v in values] for k, values in losses.items()}
+
+
 def _placement() -> dict:
     """Where this trial ran: wall-clock start and the GPU Ray assigned (-1: none)."""
     import ray
@@ -73,12 +78,13 @@ def unlearning_trial(config: dict, data: Dataset | None = None) -> None:
     runner = RunnerConfig(**settings["runner"])
     if name in REFERENCE_ROWS:
         model, seconds, cached = base_model(data, name, model_cfg, train_cfg, seed, device, models_dir)
-        row = reference_row(model, data, runner.selection, seconds)
+        losses: dict = {}
+        row = reference_row(model, data, runner.selection, seconds, losses)
         row.update(cached=float(cached), trial_seconds=time.perf_counter() - start, final=1.0, ended_at=time.time(),
                    **placement)
         if name == "retrain":
             row["rte"] = 1.0
-        tune.report(_finite(row))
+        tune.report({**_finite(row), **_loss_lists(losses)})
         return
     original, _, _ = base_model(data, "original", model_cfg, train_cfg, seed, device, models_dir)
     _, retrain_seconds, _ = base_model(data, "retrain", model_cfg, train_cfg, seed, device, models_dir)
@@ -95,4 +101,4 @@ def unlearning_trial(config: dict, data: Dataset | None = None) -> None:
         raise FloatingPointError(f"{name}: non-finite {', '.join(bad)}")
     row.update(final=1.0, startup_seconds=startup, trial_seconds=time.perf_counter() - start,
                pid=float(os.getpid()), ended_at=time.time(), **placement)
-    tune.report(row)
+    tune.report({**row, **_loss_lists(result["losses"])})

@@ -1,0 +1,147 @@
+"""Figures (PNG and PDF): the GLI Pareto front against the baselines, the forget-vs-unseen loss
+distributions per method (as in the paper), and Optuna's history and importances.
+Every title states the selection protocol.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display needed on a cluster node
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+
+def _save(fig, base: Path) -> list[Path]:
+    base.parent.mkdir(parents=True, exist_ok=True)
+    paths = [base.with_suffix(".png"), base.with_suffix(".pdf")]
+    fig.savefig(paths[0], dpi=150, bbox_inches="tight")
+    fig.savefig(paths[1], bbox_inches="tight")
+    plt.close(fig)
+    return paths
+
+
+def _focus(values: list[float], anchor: list[float], margin: float) -> tuple[float, float]:
+    """Axis limits around the points that matter, so one collapsed baseline does not squash the rest."""
+    lo = min(anchor) - margin if anchor else min(values)
+    kept = [v for v in values if v >= lo]
+    span = max(kept) - min(kept) if len(kept) > 1 else 0.05
+    return min(kept) - 0.08 * span - 1e-3, max(kept) + 0.08 * span + 1e-3
+
+
+def plot_front(trials: pd.DataFrame, front: pd.DataFrame, references: pd.DataFrame, title: str, base: Path,
+               x: str = "sel_forgetting_score", y: str = "sel_accuracy") -> list[Path]:
+    """GLI trials as a cloud, the front as a line, each baseline a labelled marker, original and
+    retrained marked. Forgetting score on x (lower is better), accuracy on y (higher is better).
+    Points far below the GLI front and the retrained model are named under the plot, not drawn."""
+    fig, ax = plt.subplots(figsize=(7.5, 5.2))
+    refs = references[[math.isfinite(a) and math.isfinite(b) for a, b in zip(references.get(x, []), references.get(y, []))]] \
+        if len(references) else references
+    anchor = list(front[y]) + list(refs.loc[refs["method"] == "retrain", y]) if len(refs) else list(front[y])
+    y_lo, y_hi = _focus(list(trials[y]) + list(refs[y]) if len(refs) else list(trials[y]) or [0.0, 1.0], anchor, 0.15)
+    if len(trials):
+        ax.scatter(trials[x], trials[y], s=18, color="#9ecae1", label="GLI trials", zorder=2)
+    if len(front):
+        f = front.sort_values(x)
+        ax.plot(f[x], f[y], "-o", color="#08519c", ms=5, lw=1.5, label="GLI Pareto front", zorder=3)
+    markers = {"original": ("s", "#d62728", "original"), "retrain": ("*", "#2ca02c", "retrained")}
+    off_chart, placed = [], []
+    xs = list(trials[x]) + (list(refs[x]) if len(refs) else [])
+    x_span = (max(xs) - min(xs)) if len(xs) > 1 else 1.0
+    for _, r in refs.sort_values(x).iterrows():
+        m = r["method"]
+        if r[y] < y_lo:
+            off_chart.append(f"{m} ({r[x]:.3f}, {r[y]:.3f})")
+            continue
+        marker, color, label = markers.get(m, ("D", "#555555", None))
+        ax.scatter([r[x]], [r[y]], marker=marker, s=130 if label else 45, color=color, zorder=4,
+                   edgecolor="black", linewidth=0.5, label=label)
+        dy = 5
+        while any(abs(px - r[x]) < 0.18 * x_span and abs(py - dy) < 9 for px, py in placed):  # about a label's width
+            dy -= 10  # stack labels of neighbouring points instead of printing them on top of each other
+        placed.append((r[x], dy))
+        ax.annotate(m, (r[x], r[y]), textcoords="offset points", xytext=(6, dy), fontsize=8)
+    ax.set_ylim(y_lo, y_hi)
+    ax.set_xlabel("forgetting score |0.5 - MIA|  (lower is better)")
+    ax.set_ylabel("accuracy  (higher is better)")
+    ax.set_title("\n".join(_wrap(title, 95)), fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    if off_chart:
+        fig.text(0.01, -0.02, "below the chart (FS, accuracy): " + ", ".join(off_chart), fontsize=7)
+    return _save(fig, base)
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    import textwrap
+
+    return textwrap.wrap(text, width)
+
+
+def plot_losses(losses: dict[str, tuple[np.ndarray, np.ndarray]], title: str, base: Path) -> list[Path]:
+    """Per method, histograms of the forget and unseen per-example losses on shared bins."""
+    names = list(losses)
+    if not names:
+        return []
+    cols = min(4, len(names))
+    rows = math.ceil(len(names) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        forget, unseen = (np.asarray(v, dtype=float) for v in losses[name])
+        both = np.concatenate([forget, unseen])
+        both = both[np.isfinite(both)]
+        hi = float(np.quantile(both, 0.99)) if len(both) else 1.0
+        bins = np.linspace(0, max(hi, 1e-6), 40)
+        ax.hist(np.clip(unseen, 0, hi), bins=bins, alpha=0.55, density=True, color="#ff7f0e", label="unseen")
+        ax.hist(np.clip(forget, 0, hi), bins=bins, alpha=0.55, density=True, color="#1f77b4", label="forget")
+        ax.set_title(name, fontsize=9)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle("\n".join(_wrap(f"per-example loss, forget vs unseen; {title}", 120)), fontsize=9)
+    fig.supxlabel("loss (clipped at the 99th percentile)", fontsize=8)
+    fig.tight_layout()
+    return _save(fig, base)
+
+
+def plot_optuna(study, title: str, out_dir: Path) -> list[Path]:
+    """Optimisation history of each objective, and hyper-parameter importances (fANOVA)."""
+    import optuna
+
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if len(complete) < 2:
+        return []
+    names = ["selection accuracy", "selection forgetting score"] if len(study.directions) > 1 else ["selection final score"]
+    written = []
+    fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 3.8), squeeze=False)
+    for i, (ax, name) in enumerate(zip(axes.flat, names)):
+        values = [t.values[i] for t in complete]
+        numbers = [t.number for t in complete]
+        best = np.maximum.accumulate(values) if study.directions[i].name == "MAXIMIZE" else np.minimum.accumulate(values)
+        ax.scatter(numbers, values, s=14, label="trial")
+        ax.step(numbers, best, where="post", color="#d62728", label="best so far")
+        ax.set_xlabel("trial")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"Optuna history: {study.study_name}; {title}", fontsize=9)
+    fig.tight_layout()
+    written += _save(fig, out_dir / "optuna_history")
+    try:
+        importances = [optuna.importance.get_param_importances(study, target=lambda t, i=i: t.values[i])
+                       for i in range(len(names))]
+    except (RuntimeError, ValueError, ZeroDivisionError):  # too few distinct trials for fANOVA
+        return written
+    fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3), squeeze=False)
+    for ax, name, imp in zip(axes.flat, names, importances):
+        keys = list(imp)[::-1]
+        ax.barh(keys, [imp[k] for k in keys], color="#6baed6")
+        ax.set_xlabel(f"importance for {name}")
+    fig.suptitle(f"hyper-parameter importances (fANOVA): {study.study_name}; {title}", fontsize=9)
+    fig.tight_layout()
+    return written + _save(fig, out_dir / "optuna_importances")

@@ -1,0 +1,151 @@
+"""Everything a study reports, read back from MLflow: tables, the Pareto front, CSVs and figures.
+
+`build_report(tracker, info, out_dir)` is called by the launcher at the end of a study
+and by `analysis.export`; it reads only finished child runs, so failed or diverged
+trials never reach a table or the front, and a resumed study reports the trials from
+before and after an interruption alike.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from trainables.metrics import PROTOCOL_LABEL
+
+from . import plots, tables
+from .pareto import pareto_front
+
+AXES = tables.AXES
+CONFIRM_LIMIT = 5  # Pareto settings confirmed over every seed, best selection final score first
+
+
+@dataclass
+class StudyInfo:
+    experiment: str
+    dataset: str
+    selection: str
+    objective: str
+    tune_baselines: bool
+    results_dir: str
+
+    @property
+    def protocol(self) -> str:
+        return PROTOCOL_LABEL[self.selection]
+
+    @property
+    def title(self) -> str:
+        return f"{self.experiment} ({self.dataset}); {self.protocol}"
+
+    @classmethod
+    def from_params(cls, params: dict) -> "StudyInfo":
+        return cls(params["experiment_name"], params["dataset"], params["selection"], params["objective"],
+                   params.get("tune_baselines") == "True", params["results_dir"])
+
+
+def hparams_of(row: pd.Series) -> dict:
+    """A child run's hyper-parameters, from its MLflow params, with their types back."""
+    out = {}
+    for key, value in row.items():
+        if key.startswith("params.") and isinstance(value, str):
+            try:
+                out[key[7:]] = json.loads(value)
+            except json.JSONDecodeError:
+                out[key[7:]] = value
+    return out
+
+
+def gli_front(trials: pd.DataFrame, objective: str, limit: int = CONFIRM_LIMIT) -> pd.DataFrame:
+    """The settings to confirm: the Pareto front (pareto) or the best trial (final_score), best first."""
+    if len(trials) == 0:
+        return trials
+    if objective == "final_score":
+        return trials.sort_values("sel_final_score", ascending=False).head(1)
+    return pareto_front(trials).sort_values("sel_final_score", ascending=False).head(limit)
+
+
+def method_rows(children: pd.DataFrame, tuned: bool) -> pd.DataFrame:
+    """Rows that make the table: base models, baselines (paper settings, or the confirmed tuned
+    ones with --tune-baselines) and GLI's confirmed settings."""
+    if len(children) == 0:
+        return children
+    stage = children["tags.stage"]
+    keep = (stage == "base") | ((stage == "baseline") & (not tuned)) | (stage == "confirm")
+    rows = children[keep].copy()
+    rows["method"] = rows["tags.method"]
+    rows["setting"] = rows["tags.trial_key"].str.split("/").str[-1]
+    return rows
+
+
+def _losses(tracker, rows: pd.DataFrame, summary: pd.DataFrame) -> dict:
+    """Per table row, the losses of its chosen setting's first seed."""
+    out = {}
+    for _, r in summary.iterrows():
+        match = rows[(rows["method"] == r["method"]) & (rows["setting"] == r.get("setting", ""))]
+        if len(match):
+            first = match.sort_values("tags.seed").iloc[0]
+            loaded = tracker.load_losses(first["run_id"])
+            if loaded is not None:
+                out[r["method"]] = loaded
+    return out
+
+
+def load_optuna(info: StudyInfo, method: str = "gli"):
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    journal = Path(info.results_dir) / "optuna.journal"
+    if not journal.exists():
+        return None
+    storage = JournalStorage(JournalFileBackend(str(journal)))
+    try:
+        return optuna.load_study(study_name=f"{info.experiment}-{method}-{info.objective}", storage=storage)
+    except KeyError:
+        return None
+
+
+def build_report(tracker, info: StudyInfo, out_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, list[Path]]:
+    """Write every table, CSV and figure to `out_dir`; returns (summary, GLI front, paths)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    children = tracker.children()
+    gli = children[children["tags.stage"] == "gli"] if len(children) else children
+    front = gli_front(gli, info.objective)
+    rows = method_rows(children, info.tune_baselines)
+    summary = tables.summarise(rows)
+    written: list[Path] = []
+
+    def write(name: str, text: str) -> None:
+        (out_dir / name).write_text(text)
+        written.append(out_dir / name)
+
+    write("summary.md", tables.to_markdown(summary, info.title, info.dataset))
+    write("summary.tex", tables.to_latex(summary, info.title, info.dataset))
+    tables.to_csv(summary, info.dataset).to_csv(out_dir / "summary.csv", index=False)
+    written.append(out_dir / "summary.csv")
+    params = [c for c in gli.columns if c.startswith("params.")] if len(gli) else []
+    keep = ["run_id", "tags.seed", "tags.trial_key"] + AXES + params
+    trials = gli[[c for c in keep if c in gli]].copy() if len(gli) else pd.DataFrame(columns=keep)
+    trials["on_front"] = trials["tags.trial_key"].isin(front["tags.trial_key"]) if len(front) else False
+    trials.to_csv(out_dir / "gli_trials.csv", index=False)
+    refs = summary[summary["method"] != "gli"] if len(summary) else summary
+    points = [trials[trials["on_front"]].assign(kind="gli_front", method="gli")]
+    if len(refs):
+        points.append(refs[["method"] + [a for a in AXES if a in refs]].assign(
+            kind=["reference" if m in ("original", "retrain") else "baseline" for m in refs["method"]]))
+    pd.concat(points, ignore_index=True).to_csv(out_dir / "front.csv", index=False)
+    written += [out_dir / "gli_trials.csv", out_dir / "front.csv"]
+    try:
+        written += plots.plot_front(gli, front if info.objective == "pareto" else front.head(0), refs,
+                                    f"GLI vs baselines, selection halves; {info.title}", out_dir / "front")
+        written += plots.plot_losses(_losses(tracker, rows, summary), info.title, out_dir / "losses")
+        study = load_optuna(info)
+        if study is not None:
+            written += plots.plot_optuna(study, info.title, out_dir)
+    except Exception as exc:  # a figure must never cost the study its tables
+        print(f"[report] warning: a figure failed ({type(exc).__name__}: {exc})", file=sys.stderr)
+    return summary, front, written

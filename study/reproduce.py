@@ -1,0 +1,117 @@
+"""`python -m study.reproduce DIR/<method>.yaml`: rerun an exported configuration, compare with its numbers.
+
+Reads a file written by `analysis.export`, reloads the data set (warning when its
+fingerprint differs from the study's), takes the study's base models from its
+checkpoint folder when it is still there (else retrains them, seeded, into the local
+cache), reruns the method with the exported hyper-parameters on each seed, and prints
+the reproduced metrics next to the exported ones. On the CPU with the same seed and
+thread count the numbers agree; `--check` exits 1 when they do not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import torch
+import yaml
+
+from trainables import engine
+from trainables.base import TrainConfig, base_model
+from trainables.data import DataConfig, DataError, load_dataset
+from trainables.models import ModelConfig
+from trainables.run import run_method
+from trainables.runner import RunnerConfig
+
+EXPORT_KIND = "gli-study-export"
+SHOWN = ["accuracy", "forgetting_score", "final_score", "jsd", "sel_accuracy", "sel_forgetting_score"]
+
+
+class ReproduceError(RuntimeError):
+    """One line for the user."""
+
+
+def load_export(path: str) -> dict:
+    try:
+        spec = yaml.safe_load(Path(path).read_text())
+    except OSError as exc:
+        raise ReproduceError(f"{path}: cannot read ({exc.strerror})") from None
+    except yaml.YAMLError:
+        raise ReproduceError(f"{path}: not valid YAML") from None
+    if not isinstance(spec, dict) or spec.get("kind") != EXPORT_KIND:
+        raise ReproduceError(f"{path}: not a method export of analysis.export (expected 'kind: {EXPORT_KIND}')")
+    missing = [k for k in ("method", "hparams", "data", "model", "train", "runner", "seeds", "metrics") if k not in spec]
+    if missing:
+        raise ReproduceError(f"{path}: export is missing {', '.join(missing)}")
+    return spec
+
+
+def reproduce(spec: dict, seeds: list[int], data_dir: str | None = None, models_dir: str | None = None) -> dict:
+    data_cfg = spec["data"]
+    data = load_dataset(DataConfig(dataset=data_cfg["dataset"], data_dir=data_dir or data_cfg.get("data_dir"),
+                                   forget_count=data_cfg.get("forget_count")))
+    if data_cfg.get("fingerprint") and data.fingerprint != data_cfg["fingerprint"]:
+        print(f"warning: the data set's fingerprint is {data.fingerprint}, the study's was {data_cfg['fingerprint']}: "
+              "numbers may differ", file=sys.stderr)
+    torch.set_num_threads(max(1, int(spec.get("threads", 1))))  # the trial's thread count, for equal numerics
+    device = engine.pick_device()
+    model_cfg, train_cfg = ModelConfig(**spec["model"]), TrainConfig(**spec["train"])
+    runner = RunnerConfig(**spec["runner"])
+    folder = Path(models_dir or spec.get("models_dir") or "")
+    cache = folder if folder.is_dir() else None  # the study's checkpoints, or the local cache
+    results = {}
+    for seed in seeds:
+        bases = {}
+        for kind in ("original", "retrain"):
+            model, seconds, _ = base_model(data, kind, model_cfg, train_cfg, seed, device, cache)
+            bases[kind] = (model, seconds)
+        results[seed] = run_method(spec["method"], data, bases, seed, device, spec["hparams"], runner)
+    return results
+
+
+def compare(spec: dict, results: dict) -> tuple[str, float]:
+    """A table of exported vs reproduced numbers; returns it and the largest absolute difference."""
+    exported = spec["metrics"]["per_seed"]
+    lines = [f"{'seed':>4} {'metric':<22} {'exported':>10} {'reproduced':>11}"]
+    worst = 0.0
+    for seed, row in results.items():
+        for key in SHOWN:
+            new = row.get(key)
+            old = exported.get(seed, {}).get(key)
+            if new is None:
+                continue
+            if old is not None and math.isfinite(new):
+                worst = max(worst, abs(new - old))
+            lines.append(f"{seed:>4} {key:<22} {'-' if old is None else f'{old:.6f}':>10} {new:>11.6f}")
+    return "\n".join(lines), worst
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m study.reproduce", description=__doc__.splitlines()[0])
+    parser.add_argument("export", help="a <method>.yaml written by analysis.export")
+    parser.add_argument("--seeds", type=int, help="how many seeds (default: the exported ones)")
+    parser.add_argument("--data-dir", help="the data folder, if it moved since the study")
+    parser.add_argument("--models-dir", help="the study's base-model checkpoints, if they moved")
+    parser.add_argument("--check", action="store_true", help="exit 1 when a number differs by more than 1e-6")
+    args = parser.parse_args(argv)
+    try:
+        spec = load_export(args.export)
+        seeds = spec["seeds"]
+        if args.seeds:
+            seeds = (seeds + [s for s in range(args.seeds + len(seeds)) if s not in seeds])[: args.seeds]
+        results = reproduce(spec, seeds, args.data_dir, args.models_dir)
+    except (ReproduceError, DataError, KeyError, ValueError) as exc:
+        print(f"error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
+        return 2
+    table, worst = compare(spec, results)
+    print(f"{spec['method']} on {spec['data']['dataset']}; {spec['selection_protocol']}")
+    print(table)
+    verdict = "agree" if worst <= 1e-6 else f"differ (largest difference {worst:.2e})"
+    print(f"reproduced numbers {verdict} with the export")
+    return 1 if args.check and worst > 1e-6 else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
