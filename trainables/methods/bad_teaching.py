@@ -2,24 +2,15 @@
 
 import torch
 
-from .base import Batch, Context, Method, distill_kl, frozen_copy, register, require
+from .base import Batch, Context, DistillationMethod, distill_kl, frozen_copy, register
 
 
 @register("bad_teaching")
-class BadTeaching(Method):
+class BadTeaching(DistillationMethod):
     """The good teacher is the original model, the bad teacher a randomly initialised model
     of the same architecture (seeded). Per step the student matches the good teacher
     (KL at temperature T) on a retain batch and the bad teacher on a forget batch.
     """
-
-    pairs = True
-    search_space = {"lr": ("log", 1e-4, 1e-1), "temperature": ("float", 1.0, 8.0)}
-
-    def __init__(self, temperature: float = 4.0, lr: float = 0.001, epochs: int = 2, batch_size: int = 64,
-                 momentum: float = 0.0):
-        super().__init__(lr=lr, epochs=epochs, batch_size=batch_size, momentum=momentum)
-        require(temperature > 0, f"{self.name}: temperature must be positive, got {temperature}")
-        self.temperature = temperature
 
     def setup(self, ctx: Context) -> None:
         self.good = frozen_copy(ctx.original)

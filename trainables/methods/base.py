@@ -195,3 +195,16 @@ class Method:
         for batch in self.epoch_batches(ctx, self.driver, self.epochs):
             self.train_mode(ctx)
             yield self.step(ctx, batch)
+
+
+class DistillationMethod(Method):
+    """A method that distils from teachers at a temperature (SCRUB, Bad Teaching)."""
+
+    pairs = True
+    search_space = {"lr": ("log", 1e-4, 1e-1), "temperature": ("float", 1.0, 8.0)}
+
+    def __init__(self, temperature: float = 4.0, lr: float = 0.001, epochs: int = 2, batch_size: int = 64,
+                 momentum: float = 0.0):
+        super().__init__(lr=lr, epochs=epochs, batch_size=batch_size, momentum=momentum)
+        require(temperature > 0, f"{self.name}: temperature must be positive, got {temperature}")
+        self.temperature = temperature

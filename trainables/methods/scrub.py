@@ -1,25 +1,16 @@
 """SCRUB (Kurmanji et al.): a student that stays near the original teacher on retain and moves away on forget."""
 
 from .. import engine
-from .base import Batch, Context, Method, distill_kl, frozen_copy, register, require
+from .base import Batch, Context, DistillationMethod, distill_kl, frozen_copy, register
 
 
 @register("scrub")
-class SCRUB(Method):
+class SCRUB(DistillationMethod):
     """Teacher = the original model, frozen; student = the model being unlearned.
 
     Per step (SPEC section 5): a retain step minimising CE + KL(student || teacher) at
     temperature T, then a forget step maximising KL(student || teacher) on a forget batch.
     """
-
-    pairs = True
-    search_space = {"lr": ("log", 1e-4, 1e-1), "temperature": ("float", 1.0, 8.0)}
-
-    def __init__(self, temperature: float = 4.0, lr: float = 0.001, epochs: int = 2, batch_size: int = 64,
-                 momentum: float = 0.0):
-        super().__init__(lr=lr, epochs=epochs, batch_size=batch_size, momentum=momentum)
-        require(temperature > 0, f"{self.name}: temperature must be positive, got {temperature}")
-        self.temperature = temperature
 
     def setup(self, ctx: Context) -> None:
         self.teacher = frozen_copy(ctx.original)
