@@ -176,7 +176,9 @@ class TrackingCallback(tune.Callback):
     def on_trial_start(self, iteration, trials, trial, **info):
         stage, method, seed, hparams = self._spec(trial.config)
         key = trial_key(stage, method, seed, hparams)
-        self.runs[trial.trial_id] = self.tracker.open_child(key, stage, method, seed, hparams, trial.trial_id)
+        run_id = self.tracker.open_child(key, stage, method, seed, hparams, trial.trial_id)
+        self.runs[trial.trial_id] = run_id
+        self.tracker.log_metrics(run_id, {"scheduled_at": time.time()}, 0)  # for the start-up latency
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         run_id = self.runs.get(trial.trial_id)

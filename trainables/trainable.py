@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import resource
 import time
 from pathlib import Path
 
@@ -49,6 +50,11 @@ def _threads(settings: dict) -> None:
 def _finite(metrics: dict) -> dict:
     """Numbers only (Tune and MLflow take floats), NaN / inf kept as they are for the failure checks."""
     return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def _peak_rss_mb() -> float:
+    """Peak resident memory of this worker process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def _loss_lists(losses: dict) -> dict:
@@ -100,5 +106,5 @@ def unlearning_trial(config: dict, data: Dataset | None = None) -> None:
     if bad:
         raise FloatingPointError(f"{name}: non-finite {', '.join(bad)}")
     row.update(final=1.0, startup_seconds=startup, trial_seconds=time.perf_counter() - start,
-               pid=float(os.getpid()), ended_at=time.time(), **placement)
+               pid=float(os.getpid()), ended_at=time.time(), peak_rss_mb=_peak_rss_mb(), **placement)
     tune.report({**row, **_loss_lists(result["losses"])})

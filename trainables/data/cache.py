@@ -62,7 +62,7 @@ def decode_files(files: list[Path], image_size: int, workers: int = 4) -> tuple[
     """Decode and resize every file; returns the N x 3 x S x S uint8 tensor and content hashes."""
     out = torch.empty((len(files), 3, image_size, image_size), dtype=torch.uint8)
     hashes: list[str] = [""] * len(files)
-    start, last = time.time(), 0.0
+    start = last = time.time()
     with ThreadPoolExecutor(max_workers=workers) as pool:  # PIL releases the GIL while decoding
         for i, (array, digest) in enumerate(pool.map(lambda f: _decode(f, image_size), files)):
             out[i] = torch.from_numpy(array)

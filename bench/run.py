@@ -1,0 +1,204 @@
+"""The benchmark suite: the project's way of working against the reference's, side by side in one run.
+
+    python bench/run.py [--quick]
+
+Prints a table and, as its last line, one JSON object with data_path_speedup,
+eval_overhead, gli_trial_speedup, study_efficiency, per_trial_startup_s and
+trial_peak_rss_mb. Ratios, not absolute times, are what carry over between machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.gpu_concurrency import synthetic_mufac  # noqa: E402
+from trainables import engine  # noqa: E402
+from trainables.methods import create  # noqa: E402
+from trainables.metrics import evaluate, predict  # noqa: E402
+from trainables.models import ModelConfig, build_model  # noqa: E402
+from trainables.runner import RunnerConfig, unlearn  # noqa: E402
+
+
+def timed(fn, repeats: int = 1) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+# --- 1. the data path -----------------------------------------------------------------------
+def make_jpegs(folder: Path, n: int) -> list[Path]:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(n):
+        base = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)  # smooth, face-like compressibility
+        img = Image.fromarray(base).resize((128, 128), Image.BICUBIC)
+        path = folder / f"F{i // 34:04d}_AGE_a_{i}.jpg"
+        img.save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+class _PilDataset(torch.utils.data.Dataset):
+    """The reference's way: decode the JPEG and run torchvision's PIL transforms per image, per epoch."""
+
+    def __init__(self, paths):
+        from torchvision import transforms as T
+
+        self.paths = paths
+        self.transform = T.Compose([T.Resize((128, 128)), T.RandomHorizontalFlip(),
+                                    T.RandomAffine(0, shear=10, scale=(0.8, 1.2)),
+                                    T.ColorJitter(0.2, 0.2, 0.2), T.ToTensor()])
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        from PIL import Image
+
+        with Image.open(self.paths[i]) as img:
+            return self.transform(img.convert("RGB")), 0
+
+
+def data_path(n: int) -> dict:
+    from trainables.data.cache import decode_files
+    from trainables.data.splits import Split
+
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = make_jpegs(Path(tmp), n)
+        loader = torch.utils.data.DataLoader(_PilDataset(paths), batch_size=64, shuffle=True, num_workers=2)
+        reference = timed(lambda: [None for _ in loader])
+        decode = timed(lambda: decode_files(paths, 128))  # once per data set, then cached on disk
+        images, _ = decode_files(paths, 128)
+    split = Split(images, torch.zeros(n, dtype=torch.long), torch.arange(n))
+    gen, cpu = engine.generator(0), torch.device("cpu")
+
+    def epoch():
+        for idx in engine.batch_indices(n, 64, gen):
+            engine.inputs(split, idx, cpu, augment=True, gen=gen)
+
+    ours = timed(epoch, repeats=2)
+    return {"images": n, "reference_epoch_s": reference, "cached_epoch_s": ours, "one_time_decode_s": decode,
+            "data_path_speedup": reference / ours}
+
+
+# --- 2. evaluation overhead -------------------------------------------------------------------
+def eval_overhead(sizes: dict) -> dict:
+    data = synthetic_mufac(sizes, 128)
+    torch.manual_seed(0)
+    model = build_model(ModelConfig("resnet18"), 3, 8).eval()
+    cpu = torch.device("cpu")
+    names = ("val", "unseen_val", "forget")
+    bare = timed(lambda: [predict(model, data[n], cpu) for n in names], repeats=2)
+    full = timed(lambda: evaluate(model, data, test="val", unseen="unseen_val", retain=False, device=cpu), repeats=2)
+    return {"images": sum(len(data[n]) for n in names), "bare_forward_s": bare, "full_suite_s": full,
+            "eval_overhead": full / bare}
+
+
+# --- 3. a GLI trial against the reference's evaluate-after-every-batch loop ---------------------
+def gli_trial(sizes: dict, image_size: int, width: int, reference_steps: int | None) -> dict:
+    data = synthetic_mufac(sizes, image_size)
+    torch.manual_seed(0)
+    original = build_model(ModelConfig("resnet18_small", width), 3, 8).eval()
+    cpu = torch.device("cpu")
+    method = create("gli", "mufac")
+    start = time.perf_counter()
+    result = unlearn(method, original, data, 0, cpu, RunnerConfig())  # as the study runs it
+    ours = time.perf_counter() - start
+    steps = result["steps"]
+
+    # The reference: the same GLI steps, and after every batch the full test, unseen and forget sets.
+    from trainables.methods import Context
+
+    ref_method = create("gli", "mufac")
+    engine.seed_everything(0)
+    import copy
+
+    ctx = Context(copy.deepcopy(original), original, data, cpu, engine.generator(0), 0)
+    limit = reference_steps or steps
+    start = time.perf_counter()
+    for i, _ in enumerate(ref_method.run(ctx), start=1):
+        evaluate(ctx.model, data, test="test", unseen="unseen", retain=False, device=cpu)
+        if i >= limit:
+            break
+    measured = time.perf_counter() - start
+    reference = measured * steps / limit  # every reference step costs the same: scale to the full epoch
+    return {"steps": steps, "evaluations": result["metrics"]["evaluations"], "trial_s": ours,
+            "reference_s": reference, "reference_steps_measured": limit, "gli_trial_speedup": reference / ours}
+
+
+# --- 4. the study ---------------------------------------------------------------------------------
+def study(smoke: bool) -> dict:
+    from mlflow.tracking import MlflowClient
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "study.launch", "--results-dir", tmp, "--experiment-name", "bench"]
+        if smoke:
+            cmd.append("--smoke-test")
+        env = {**os.environ, "GLI_CACHE_DIR": f"{tmp}/cache", "RAY_USAGE_STATS_ENABLED": "0"}
+        start = time.perf_counter()
+        subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                       cwd=Path(__file__).resolve().parents[1])
+        wall = time.perf_counter() - start
+        client = MlflowClient(tracking_uri=f"sqlite:///{tmp}/mlflow.db")
+        exp = client.get_experiment_by_name("bench")
+        runs = [r for r in client.search_runs([exp.experiment_id], max_results=10000)
+                if "mlflow.parentRunId" in r.data.tags]
+    m = [r.data.metrics for r in runs]
+    slots = os.cpu_count() or 1
+    busy = sum(x.get("trial_seconds", 0.0) for x in m)
+    startups = [x["started_at"] - x["scheduled_at"] + x.get("startup_seconds", 0.0)
+                for x in m if "started_at" in x and "scheduled_at" in x]
+    rss = [x["peak_rss_mb"] for x in m if "peak_rss_mb" in x]
+    return {"trials": len(runs), "wall_s": wall, "slots": slots, "trial_compute_s": busy,
+            "study_efficiency": busy / (wall * slots),
+            "per_trial_startup_s": statistics.median(startups) if startups else float("nan"),
+            "trial_peak_rss_mb": statistics.median(rss) if rss else float("nan")}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller sizes and the smoke study (a few minutes)")
+    args = parser.parse_args()
+    torch.set_num_threads(os.cpu_count() or 1)
+    mufac = {"forget": 1500, "retain": 8525, "test": 1539, "unseen": 1504}
+    small = {"forget": 300, "retain": 1700, "test": 300, "unseen": 300}
+    sections = {
+        "data path (one epoch, 128 px JPEGs)": data_path(2000),
+        "evaluation (ResNet-18, 128 px)": eval_overhead(small if args.quick else mufac),
+        "GLI trial (MUFAC-shaped, 32 px, narrow ResNet-18)": gli_trial(mufac, 32, 8, 12 if args.quick else 40),
+        "study (smoke)" if args.quick else "study (default)": study(smoke=args.quick),
+    }
+    keys = ["data_path_speedup", "eval_overhead", "gli_trial_speedup", "study_efficiency", "per_trial_startup_s",
+            "trial_peak_rss_mb"]
+    summary = {}
+    for title, values in sections.items():
+        print(f"\n{title}")
+        for k, v in values.items():
+            print(f"  {k:<28} {v:.3f}" if isinstance(v, float) else f"  {k:<28} {v}")
+            if k in keys:
+                summary[k] = round(v, 3)
+    summary.update(quick=args.quick, cpus=os.cpu_count(), torch=torch.__version__)
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
