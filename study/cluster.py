@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 
 import ray
 import torch
@@ -27,6 +28,20 @@ def preflight(cfg: StudyConfig) -> None:
         raise ConfigError(f"--num-gpus {cfg.num_gpus:g} but this machine has {torch.cuda.device_count()} GPU(s)")
 
 
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """A quick TCP check of host:port, so a typo costs seconds rather than Ray's long connection retries."""
+    if address == "auto":
+        return
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"--address {address}: expected host:port, ray://host:port or auto")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise ConfigError(f"--address {address}: cannot reach the Ray cluster ({exc.strerror or exc})") from None
+
+
 def connect(cfg: StudyConfig, dashboard: bool = False) -> tuple[dict, bool]:
     """Start a local Ray instance (or join `cfg.address`); returns (the cluster's resources,
     whether this call connected, so that the caller shuts down only what it started)."""
@@ -35,12 +50,16 @@ def connect(cfg: StudyConfig, dashboard: bool = False) -> tuple[dict, bool]:
     if not started:
         resources = ray.cluster_resources()
     elif cfg.address:
+        _check_reachable(cfg.address)
         try:
             ray.init(address=cfg.address, logging_level="ERROR", log_to_driver=False)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise ConfigError(f"--address {cfg.address}: cannot join the Ray cluster ({str(exc).splitlines()[0]})") from None
         resources = ray.cluster_resources()
     else:
+        if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
+            raise ConfigError("RAY_AUTH_MODE=disabled: the launcher does not start Ray without token authentication; "
+                              "unset it (Ray then protects the local instance with a token)")
         ray.init(
             num_cpus=cfg.num_cpus or os.cpu_count(),
             num_gpus=cfg.num_gpus,  # with --allow-cpu on a CPU machine these are logical GPUs

@@ -55,6 +55,8 @@ class StudyConfig:
     gli_space: dict[str, list[float]] = field(default_factory=lambda: {
         "step_size": [1e-3, 1e-1], "iterations": [1, 10], "guidance": [100.0, 20000.0]})
     cache_dir: str | None = None  # decoded-image cache (default ~/.cache/gli-study)
+    method_hparams: dict[str, dict] = field(default_factory=dict)  # per-method overrides of the paper's settings
+    fault_injection: dict | None = None  # testing aid: {method, marker} kills one worker once
 
     def validate(self) -> None:
         if self.dataset not in DATASETS:
@@ -77,6 +79,20 @@ class StudyConfig:
         if self.num_gpus > 0 and not 0 < self.gpus_per_trial <= max(1.0, self.num_gpus):
             raise ConfigError(f"--gpus-per-trial must be in (0, {max(1.0, self.num_gpus)}], got {self.gpus_per_trial}")
         self._validate_space()
+        self._validate_method_hparams()
+
+    def _validate_method_hparams(self) -> None:
+        from trainables.methods import HyperParameterError, create
+
+        for method, hparams in self.method_hparams.items():
+            if method not in available():
+                raise ConfigError(f"method_hparams: unknown method {method!r}; known: {', '.join(available())}")
+            if not isinstance(hparams, dict):
+                raise ConfigError(f"method_hparams.{method} must be a mapping of hyper-parameters")
+            try:
+                create(method, self.dataset, **hparams)
+            except HyperParameterError as exc:
+                raise ConfigError(f"method_hparams.{method}: {exc}") from None
 
     def _validate_space(self) -> None:
         expected = {"step_size", "iterations", "guidance"}
@@ -142,6 +158,7 @@ def load_yaml(path: str) -> dict[str, Any]:
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: expected a mapping of settings, got {type(values).__name__}")
     values = {str(k).replace("-", "_"): v for k, v in values.items()}
+    values.pop("data_fingerprint", None)  # recorded in a resolved config.yaml, not a setting
     unknown = sorted(set(values) - set(FIELDS))
     if unknown:
         raise ConfigError(f"{path}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(FIELDS))}")
@@ -160,8 +177,8 @@ def resolve(file_values: dict[str, Any], flag_values: dict[str, Any]) -> StudyCo
     return cfg
 
 
-def write_resolved(cfg: StudyConfig, path: Path) -> None:
+def write_resolved(cfg: StudyConfig, path: Path, extra: dict | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(yaml.safe_dump(asdict(cfg), sort_keys=True))
+    tmp.write_text(yaml.safe_dump({**asdict(cfg), **(extra or {})}, sort_keys=True))
     os.replace(tmp, path)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import signal
 import sys
 import time
@@ -31,10 +32,12 @@ from .spaces import gli_space, method_space, paper_point
 from .stages import StudyContext
 from .tracking import Tracker, TrackingError, git_commit
 
+os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")  # Ctrl-C reaches the launcher, which stops cleanly
+
 # Settings that say where and on what a study runs, not what it computes: a rerun that
 # changes only these resumes the same study.
 PLACEMENT = {"num_gpus", "num_cpus", "gpus_per_trial", "cpus_per_trial", "address", "storage_path", "tracking_uri",
-             "results_dir", "allow_cpu", "max_failures", "gli_trials", "cache_dir"}
+             "results_dir", "allow_cpu", "max_failures", "gli_trials", "cache_dir", "fault_injection"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,19 +91,20 @@ def _setup(argv: list[str] | None):
 def run_study(ctx: StudyContext) -> pd.DataFrame:
     cfg, seeds = ctx.cfg, list(range(ctx.cfg.seeds))
     ctx.run_grid("base", [{"method": m, "seed": s, "hparams": {}} for s in seeds for m in REFERENCE_ROWS])
-    fixed = ctx.fixed_hparams()
     tuned: dict[str, list[dict]] = {}
     if cfg.tune_baselines:
         for method in cfg.baselines:
             study = ctx.run_search("baseline", method, method_space(method), paper_point(method, cfg.dataset), cfg.gli_trials)
             tuned[method] = [_best_params(study, cfg.objective)]
     else:
-        ctx.run_grid("baseline", [{"method": m, "seed": s, "hparams": fixed} for s in seeds for m in cfg.baselines])
+        ctx.run_grid("baseline", [{"method": m, "seed": s, "hparams": ctx.fixed_hparams(m)}
+                                  for s in seeds for m in cfg.baselines])
     ctx.run_search("gli", "gli", gli_space(cfg.gli_space), paper_point("gli", cfg.dataset, cfg.gli_space), cfg.gli_trials)
     front = gli_front(ctx.tracker.children("gli"), cfg.objective)
     settings = [hparams_of(r) for _, r in front.iterrows()]
     confirm = [{"method": "gli", "seed": s, "hparams": h} for h in settings for s in seeds]
-    confirm += [{"method": m, "seed": s, "hparams": {**fixed, **h}} for m, hs in tuned.items() for h in hs for s in seeds]
+    confirm += [{"method": m, "seed": s, "hparams": {**ctx.fixed_hparams(m), **h}}
+                for m, hs in tuned.items() for h in hs for s in seeds]
     ctx.run_grid("confirm", confirm)
 
 
@@ -123,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
         return 2
     results = cfg.results_path
-    write_resolved(cfg, results / "config.yaml")
+    write_resolved(cfg, results / "config.yaml", {"data_fingerprint": data.fingerprint})
     try:
         resources, started_ray = connect(cfg, dashboard=args.dashboard)
     except ConfigError as exc:
@@ -137,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
             "objective": cfg.objective, "git_commit": git_commit(), "data_fingerprint": data.fingerprint,
             "smoke_test": str(cfg.smoke_test)}
     parent_id, resumed = tracker.start_parent(study_key(cfg, data.fingerprint), cfg.experiment_name, params, tags)
+    if resumed and (stale := tracker.close_stale_children()):
+        print(f"[study] {stale} trial(s) left running by the interrupted study marked KILLED", file=sys.stderr)
     print(f"[study] {'resuming' if resumed else 'starting'} {cfg.experiment_name} on {cfg.dataset} "
           f"({resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs); MLflow run {parent_id}", file=sys.stderr)
     status = "FAILED"

@@ -105,10 +105,13 @@ class StudyContext:
             train_cfg.epochs = self.cfg.base_epochs
         runner = RunnerConfig(eval_every=self.cfg.eval_every, selection=self.cfg.selection, patience=self.cfg.patience)
         return {"models_dir": self.cfg.models_dir, "model": asdict(model_cfg), "train": asdict(train_cfg),
-                "runner": asdict(runner), "cpus_per_trial": self.cfg.cpus_per_trial}
+                "runner": asdict(runner), "cpus_per_trial": self.cfg.cpus_per_trial,
+                "fault_injection": self.cfg.fault_injection}
 
-    def fixed_hparams(self) -> dict:
-        return {"epochs": self.cfg.method_epochs} if self.cfg.method_epochs else {}
+    def fixed_hparams(self, method: str | None = None) -> dict:
+        """Settings every trial of `method` gets: the smoke test's epochs, then the user's overrides."""
+        fixed = {"epochs": self.cfg.method_epochs} if self.cfg.method_epochs else {}
+        return {**fixed, **self.cfg.method_hparams.get(method or "", {})}
 
     def key(self, stage: str, method: str, seed: int, hparams: dict) -> str:
         full = {} if method in REFERENCE_ROWS else create(method, self.data.name, **hparams).config()
@@ -147,10 +150,13 @@ class StudyContext:
         study_name = f"{self.cfg.experiment_name}-{method}-{self.cfg.objective}"
         directions = ["maximize", "minimize"] if isinstance(mode, list) else ["maximize"]
         study = optuna.create_study(study_name=study_name, storage=storage, load_if_exists=True, directions=directions)
-        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
-            if t.state == TrialState.RUNNING:  # left behind by a crash: it will never report
-                storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-        finished = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)))
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            # Left behind by a killed study: it will never report. Closed as failed, marked so that
+            # it does not use up the budget (its setting may be drawn again).
+            storage.set_trial_system_attr(t._trial_id, "interrupted", True)
+            storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        finished = len([t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
+                        if not t.system_attrs.get("interrupted")])
         remaining = budget - finished
         if remaining <= 0:
             print(f"[study] stage {stage} ({method}): all {budget} trials already in the Optuna study", file=sys.stderr)
@@ -161,6 +167,6 @@ class StudyContext:
             points_to_evaluate=[point] if point and finished == 0 else None,
         )
         param_space = {"stage": stage, "method": method, "seed": 0, "settings": self.settings,
-                       "hparams": self.fixed_hparams()}
+                       "hparams": self.fixed_hparams(method)}
         self._fit(stage, f"{stage}-{method}", param_space, remaining, search=search, samples=remaining)
         return study

@@ -90,6 +90,14 @@ class Tracker:
         self.client.log_batch(self.parent_id, params=[Param(k, v[:6000]) for k, v in flat.items()])
         return self.parent_id, False
 
+    def close_stale_children(self) -> int:
+        """Children left RUNNING by a study that was killed: marked KILLED (a retried trial reopens its own)."""
+        stale = self.children(status="RUNNING")
+        for run_id in stale.get("run_id", []):
+            self.client.set_tag(run_id, "interrupted", "true")
+            self.client.set_terminated(run_id, status="KILLED")
+        return len(stale)
+
     def end_parent(self, status: str) -> None:
         if self.parent_id:
             self.client.set_terminated(self.parent_id, status=status)
@@ -164,6 +172,7 @@ class TrackingCallback(tune.Callback):
     def __init__(self, tracker: Tracker, dataset: str, on_done=None):
         self.tracker, self.dataset, self.on_done = tracker, dataset, on_done
         self.runs: dict[str, str] = {}
+        self.attempts: dict[str, int] = {}
 
     def _spec(self, config: dict) -> tuple[str, str, int, dict]:
         from trainables.methods import REFERENCE_ROWS, create
@@ -178,6 +187,8 @@ class TrackingCallback(tune.Callback):
         key = trial_key(stage, method, seed, hparams)
         run_id = self.tracker.open_child(key, stage, method, seed, hparams, trial.trial_id)
         self.runs[trial.trial_id] = run_id
+        self.attempts[trial.trial_id] = self.attempts.get(trial.trial_id, 0) + 1  # > 1: Tune retried it
+        self.tracker.client.set_tag(run_id, "attempts", str(self.attempts[trial.trial_id]))
         self.tracker.log_metrics(run_id, {"scheduled_at": time.time()}, 0)  # for the start-up latency
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -197,8 +208,11 @@ class TrackingCallback(tune.Callback):
                    and k not in ("final", "step", "pid", "timestamp", "time_this_iter_s", "done",
                                  "training_iteration", "iterations_since_restore", "time_since_restore",
                                  "time_total_s")}
+        if "node_id" in result:
+            self.tracker.client.set_tag(run_id, "node_id", str(result["node_id"]))
         if result.get("final") != 1.0:
-            self.tracker.client.set_tag(run_id, "error", "the trial ended without a finite final report")
+            reason = str(result.get("error") or "the trial ended without a final report")
+            self.tracker.client.set_tag(run_id, "error", reason[:4000])
             self.tracker.client.set_terminated(run_id, status="FAILED")
         else:
             self.tracker.log_metrics(run_id, metrics, int(result.get("steps", 0)))
@@ -207,6 +221,11 @@ class TrackingCallback(tune.Callback):
             self.tracker.client.set_terminated(run_id, status="FINISHED")
         if self.on_done:
             self.on_done(trial, ok=result.get("final") == 1.0)
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        """A worker died and Tune will retry the trial: the same child run carries on."""
+        if trial.trial_id in self.runs:
+            self.tracker.client.set_tag(self.runs[trial.trial_id], "recovered", "true")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         run_id = self.runs.pop(trial.trial_id, None)

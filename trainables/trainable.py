@@ -24,7 +24,7 @@ from .base import TrainConfig, base_model
 from .data import Dataset
 from .methods import REFERENCE_ROWS, create
 from .models import ModelConfig
-from .runner import RunnerConfig, reference_row, unlearn
+from .runner import Diverged, RunnerConfig, reference_row, unlearn
 
 # Keys of a trial's config that are not method hyper-parameters.
 TRIAL_KEYS = ("stage", "method", "seed", "hparams", "settings", "run")
@@ -63,11 +63,20 @@ def _loss_lists(losses: dict) -> dict:
 
 
 def _placement() -> dict:
-    """Where this trial ran: wall-clock start and the GPU Ray assigned (-1: none)."""
+    """Where this trial ran: wall-clock start, the GPU Ray assigned (-1: none) and the node."""
     import ray
 
     gpu_ids = ray.get_gpu_ids() if ray.is_initialized() else []
-    return {"started_at": time.time(), "gpu_id": float(gpu_ids[0]) if gpu_ids else -1.0}
+    node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
+    return {"started_at": time.time(), "gpu_id": float(gpu_ids[0]) if gpu_ids else -1.0, "node_id": node}
+
+
+def _inject_fault(settings: dict, method: str) -> None:
+    """Testing aid for the retry path: kill this worker process once for `method` (never set in a study)."""
+    fault = settings.get("fault_injection") or {}
+    if fault.get("method") == method and not os.path.exists(fault["marker"]):
+        Path(fault["marker"]).write_text("killed once")
+        os._exit(3)  # a dying worker, as an out-of-memory kill or a lost node looks to Tune
 
 
 def unlearning_trial(config: dict, data: Dataset | None = None) -> None:
@@ -95,16 +104,25 @@ def unlearning_trial(config: dict, data: Dataset | None = None) -> None:
     original, _, _ = base_model(data, "original", model_cfg, train_cfg, seed, device, models_dir)
     _, retrain_seconds, _ = base_model(data, "retrain", model_cfg, train_cfg, seed, device, models_dir)
     method = create(name, data.name, **trial_hparams(config))
+    _inject_fault(settings, name)
     startup = time.perf_counter() - start
 
     def report_eval(step: int, sel: dict) -> None:
         tune.report({**{f"sel_{k}": v for k, v in _finite(sel).items()}, "step": float(step), "final": 0.0})
 
-    result = unlearn(method, original, data, seed, device, runner, retrain_seconds=retrain_seconds, on_eval=report_eval)
-    row = _finite(result["metrics"])
-    bad = [k for k in ("sel_accuracy", "sel_forgetting_score", "accuracy", "forgetting_score") if not math.isfinite(row.get(k, math.nan))]
-    if bad:
-        raise FloatingPointError(f"{name}: non-finite {', '.join(bad)}")
+    try:
+        result = unlearn(method, original, data, seed, device, runner, retrain_seconds=retrain_seconds,
+                         on_eval=report_eval)
+        row = _finite(result["metrics"])
+        bad = [k for k in ("sel_accuracy", "sel_forgetting_score", "accuracy", "forgetting_score")
+               if not math.isfinite(row.get(k, math.nan))]
+        if bad:
+            raise Diverged(f"{name}: non-finite {', '.join(bad)}")
+    except Diverged as exc:
+        # A diverged setting is a result, not a crash: report it as failed and end normally, so
+        # Tune does not retry it (retries are for dying workers) and the study goes on.
+        tune.report({"final": 0.0, "diverged": 1.0, "error": str(exc), **placement})
+        return
     row.update(final=1.0, startup_seconds=startup, trial_seconds=time.perf_counter() - start,
                pid=float(os.getpid()), ended_at=time.time(), peak_rss_mb=_peak_rss_mb(), **placement)
     tune.report({**row, **_loss_lists(result["losses"])})

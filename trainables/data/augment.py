@@ -43,25 +43,28 @@ def augment_batch(
     """uint8 N x C x H x W -> augmented float N x C x H x W in [0, 1], on the input's device."""
     x = to_float(images)
     n, device = x.shape[0], x.device
+    # Flip and affine in one resampling: output pixel p samples the input at F A^-1 p, with
+    # A = scale * [[1, tan(shear)], [0, 1]] and F = diag(-1, 1) for flipped samples.
+    sign = torch.ones(n)
     if flip:
-        flipped = torch.rand(n, generator=generator).to(device) < 0.5
-        x = torch.where(flipped[:, None, None, None], x.flip(-1), x)
-    # Affine: output pixel p samples input at A^-1 p, with A = scale * [[1, tan(shear)], [0, 1]].
+        sign = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0)
     s = _uniform(n, scale[0], scale[1], generator, device)
     shear = torch.tan(_uniform(n, -shear_deg, shear_deg, generator, device) * (math.pi / 180.0))
+    sign = sign.to(device)
     theta = torch.zeros(n, 2, 3, device=device)
-    theta[:, 0, 0] = 1.0 / s
-    theta[:, 0, 1] = -shear / s
+    theta[:, 0, 0] = sign / s
+    theta[:, 0, 1] = -sign * shear / s
     theta[:, 1, 1] = 1.0 / s
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    if flip or shear_deg or scale != (1.0, 1.0):
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     if jitter > 0:
         lo, hi = 1.0 - jitter, 1.0 + jitter
         brightness = _uniform(n, lo, hi, generator, device)[:, None, None, None]
         contrast = _uniform(n, lo, hi, generator, device)[:, None, None, None]
         saturation = _uniform(n, lo, hi, generator, device)[:, None, None, None]
-        x = (x * brightness).clamp_(0, 1)
+        x.mul_(brightness).clamp_(0, 1)  # in place: the batch is ours (grid_sample made it)
         mean = _grayscale(x).mean(dim=(1, 2, 3), keepdim=True)
-        x = (contrast * x + (1 - contrast) * mean).clamp_(0, 1)
-        x = (saturation * x + (1 - saturation) * _grayscale(x)).clamp_(0, 1)
+        x.mul_(contrast).add_((1 - contrast) * mean).clamp_(0, 1)
+        x.mul_(saturation).add_((1 - saturation) * _grayscale(x)).clamp_(0, 1)
     return x

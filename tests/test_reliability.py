@@ -1,0 +1,204 @@
+"""A study that survives crashes, failed trials and bad input (issue 7).
+
+The SIGKILL and Ctrl-C cases run the launcher as a separate process, as a user would;
+the others share one Ray instance (2 CPUs) and call the launcher in-process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import ray
+import yaml
+from mlflow.tracking import MlflowClient
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+
+from study.launch import main as launch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _runs(uri: str, experiment: str):
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return [], []
+    runs = client.search_runs([exp.experiment_id], max_results=10000)
+    return ([r for r in runs if "mlflow.parentRunId" not in r.data.tags],
+            [r for r in runs if "mlflow.parentRunId" in r.data.tags])
+
+
+def _start(results: Path, cache: Path, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "GLI_CACHE_DIR": str(cache), "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "study.launch", "--smoke-test", "--results-dir", str(results), *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT,
+                            start_new_session=True)
+
+
+def _wait_for(proc: subprocess.Popen, text: str, timeout: float = 240) -> list[str]:
+    lines, deadline = [], time.time() + timeout
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if text in line:
+            return lines
+    proc.kill()
+    raise AssertionError(f"never saw {text!r}; output:\n{''.join(lines[-30:])}")
+
+
+def _study(results: Path):
+    storage = JournalStorage(JournalFileBackend(str(results / "optuna.journal")))
+    return optuna.load_study(study_name="gli-digits-smoke-gli-pareto", storage=storage)
+
+
+def test_sigkill_mid_search_then_resume(tmp_path):
+    results, cache = tmp_path / "r", tmp_path / "cache"
+    proc = _start(results, cache)
+    _wait_for(proc, "[study] gli: 1/4 done")
+    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and everything it started, at once
+    proc.wait(timeout=30)
+    before = {t.number: t.state.name for t in _study(results).trials}
+    assert list(before.values()).count("COMPLETE") >= 1
+    stamps = {p.name: p.stat().st_mtime_ns for p in (results / "ray" / "models").iterdir()}
+    uri = f"sqlite:///{results}/mlflow.db"
+    _, children = _runs(uri, "gli-digits-smoke")
+    finished_before = {c.info.run_id for c in children if c.info.status == "FINISHED" and c.data.tags["stage"] == "gli"}
+
+    again = _start(results, cache)
+    out, _ = again.communicate(timeout=400)
+    assert again.returncode == 0, out[-3000:]
+    assert "stage base: 2 of 2 trial(s) already finished" in out
+    assert "stage baseline: 8 of 8 trial(s) already finished" in out
+    assert {p.name: p.stat().st_mtime_ns for p in (results / "ray" / "models").iterdir()} == stamps
+    study = _study(results)
+    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert len(complete) == 4  # the budget, with the trials from before the crash counted once
+    assert all(t.system_attrs.get("interrupted") for t in study.trials if t.state.name == "FAIL")
+    parents, children = _runs(uri, "gli-digits-smoke")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    keys = [c.data.tags["trial_key"] for c in children]
+    assert len(keys) == len(set(keys))  # no second child run for any trial
+    gli_finished = {c.info.run_id for c in children if c.info.status == "FINISHED" and c.data.tags["stage"] == "gli"}
+    assert finished_before < gli_finished  # the front and tables read trials from before and after
+    trials_csv = (results / "gli_trials.csv").read_text()
+    assert all(run_id in trials_csv for run_id in finished_before)
+
+
+def test_ctrl_c_stops_cleanly_and_rerun_resumes(tmp_path):
+    results, cache = tmp_path / "r", tmp_path / "cache"
+    proc = _start(results, cache)
+    _wait_for(proc, "[study] stage gli")
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C sends
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out[-2000:]
+    assert "run the same command again to resume" in out
+    uri = f"sqlite:///{results}/mlflow.db"
+    parents, _ = _runs(uri, "gli-digits-smoke")
+    assert [p.info.status for p in parents] == ["KILLED"]
+    again = _start(results, cache)
+    out, _ = again.communicate(timeout=400)
+    assert again.returncode == 0, out[-3000:]
+    parents, children = _runs(uri, "gli-digits-smoke")
+    assert [p.info.status for p in parents] == ["FINISHED"]
+    assert not [c for c in children if c.info.status == "RUNNING"]
+
+
+@pytest.fixture(scope="module")
+def ray_instance():
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def test_diverging_trials_fail_without_stopping_the_study(ray_instance, tmp_path):
+    config = tmp_path / "study.yaml"
+    config.write_text(yaml.safe_dump({"baselines": ["finetune", "neggrad"], "gli_trials": 2,
+                                      "method_hparams": {"neggrad": {"lr": 1.0e8}, "gli": {"lr": 1.0e8}}}))
+    uri = f"sqlite:///{tmp_path}/store.db"
+    assert launch(["--smoke-test", "--config", str(config), "--results-dir", str(tmp_path / "r"),
+                   "--tracking-uri", uri]) == 0
+    _, children = _runs(uri, "gli-digits-smoke")
+    by = {(c.data.tags["stage"], c.data.tags["method"]): c for c in children}
+    neggrad = by[("baseline", "neggrad")]
+    assert neggrad.info.status == "FAILED" and "non-finite" in neggrad.data.tags["error"]
+    assert neggrad.data.tags["attempts"] == "1"  # a diverged setting is not retried
+    assert by[("baseline", "finetune")].info.status == "FINISHED"
+    gli = [c for c in children if c.data.tags["stage"] == "gli"]
+    assert gli and all(c.info.status == "FAILED" for c in gli)
+    assert [t.state.name for t in _study(tmp_path / "r").trials] == ["FAIL", "FAIL"]
+    summary = (tmp_path / "r" / "summary.csv").read_text()
+    assert "neggrad" not in summary and "gli" not in summary and "finetune" in summary
+
+
+def test_dying_worker_is_retried(ray_instance, tmp_path):
+    marker = tmp_path / "killed-once"
+    config = tmp_path / "study.yaml"
+    config.write_text(yaml.safe_dump({"baselines": ["finetune"], "gli_trials": 1, "max_failures": 2,
+                                      "fault_injection": {"method": "finetune", "marker": str(marker)}}))
+    uri = f"sqlite:///{tmp_path}/store.db"
+    assert launch(["--smoke-test", "--config", str(config), "--results-dir", str(tmp_path / "r"),
+                   "--tracking-uri", uri]) == 0
+    assert marker.exists()  # the worker really died once
+    _, children = _runs(uri, "gli-digits-smoke")
+    finetune = [c for c in children if c.data.tags["method"] == "finetune" and c.data.tags["stage"] == "baseline"]
+    assert len(finetune) == 1 and finetune[0].info.status == "FINISHED"
+    assert int(finetune[0].data.tags["attempts"]) == 2
+
+
+def _bad(tmp_path: Path, case: str) -> tuple[list[str], str]:
+    if case == "malformed data folder":
+        (tmp_path / "mufac").mkdir()
+        return ["--dataset", "mufac", "--data-dir", str(tmp_path / "mufac")], "custom_train_dataset.csv: missing"
+    if case == "unknown data set":
+        return ["--dataset", "imagenet"], "invalid choice" if False else "unknown data set 'imagenet'"
+    if case == "unknown method":
+        (tmp_path / "c.yaml").write_text("baselines: [finetune, magic]\n")
+        return ["--config", str(tmp_path / "c.yaml")], "unknown baseline method(s) magic"
+    if case == "YAML does not parse":
+        (tmp_path / "c.yaml").write_text("seeds: [1,\n")
+        return ["--config", str(tmp_path / "c.yaml")], "not valid YAML"
+    if case == "YAML unknown key":
+        (tmp_path / "c.yaml").write_text("sedes: 3\n")
+        return ["--config", str(tmp_path / "c.yaml")], "unknown setting(s) sedes"
+    if case == "search bounds low above high":
+        (tmp_path / "c.yaml").write_text("gli_space: {step_size: [0.1, 0.001], iterations: [1, 10], guidance: [100, 20000]}\n")
+        return ["--config", str(tmp_path / "c.yaml")], "low 0.1 is above high 0.001"
+    if case == "non-positive step size":
+        (tmp_path / "c.yaml").write_text("gli_space: {step_size: [0, 0.1], iterations: [1, 10], guidance: [100, 20000]}\n")
+        return ["--config", str(tmp_path / "c.yaml")], "step size must be positive"
+    if case == "GPUs above the cluster":
+        return ["--num-gpus", "3", "--allow-cpu"], "the Ray cluster has 0 GPU(s)"
+    if case == "unreachable address":
+        return ["--address", "127.0.0.1:9"], "cannot reach the Ray cluster"
+    if case == "unwritable tracking URI":
+        return ["--tracking-uri", "sqlite:////proc/none/mlflow.db"], "cannot write the database"
+    raise AssertionError(case)
+
+
+@pytest.mark.parametrize("case", ["malformed data folder", "unknown data set", "unknown method", "YAML does not parse",
+                                  "YAML unknown key", "search bounds low above high", "non-positive step size",
+                                  "GPUs above the cluster", "unreachable address", "unwritable tracking URI"])
+def test_bad_input_one_line_no_running_parent(ray_instance, tmp_path, capsys, case):
+    argv, message = _bad(tmp_path, case)
+    results = tmp_path / "r"
+    started = time.time()
+    code = launch(argv + ["--smoke-test", "--results-dir", str(results)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith("error: ") and message in err[-1], err[-3:]
+    assert time.time() - started < 30  # before any expensive work
+    if (results / "mlflow.db").exists():
+        parents, _ = _runs(f"sqlite:///{results}/mlflow.db", "gli-digits-smoke")
+        assert not [p for p in parents if p.info.status == "RUNNING"]
+    assert not (results / "ray" / "models").exists()  # nothing was trained
