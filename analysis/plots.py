@@ -132,8 +132,15 @@ def plot_optuna(study, title: str, out_dir: Path) -> list[Path]:
     fig.suptitle(f"Optuna history: {study.study_name}; {title}", fontsize=9)
     fig.tight_layout()
     written += _save(fig, out_dir / "optuna_history")
+    import warnings
+
     try:
-        importances = [optuna.importance.get_param_importances(study, target=lambda t, i=i: t.values[i])
+        warnings.filterwarnings("ignore", message=".*PedAnovaImportanceEvaluator.*")  # its sign is handled below
+        warnings.filterwarnings("ignore", message="Some regimes for parameter")  # small studies: expected
+        # Optuna's default evaluator ranks parameters by how they reach *low* target values:
+        # maximised objectives are negated.
+        signs = [-1.0 if d.name == "MAXIMIZE" else 1.0 for d in study.directions]
+        importances = [optuna.importance.get_param_importances(study, target=lambda t, i=i: signs[i] * t.values[i])
                        for i in range(len(names))]
     except (RuntimeError, ValueError, ZeroDivisionError):  # too few distinct trials for fANOVA
         return written

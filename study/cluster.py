@@ -46,11 +46,12 @@ def connect(cfg: StudyConfig, dashboard: bool = False) -> tuple[dict, bool]:
     """Start a local Ray instance (or join `cfg.address`); returns (the cluster's resources,
     whether this call connected, so that the caller shuts down only what it started)."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if cfg.address:
+        _check_reachable(cfg.address)
     started = not ray.is_initialized()
     if not started:
         resources = ray.cluster_resources()
     elif cfg.address:
-        _check_reachable(cfg.address)
         try:
             ray.init(address=cfg.address, logging_level="ERROR", log_to_driver=False)
         except (ConnectionError, RuntimeError, ValueError) as exc:

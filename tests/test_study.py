@@ -87,7 +87,9 @@ def test_second_run_reuses_finished_work(smoke, capsys):
     stamps = [p.stat().st_mtime_ns for p in checkpoints]
     _, _, before = _runs(uri, "gli-digits-smoke")
     assert launch(["--smoke-test", "--results-dir", str(results), "--tracking-uri", uri]) == 0
-    err = capsys.readouterr().err
+    captured = capsys.readouterr()
+    err = captured.err
+    assert f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1" in captured.out  # local only
     assert "stage base: 2 of 2 trial(s) already finished" in err
     assert "all 4 trials already in the Optuna study" in err
     assert [p.stat().st_mtime_ns for p in sorted((results / "ray" / "models").iterdir())] == stamps  # nothing retrained
@@ -164,6 +166,13 @@ def test_export_then_reproduce_agrees(smoke, tmp_path, capsys):
     assert reproduce_main([str(out / "gli.yaml"), "--check"]) == 0
     assert "reproduced numbers agree with the export" in capsys.readouterr().out
     assert reproduce_main([str(out / "finetune.yaml"), "--check"]) == 0
+    # the study's data fingerprint is recorded everywhere, and another one is warned about
+    assert yaml.safe_load((results / "config.yaml").read_text())["data_fingerprint"] == spec["data"]["fingerprint"]
+    spec["data"]["fingerprint"] = "0000000000000000"
+    (tmp_path / "moved.yaml").write_text(yaml.safe_dump(spec))
+    capsys.readouterr()
+    assert reproduce_main([str(tmp_path / "moved.yaml"), "--seeds", "1"]) == 0
+    assert "warning: the data set's fingerprint is" in capsys.readouterr().err
 
 
 def test_export_and_reproduce_errors(smoke, tmp_path, capsys):

@@ -121,7 +121,9 @@ def unlearning_trial(config: dict, data: Dataset | None = None) -> None:
     except Diverged as exc:
         # A diverged setting is a result, not a crash: report it as failed and end normally, so
         # Tune does not retry it (retries are for dying workers) and the study goes on.
-        tune.report({"final": 0.0, "diverged": 1.0, "error": str(exc), **placement})
+        # The objectives are present (Tune checks) and NaN (the searcher records the trial as failed).
+        nan = {k: math.nan for k in ("sel_accuracy", "sel_forgetting_score", "sel_final_score")}
+        tune.report({**nan, "final": 0.0, "diverged": 1.0, "error": str(exc), **placement})
         return
     row.update(final=1.0, startup_seconds=startup, trial_seconds=time.perf_counter() - start,
                pid=float(os.getpid()), ended_at=time.time(), peak_rss_mb=_peak_rss_mb(), **placement)
