@@ -113,15 +113,21 @@ def eval_overhead(sizes: dict) -> dict:
 
 
 # --- 3. a GLI trial against the reference's evaluate-after-every-batch loop ---------------------
-def gli_trial(sizes: dict, image_size: int, width: int, reference_steps: int | None) -> dict:
+def gli_trial(sizes: dict, image_size: int, model: ModelConfig, reference_steps: int | None,
+              device: torch.device = torch.device("cpu")) -> dict:
+    from trainables.runner import _on_device
+
     data = synthetic_mufac(sizes, image_size)
     torch.manual_seed(0)
-    original = build_model(ModelConfig("resnet18_small", width), 3, 8).eval()
-    cpu = torch.device("cpu")
+    original = engine.prepare_model(build_model(model, 3, 8), device).eval()
+    cpu = device
     method = create("gli", "mufac")
     start = time.perf_counter()
     result = unlearn(method, original, data, 0, cpu, RunnerConfig())  # as the study runs it
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     ours = time.perf_counter() - start
+    data = _on_device(data, device)  # the reference loop gets the same device-resident data
     steps = result["steps"]
 
     # The reference: the same GLI steps, and after every batch the full test, unseen and forget sets.
@@ -131,13 +137,15 @@ def gli_trial(sizes: dict, image_size: int, width: int, reference_steps: int | N
     engine.seed_everything(0)
     import copy
 
-    ctx = Context(copy.deepcopy(original), original, data, cpu, engine.generator(0), 0)
+    ctx = Context(engine.prepare_model(copy.deepcopy(original), device), original, data, cpu, engine.generator(0), 0)
     limit = reference_steps or steps
     start = time.perf_counter()
     for i, _ in enumerate(ref_method.run(ctx), start=1):
         evaluate(ctx.model, data, test="test", unseen="unseen", retain=False, device=cpu)
         if i >= limit:
             break
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     measured = time.perf_counter() - start
     reference = measured * steps / limit  # every reference step costs the same: scale to the full epoch
     step_s = result["metrics"]["seconds"]  # the training steps alone, evaluations excluded
@@ -179,16 +187,23 @@ def study(smoke: bool) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes and the smoke study (a few minutes)")
+    parser.add_argument("--gpu-gli", action="store_true",
+                        help="only the GLI comparison, on CUDA at full MUFAC size (128 px, ResNet-18)")
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     mufac = {"forget": 1500, "retain": 8525, "test": 1539, "unseen": 1504}
     small = {"forget": 300, "retain": 1700, "test": 300, "unseen": 300}
-    sections = {
-        "data path (one epoch, 128 px JPEGs)": data_path(2000),
-        "evaluation (ResNet-18, 128 px)": eval_overhead(small if args.quick else mufac),
-        "GLI trial (MUFAC-shaped, 32 px, narrow ResNet-18)": gli_trial(mufac, 32, 8, 12 if args.quick else 40),
-        "study (smoke)" if args.quick else "study (default)": study(smoke=args.quick),
-    }
+    if args.gpu_gli:
+        sections = {"GLI trial (MUFAC-shaped, 128 px, ResNet-18, CUDA)":
+                    gli_trial(mufac, 128, ModelConfig("resnet18"), 40, torch.device("cuda"))}
+    else:
+        sections = {
+            "data path (one epoch, 128 px JPEGs)": data_path(2000),
+            "evaluation (ResNet-18, 128 px)": eval_overhead(small if args.quick else mufac),
+            "GLI trial (MUFAC-shaped, 32 px, narrow ResNet-18)":
+                gli_trial(mufac, 32, ModelConfig("resnet18_small", 8), 12 if args.quick else 40),
+            "study (smoke)" if args.quick else "study (default)": study(smoke=args.quick),
+        }
     keys = ["data_path_speedup", "eval_overhead", "gli_trial_speedup", "study_efficiency", "per_trial_startup_s",
             "trial_peak_rss_mb"]
     summary = {}
@@ -198,7 +213,8 @@ def main() -> int:
             print(f"  {k:<28} {v:.3f}" if isinstance(v, float) else f"  {k:<28} {v}")
             if k in keys:
                 summary[k] = round(v, 3)
-    summary.update(quick=args.quick, cpus=os.cpu_count(), torch=torch.__version__)
+    summary.update(quick=args.quick, cpus=os.cpu_count(), torch=torch.__version__,
+                   device=torch.cuda.get_device_name(0) if args.gpu_gli else "cpu")
     print(json.dumps(summary))
     return 0
 
