@@ -164,7 +164,7 @@ class StudyContext:
         search = StudySearch(
             space=space, metric=metric, mode=mode, study_name=study_name, storage=storage,
             sampler=optuna.samplers.TPESampler(seed=self.cfg.sampler_seed + finished),
-            points_to_evaluate=[point] if point and finished == 0 else None,
+            points_to_evaluate=[point] if point and not study.trials else None,  # enqueued once, ever
         )
         param_space = {"stage": stage, "method": method, "seed": 0, "settings": self.settings,
                        "hparams": self.fixed_hparams(method)}
