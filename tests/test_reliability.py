@@ -162,7 +162,7 @@ def _bad(tmp_path: Path, case: str) -> tuple[list[str], str]:
         (tmp_path / "mufac").mkdir()
         return ["--dataset", "mufac", "--data-dir", str(tmp_path / "mufac")], "custom_train_dataset.csv: missing"
     if case == "unknown data set":
-        return ["--dataset", "imagenet"], "invalid choice" if False else "unknown data set 'imagenet'"
+        return ["--dataset", "imagenet"], "unknown data set 'imagenet'"
     if case == "unknown method":
         (tmp_path / "c.yaml").write_text("baselines: [finetune, magic]\n")
         return ["--config", str(tmp_path / "c.yaml")], "unknown baseline method(s) magic"
