@@ -120,10 +120,9 @@ def gli_trial(sizes: dict, image_size: int, model: ModelConfig, reference_steps:
     data = synthetic_mufac(sizes, image_size)
     torch.manual_seed(0)
     original = engine.prepare_model(build_model(model, 3, 8), device).eval()
-    cpu = device
     method = create("gli", "mufac")
     start = time.perf_counter()
-    result = unlearn(method, original, data, 0, cpu, RunnerConfig())  # as the study runs it
+    result = unlearn(method, original, data, 0, device, RunnerConfig())  # as the study runs it
     if device.type == "cuda":
         torch.cuda.synchronize()
     ours = time.perf_counter() - start
@@ -137,11 +136,11 @@ def gli_trial(sizes: dict, image_size: int, model: ModelConfig, reference_steps:
     engine.seed_everything(0)
     import copy
 
-    ctx = Context(engine.prepare_model(copy.deepcopy(original), device), original, data, cpu, engine.generator(0), 0)
+    ctx = Context(engine.prepare_model(copy.deepcopy(original), device), original, data, device, engine.generator(0), 0)
     limit = reference_steps or steps
     start = time.perf_counter()
     for i, _ in enumerate(ref_method.run(ctx), start=1):
-        evaluate(ctx.model, data, test="test", unseen="unseen", retain=False, device=cpu)
+        evaluate(ctx.model, data, test="test", unseen="unseen", retain=False, device=device)
         if i >= limit:
             break
     if device.type == "cuda":

@@ -16,7 +16,6 @@ import signal
 import sys
 import time
 from dataclasses import asdict
-from pathlib import Path
 
 import pandas as pd
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from analysis.export import EXPORT_KIND
 from trainables import engine
 from trainables.base import TrainConfig, base_model
 from trainables.data import DataConfig, DataError, load_dataset
@@ -25,7 +26,6 @@ from trainables.models import ModelConfig
 from trainables.run import run_method
 from trainables.runner import RunnerConfig
 
-EXPORT_KIND = "gli-study-export"
 SHOWN = ["accuracy", "forgetting_score", "final_score", "jsd", "sel_accuracy", "sel_forgetting_score"]
 
 

@@ -22,7 +22,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from trainables.base import default_configs
 from trainables.data import Dataset
-from trainables.methods import REFERENCE_ROWS, create
+from trainables.methods import resolved_hparams
 from trainables.runner import RunnerConfig
 from trainables.trainable import unlearning_trial
 
@@ -114,8 +114,7 @@ class StudyContext:
         return {**fixed, **self.cfg.method_hparams.get(method or "", {})}
 
     def key(self, stage: str, method: str, seed: int, hparams: dict) -> str:
-        full = {} if method in REFERENCE_ROWS else create(method, self.data.name, **hparams).config()
-        return trial_key(stage, method, seed, full)
+        return trial_key(stage, method, seed, resolved_hparams(method, self.data.name, **hparams))
 
     def _fit(self, stage: str, name: str, param_space: dict, planned: int, search=None, samples: int = 1) -> None:
         self.progress.begin(stage, planned)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from ray import tune
 
@@ -175,12 +175,11 @@ class TrackingCallback(tune.Callback):
         self.attempts: dict[str, int] = {}
 
     def _spec(self, config: dict) -> tuple[str, str, int, dict]:
-        from trainables.methods import REFERENCE_ROWS, create
+        from trainables.methods import resolved_hparams
 
         config = trial_spec(config)
         method, seed = config["method"], int(config["seed"])
-        hparams = {} if method in REFERENCE_ROWS else create(method, self.dataset, **trial_hparams(config)).config()
-        return config["stage"], method, seed, hparams
+        return config["stage"], method, seed, resolved_hparams(method, self.dataset, **trial_hparams(config))
 
     def on_trial_start(self, iteration, trials, trial, **info):
         stage, method, seed, hparams = self._spec(trial.config)
@@ -232,9 +231,9 @@ class TrackingCallback(tune.Callback):
         if run_id is not None:
             reason = (getattr(trial, "error_msg", None) or "trial failed").strip().splitlines()[-1][:4000]
             self.tracker.client.set_tag(run_id, "error", reason)
-            self.tracker.client.set_terminated(run_id, status=RunStatus.to_string(RunStatus.FAILED))
+            self.tracker.client.set_terminated(run_id, status="FAILED")
         if self.on_done:
             self.on_done(trial, ok=False)
 
 
-__all__ = ["Metric", "RunTag", "Tracker", "TrackingCallback", "TrackingError", "git_commit", "trial_key"]
+__all__ = ["Tracker", "TrackingCallback", "TrackingError", "git_commit", "trial_key"]

@@ -6,7 +6,6 @@ the others share one Ray instance (2 CPUs) and call the launcher in-process.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess

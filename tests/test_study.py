@@ -6,7 +6,6 @@ leaves it running.
 
 from __future__ import annotations
 
-import json
 import os
 
 import optuna

@@ -75,7 +75,7 @@ def train_model(
             total += loss.detach()
         sched.step()
         mean = float(total) / len(batches)
-        engine.check_finite(torch.tensor(mean), f"base training on {split_name}, epoch {epoch + 1}")
+        engine.check_finite(mean, f"base training on {split_name}, epoch {epoch + 1}")
         if log_every and ((epoch + 1) % log_every == 0 or epoch + 1 == cfg.epochs):
             print(f"[base] {split_name}: epoch {epoch + 1}/{cfg.epochs} loss {mean:.4f} "
                   f"({time.perf_counter() - start:.0f}s)", file=sys.stderr, flush=True)

@@ -8,6 +8,7 @@ autocast on CUDA) is written once.
 from __future__ import annotations
 
 import contextlib
+import math
 import random
 from collections.abc import Iterator
 
@@ -75,6 +76,6 @@ def prepare_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Modu
     return model
 
 
-def check_finite(loss: torch.Tensor, where: str) -> None:
-    if not torch.isfinite(loss).all():
-        raise FloatingPointError(f"non-finite loss ({float(loss.detach().float().mean())}) in {where}")
+def check_finite(loss: float, where: str) -> None:
+    if not math.isfinite(loss):
+        raise FloatingPointError(f"non-finite loss ({loss}) in {where}")

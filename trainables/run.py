@@ -20,7 +20,7 @@ import yaml
 from . import engine
 from .base import BASE_KINDS, base_model, default_configs
 from .data import DATASETS, DataConfig, DataError, Dataset, load_dataset
-from .methods import REFERENCE_ROWS, HyperParameterError, available, create
+from .methods import REFERENCE_ROWS, HyperParameterError, available, create, get
 from .metrics import PROTOCOL_LABEL
 from .runner import RunnerConfig, reference_row, unlearn
 
@@ -99,10 +99,12 @@ def main(argv: list[str] | None = None) -> int:
     names = list(REFERENCE_ROWS) + available() if args.method == "all" else [args.method]
     try:
         hparams = parse_sets(args.set)
+        overrides = {}  # per row: with --method all, each method takes the --set keys it accepts
         for name in names:  # validate every row before any training
             if name not in REFERENCE_ROWS:
-                accepted = set(create(name, args.dataset).hyperparameters())
-                create(name, args.dataset, **({k: v for k, v in hparams.items() if k in accepted} if args.method == "all" else hparams))
+                accepted = set(get(name).hyperparameters())
+                overrides[name] = {k: v for k, v in hparams.items() if k in accepted} if args.method == "all" else hparams
+                create(name, args.dataset, **overrides[name])
         runner = RunnerConfig(eval_every=args.eval_every, selection=args.selection, patience=args.patience)
         runner.validate()
         data = load_dataset(DataConfig(dataset=args.dataset, data_dir=args.data_dir, cache_dir=args.cache_dir))
@@ -113,9 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     bases = base_models(data, args.seed, device, Path(args.cache_dir).resolve() if args.cache_dir else None)
     rows = []
     for name in names:
-        accepted = set(create(name, args.dataset).hyperparameters()) if name not in REFERENCE_ROWS else set()
-        own = {k: v for k, v in hparams.items() if k in accepted}
-        row = run_method(name, data, bases, args.seed, device, own, runner)
+        row = run_method(name, data, bases, args.seed, device, overrides.get(name, {}), runner)
         rows.append(row)
         if args.json:
             print(json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}))

@@ -47,8 +47,8 @@ def _threads(settings: dict) -> None:
     torch.set_num_threads(cpus)  # Ray's CPU share for this trial, not every core of the node
 
 
-def _finite(metrics: dict) -> dict:
-    """Numbers only (Tune and MLflow take floats), NaN / inf kept as they are for the failure checks."""
+def _numbers(metrics: dict) -> dict:
+    """Numbers only (Tune and MLflow take floats); NaN and inf are kept for the failure checks."""
     return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
@@ -99,7 +99,7 @@ def unlearning_trial(config: dict, data: Dataset | None = None) -> None:
                    **placement)
         if name == "retrain":
             row["rte"] = 1.0
-        tune.report({**_finite(row), **_loss_lists(losses)})
+        tune.report({**_numbers(row), **_loss_lists(losses)})
         return
     original, _, _ = base_model(data, "original", model_cfg, train_cfg, seed, device, models_dir)
     _, retrain_seconds, _ = base_model(data, "retrain", model_cfg, train_cfg, seed, device, models_dir)
@@ -108,12 +108,12 @@ def unlearning_trial(config: dict, data: Dataset | None = None) -> None:
     startup = time.perf_counter() - start
 
     def report_eval(step: int, sel: dict) -> None:
-        tune.report({**{f"sel_{k}": v for k, v in _finite(sel).items()}, "step": float(step), "final": 0.0})
+        tune.report({**{f"sel_{k}": v for k, v in _numbers(sel).items()}, "step": float(step), "final": 0.0})
 
     try:
         result = unlearn(method, original, data, seed, device, runner, retrain_seconds=retrain_seconds,
                          on_eval=report_eval)
-        row = _finite(result["metrics"])
+        row = _numbers(result["metrics"])
         bad = [k for k in ("sel_accuracy", "sel_forgetting_score", "accuracy", "forgetting_score")
                if not math.isfinite(row.get(k, math.nan))]
         if bad:

@@ -63,6 +63,11 @@ def create(name: str, dataset: str | None = None, **hparams: Any) -> "Method":
     return cls(**merged)
 
 
+def resolved_hparams(name: str, dataset: str | None, **hparams: Any) -> dict[str, Any]:
+    """Every hyper-parameter a run of `name` uses (paper defaults, then `hparams`); {} for the reference rows."""
+    return {} if name in REFERENCE_ROWS else create(name, dataset, **hparams).config()
+
+
 def require(condition: bool, message: str) -> None:
     if not condition:
         raise HyperParameterError(message)
