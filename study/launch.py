@@ -2,7 +2,8 @@
 
 Stages: base (original and retrained models per seed), baseline (every baseline per
 seed, or an Optuna search each with --tune-baselines), gli (Optuna over step size,
-iteration count and guidance strength), confirm (the chosen settings over every seed).
+iteration count and guidance strength), confirm (the chosen settings over every seed),
+all in one Tune run: baseline and gli start together once the base models exist.
 With no flags it runs the whole study on digits on the local CPU.
 """
 
@@ -10,26 +11,28 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib
 import json
 import os
 import signal
 import sys
+import threading
 import time
 from dataclasses import asdict
+from typing import TYPE_CHECKING
 
-import pandas as pd
-
-from analysis import tables
-from analysis.report import StudyInfo, build_report, gli_front, hparams_of
 from trainables.data import DataConfig, DataError, load_dataset
 from trainables.methods import REFERENCE_ROWS
-from trainables.metrics import PROTOCOL_LABEL
 
 from .cluster import connect, preflight, slots
 from .config import FIELDS, ConfigError, StudyConfig, load_yaml, resolve, write_resolved
 from .spaces import gli_space, method_space, paper_point
-from .stages import StudyContext
-from .tracking import Tracker, TrackingError, git_commit
+
+if TYPE_CHECKING:
+    from .stages import StudyContext
+
+# MLflow, Optuna, Tune's search and the figures are imported by `_prepare`, on a thread
+# that runs while Ray starts: both take seconds, and a study is often only minutes.
 
 os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")  # Ctrl-C reaches the launcher, which stops cleanly
 
@@ -83,28 +86,49 @@ def _setup(argv: list[str] | None):
     preflight(cfg)
     data = load_dataset(DataConfig(dataset=cfg.dataset, data_dir=cfg.data_dir, forget_count=cfg.forget_count,
                                    cache_dir=cfg.cache_dir))
-    tracker = Tracker(cfg.tracking_uri, cfg.experiment_name, cfg.results_path / "artifacts")
-    return args, cfg, data, tracker
+    return args, cfg, data
 
 
-def run_study(ctx: StudyContext) -> pd.DataFrame:
+def _prepare(cfg: StudyConfig, out: dict) -> None:
+    """The tracking store and the driver's remaining imports (run on a thread while Ray starts)."""
+    try:
+        for module in ("analysis.report", "study.stages"):  # matplotlib, pandas; Tune's search, Optuna
+            importlib.import_module(module)
+        from .tracking import Tracker
+
+        out["tracker"] = Tracker(cfg.tracking_uri, cfg.experiment_name, cfg.results_path / "artifacts")
+    except BaseException as exc:  # handed to the main thread
+        out["error"] = exc
+
+
+def run_study(ctx: StudyContext) -> None:
+    """Base models first; each seed's trials as soon as its base models exist; GLI's search before the
+    baselines (they fill the slots while the search's last trials run); confirm once the searches end."""
+    from analysis.report import gli_front, hparams_of
+
     cfg, seeds = ctx.cfg, list(range(ctx.cfg.seeds))
-    ctx.run_grid("base", [{"method": m, "seed": s, "hparams": {}} for s in seeds for m in REFERENCE_ROWS])
-    tuned: dict[str, list[dict]] = {}
+    base = ctx.grid("base", [{"method": m, "seed": s, "hparams": {}} for s in seeds for m in REFERENCE_ROWS])
+    needs = base.seed_done
+    searches = [ctx.search("gli", "gli", gli_space(cfg.gli_space), paper_point("gli", cfg.dataset, cfg.gli_space),
+                           cfg.gli_trials, needs)]
     if cfg.tune_baselines:
-        for method in cfg.baselines:
-            study = ctx.run_search("baseline", method, method_space(method), paper_point(method, cfg.dataset), cfg.gli_trials)
-            tuned[method] = [_best_params(study, cfg.objective)]
-    else:
-        ctx.run_grid("baseline", [{"method": m, "seed": s, "hparams": ctx.fixed_hparams(m)}
-                                  for s in seeds for m in cfg.baselines])
-    ctx.run_search("gli", "gli", gli_space(cfg.gli_space), paper_point("gli", cfg.dataset, cfg.gli_space), cfg.gli_trials)
-    front = gli_front(ctx.tracker.children("gli"), cfg.objective)
-    settings = [hparams_of(r) for _, r in front.iterrows()]
-    confirm = [{"method": "gli", "seed": s, "hparams": h} for h in settings for s in seeds]
-    confirm += [{"method": m, "seed": s, "hparams": {**ctx.fixed_hparams(m), **h}}
-                for m, hs in tuned.items() for h in hs for s in seeds]
-    ctx.run_grid("confirm", confirm)
+        searches += [ctx.search("baseline", m, method_space(m), paper_point(m, cfg.dataset), cfg.gli_trials, needs)
+                     for m in cfg.baselines]
+    grid = [] if cfg.tune_baselines else [
+        ctx.grid("baseline", [{"method": m, "seed": s, "hparams": ctx.fixed_hparams(m)}
+                              for s in seeds for m in cfg.baselines], needs=needs)]
+
+    def confirm_runs() -> list[dict]:  # built once the searches have ended
+        front = gli_front(ctx.tracker.children("gli"), cfg.objective)
+        runs = [{"method": "gli", "seed": s, "hparams": hparams_of(r)} for _, r in front.iterrows() for s in seeds]
+        for search in searches[1:]:
+            best = _best_params(search.study, cfg.objective)
+            runs += [{"method": search.method, "seed": s, "hparams": {**ctx.fixed_hparams(search.method), **best}}
+                     for s in seeds]
+        return runs
+
+    confirm = ctx.grid("confirm", confirm_runs, tuple(s.label for s in searches), needs)
+    ctx.run([base, *searches, confirm, *grid])
 
 
 def _best_params(study, objective: str) -> dict:
@@ -121,17 +145,39 @@ def _best_params(study, objective: str) -> dict:
 def main(argv: list[str] | None = None) -> int:
     start = time.time()
     try:
-        args, cfg, data, tracker = _setup(argv)
-    except (ConfigError, DataError, TrackingError, KeyError) as exc:
+        args, cfg, data = _setup(argv)
+    except (ConfigError, DataError, KeyError) as exc:
         print(f"error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
         return 2
     results = cfg.results_path
     write_resolved(cfg, results / "config.yaml", {"data_fingerprint": data.fingerprint})
+    prepared: dict = {}
+    preparing = threading.Thread(target=_prepare, args=(cfg, prepared), daemon=True)
+    preparing.start()
     try:
         resources, started_ray = connect(cfg, dashboard=args.dashboard)
     except ConfigError as exc:
+        preparing.join()
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    preparing.join()
+    from analysis import tables
+    from analysis.report import StudyInfo, build_report
+    from trainables.metrics import PROTOCOL_LABEL
+
+    from .stages import StudyContext
+    from .tracking import TrackingError, git_commit
+
+    if "error" in prepared:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+        if isinstance(prepared["error"], TrackingError):
+            print(f"error: {prepared['error']}", file=sys.stderr)
+            return 2
+        raise prepared["error"]
+    tracker = prepared["tracker"]
     protocol = PROTOCOL_LABEL[cfg.selection]
     params = {**asdict(cfg), "data_fingerprint": data.fingerprint}
     ctx = StudyContext(cfg, data, tracker, slots(cfg, resources))
@@ -148,6 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops cleanly, like Ctrl-C
     try:
         run_study(ctx)
+        if started_ray:  # the trials are over: Ray stops while the report is built
+            stopping = threading.Thread(target=_stop_ray, daemon=True)
+            stopping.start()
         info = StudyInfo(cfg.experiment_name, cfg.dataset, cfg.selection, cfg.objective, cfg.tune_baselines,
                          cfg.results_dir)
         summary, front, written = build_report(tracker, info, results)
@@ -168,10 +217,27 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         tracker.end_parent(status)
         if started_ray:
-            import ray
+            _stop_ray()
 
+
+def _stop_ray() -> None:
+    import ray
+
+    with _RAY_STOP:  # once, whichever of the report thread and the exit path comes first
+        if ray.is_initialized():
             ray.shutdown()
 
 
+_RAY_STOP = threading.Lock()
+
+
+def _exit(code: int) -> None:
+    """Exit without the interpreter's slow teardown of PyTorch, Ray and MLflow (seconds, once
+    everything is written): the tracking runs are closed and Ray is stopped by then."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    _exit(main())

@@ -23,7 +23,7 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from ray import tune
 
-from trainables.trainable import trial_hparams, trial_spec
+from trainables.trainable import WAIT_STAGE, trial_hparams, trial_spec
 
 PARENT_TAG = "mlflow.parentRunId"
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no progress bars in the study's log
@@ -182,6 +182,8 @@ class TrackingCallback(tune.Callback):
         return config["stage"], method, seed, resolved_hparams(method, self.dataset, **trial_hparams(config))
 
     def on_trial_start(self, iteration, trials, trial, **info):
+        if trial.config.get("stage") == WAIT_STAGE:  # the plan's placeholder, not a trial of the study
+            return
         stage, method, seed, hparams = self._spec(trial.config)
         key = trial_key(stage, method, seed, hparams)
         run_id = self.tracker.open_child(key, stage, method, seed, hparams, trial.trial_id)

@@ -32,3 +32,35 @@ def test_blocks_cover_every_parameter_once():
 def test_unknown_architecture_lists_known():
     with pytest.raises(ValueError, match="resnet18, resnet18_small"):
         build_model(ModelConfig("vgg"), 3, 2)
+
+
+@pytest.mark.parametrize("inplanes,planes,stride", [(8, 8, 1), (8, 16, 2)])
+def test_basic_block_matches_torchvision(inplanes, planes, stride):
+    """Same seed, same weights and outputs as torchvision's block: digits checkpoints stay interchangeable."""
+    from torch import nn
+    from torchvision.models.resnet import BasicBlock as TvBlock
+
+    from trainables.models import BasicBlock
+
+    def make(cls):
+        torch.manual_seed(0)
+        down = None
+        if stride != 1 or inplanes != planes:
+            down = nn.Sequential(nn.Conv2d(inplanes, planes, 1, stride=stride, bias=False), nn.BatchNorm2d(planes))
+        return cls(inplanes, planes, stride, down).eval()
+
+    ours, theirs = make(BasicBlock), make(TvBlock)
+    assert ours.state_dict().keys() == theirs.state_dict().keys()
+    assert all(torch.equal(a, b) for a, b in zip(ours.state_dict().values(), theirs.state_dict().values()))
+    x = torch.rand(2, inplanes, 8, 8)
+    torch.testing.assert_close(ours(x), theirs(x))
+
+
+def test_trial_code_does_not_import_torchvision():
+    """Every trial worker imports the trial code: torchvision (a second each) only when a resnet18 is built."""
+    import subprocess
+    import sys
+
+    code = "import sys, trainables.trainable, study.launch; print('torchvision' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -1,9 +1,12 @@
 """ResNet-18 models (SPEC section 4) and their block structure for CF-k and EU-k.
 
 `resnet18` is torchvision's architecture, trained from scratch, with the task's output
-layer. `resnet18_small` keeps ResNet-18's block layout (2-2-2-2 BasicBlocks) but has a
+layer. `resnet18_small` keeps ResNet-18's block layout (2-2-2-2 basic blocks) but has a
 3x3 stride-1 stem, no max-pool and a configurable width, so 8x8 digits and a 2-core CPU
 work. Both expose the same module names (conv1, bn1, layer1-4, fc).
+
+torchvision is imported only when a `resnet18` is built: importing it costs about a
+second per process (it pulls in torch._dynamo), paid again by every trial worker.
 """
 
 from __future__ import annotations
@@ -12,8 +15,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torchvision.models import resnet18 as tv_resnet18
-from torchvision.models.resnet import BasicBlock
 
 ARCHITECTURES = ("resnet18", "resnet18_small")
 BLOCKS = ("stem", "layer1", "layer2", "layer3", "layer4", "fc")  # CF-k / EU-k count k from the end
@@ -23,6 +24,24 @@ BLOCKS = ("stem", "layer1", "layer2", "layer3", "layer4", "fc")  # CF-k / EU-k c
 class ModelConfig:
     arch: str = "resnet18"
     width: int = 64  # resnet18_small only: channels of layer1 (doubling per stage)
+
+
+class BasicBlock(nn.Module):
+    """ResNet's basic block, laid out as torchvision's (same module names and creation order,
+    so a seed gives the same weights and checkpoints stay interchangeable)."""
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = downsample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+        return self.relu(out + (x if self.downsample is None else self.downsample(x)))
 
 
 class SmallResNet18(nn.Module):
@@ -60,6 +79,8 @@ class SmallResNet18(nn.Module):
 
 def build_model(cfg: ModelConfig, in_channels: int, num_outputs: int) -> nn.Module:
     if cfg.arch == "resnet18":
+        from torchvision.models import resnet18 as tv_resnet18
+
         model = tv_resnet18(weights=None, num_classes=num_outputs)
         if in_channels != 3:
             model.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)

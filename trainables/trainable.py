@@ -29,6 +29,23 @@ from .runner import Diverged, RunnerConfig, reference_row, unlearn
 # Keys of a trial's config that are not method hyper-parameters.
 TRIAL_KEYS = ("stage", "method", "seed", "hparams", "settings", "run")
 
+# A placeholder the study's plan hands out when a slot is free but no trial can start yet
+# (they wait for base models or for the search to end): it holds the worker until the plan
+# changes, so Tune keeps every worker process (see study.stages.StudyPlan). Never tracked.
+WAIT_STAGE = "wait"
+
+
+def wait_for_plan(marker: str, version: int, limit_s: float = 30.0, poll_s: float = 0.05) -> None:
+    """Return once the plan's version file no longer holds `version` (a trial has ended), or after `limit_s`."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        try:
+            if Path(marker).read_text().strip() != str(version):
+                return
+        except (OSError, ValueError):
+            pass  # not written yet, or mid-write: look again
+        time.sleep(poll_s)
+
 
 def trial_spec(config: dict) -> dict:
     """A trial's config, flat: grid stages put {method, seed, hparams} under "run"."""
@@ -80,6 +97,9 @@ def _inject_fault(settings: dict, method: str) -> None:
 
 
 def unlearning_trial(config: dict, data: Dataset | None = None) -> None:
+    if config.get("stage") == WAIT_STAGE:
+        wait_for_plan(config["settings"]["plan_marker"], int(config["version"]))
+        return
     start = time.perf_counter()
     placement = _placement()
     config = trial_spec(config)

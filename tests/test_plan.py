@@ -1,0 +1,132 @@
+"""The study's single Tune run: which trial the plan hands out when (no Ray needed).
+
+The plan decides when each stage's trials may start: a seed's trials once its base
+models exist, the confirm stage once the searches end, the earlier stages first.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+from ray.tune.search import Searcher
+
+from study.stages import GridStage, StudyPlan
+
+
+def _ctx(finished: set[str] = frozenset()):
+    """What a grid stage asks of the study: finished trial keys (MLflow) and the key of a run."""
+    tracker = SimpleNamespace(finished_keys=lambda: set(finished))
+    return SimpleNamespace(tracker=tracker, key=lambda stage, method, seed, hparams: f"{stage}/{method}/{seed}")
+
+
+def _run(method: str, seed: int) -> dict:
+    return {"method": method, "seed": seed, "hparams": {}}
+
+
+def _given(config) -> str | None:
+    if config is None or config == Searcher.FINISHED:
+        return config
+    run = config["run"]
+    return f"{config['stage']}/{run['method']}/{run['seed']}"
+
+
+def _plan(ctx, confirm_runs):
+    base = GridStage(ctx, "base", [_run(m, s) for s in (0, 1) for m in ("original", "retrain")])
+    baseline = GridStage(ctx, "baseline", [_run("scrub", s) for s in (0, 1)], needs=base.seed_done)
+    confirm = GridStage(ctx, "confirm", confirm_runs, after=("baseline",), needs=base.seed_done)
+    return StudyPlan([base, baseline, confirm])
+
+
+def test_seed_trials_start_once_their_base_models_exist_and_confirm_after_its_stage():
+    built = []
+
+    def confirm_runs():
+        built.append(True)
+        return [_run("gli", 0)]
+
+    plan = _plan(_ctx(), confirm_runs)
+    assert _given(plan.suggest("t1")) == "base/original/0"
+    assert _given(plan.suggest("t2")) == "base/retrain/0"
+    # Two slots (Tune's concurrency limit asks again only when one frees).
+    plan.on_trial_complete("t1", {"final": 1.0})
+    assert _given(plan.suggest("t4")) == "base/original/1"  # earlier stages first
+    plan.on_trial_complete("t2", {"final": 1.0})
+    assert _given(plan.suggest("t5")) == "base/retrain/1"
+    plan.on_trial_complete("t4", {"final": 1.0})
+    assert _given(plan.suggest("t6")) == "baseline/scrub/0"  # seed 0's models exist; seed 1's retrain runs
+    assert plan.suggest("t7") is None  # seed 1 waits for its retrained model
+    plan.on_trial_complete("t5", {"final": 1.0})
+    assert _given(plan.suggest("t8")) == "baseline/scrub/1"
+    plan.on_trial_complete("t6", {"final": 1.0})
+    assert plan.suggest("t9") is None and not built  # confirm waits for the whole baseline stage
+    plan.on_trial_complete("t8", {"final": 1.0})
+    assert _given(plan.suggest("t10")) == "confirm/gli/0" and built == [True]
+    assert plan.suggest("t11") is None
+    plan.on_trial_complete("t10", {"final": 1.0})
+    assert plan.suggest("t12") == Searcher.FINISHED
+
+
+def test_finished_trials_are_skipped_and_an_empty_stage_does_not_block():
+    finished = {f"base/{m}/{s}" for s in (0, 1) for m in ("original", "retrain")} | {"baseline/scrub/0",
+                                                                                     "baseline/scrub/1"}
+    plan = _plan(_ctx(finished), lambda: [])
+    assert plan.suggest("t1") == Searcher.FINISHED
+
+
+def test_errored_trials_end_their_seed_too():
+    plan = _plan(_ctx(), lambda: [])
+    given = [_given(plan.suggest(f"t{i}")) for i in range(2)]
+    assert given == ["base/original/0", "base/retrain/0"]
+    plan.on_trial_complete("t0", None, error=True)
+    plan.on_trial_complete("t1", {"final": 1.0})
+    # Seed 0's base stage is over (one model failed; the trial trains it itself when it is missing).
+    assert _given(plan.suggest("t2")) == "base/original/1"
+    assert _given(plan.suggest("t3")) == "base/retrain/1"
+    assert _given(plan.suggest("t4")) == "baseline/scrub/0"
+
+
+def test_a_stage_may_only_wait_for_earlier_ones():
+    ctx = _ctx()
+    with pytest.raises(ValueError, match="wait only for earlier"):
+        StudyPlan([GridStage(ctx, "confirm", [], after=("base",)), GridStage(ctx, "base", [])])
+
+
+def test_a_free_slot_gets_a_wait_trial_that_ends_when_a_trial_does(tmp_path):
+    """Answering "nothing yet" would let Tune stop idle workers; a wait trial keeps them."""
+    import threading
+    import time
+
+    from trainables.trainable import WAIT_STAGE, wait_for_plan
+
+    marker = tmp_path / "study.plan"
+    ctx = _ctx()
+    base = GridStage(ctx, "base", [_run("original", 0), _run("retrain", 0)])
+    baseline = GridStage(ctx, "baseline", [_run("scrub", 0)], needs=base.seed_done)
+    plan = StudyPlan([base, baseline], marker)
+    assert marker.read_text() == "0"
+    assert [_given(plan.suggest(t)) for t in ("t1", "t2")] == ["base/original/0", "base/retrain/0"]
+    plan.on_trial_complete("t1", {"final": 1.0})
+    wait = plan.suggest("w1")  # scrub waits for the retrained model
+    assert wait == {"stage": WAIT_STAGE, "version": 1}
+
+    threading.Timer(0.3, plan.on_trial_complete, args=("t2", {"final": 1.0})).start()
+    start = time.monotonic()
+    wait_for_plan(str(marker), wait["version"], limit_s=20)  # what the wait trial runs
+    assert 0.2 < time.monotonic() - start < 10 and marker.read_text() == "2"
+    plan.on_trial_complete("w1", None)  # a wait trial changes nothing
+    assert marker.read_text() == "2"
+    assert _given(plan.suggest("t3")) == "baseline/scrub/0"
+    assert plan.suggest("t4") is None  # nothing left to hand out: no wait trial either
+    plan.on_trial_complete("t3", {"final": 1.0})
+    assert plan.suggest("t5") == Searcher.FINISHED
+
+
+def test_wait_for_plan_gives_up_after_its_limit(tmp_path):
+    import time
+
+    from trainables.trainable import wait_for_plan
+
+    start = time.monotonic()
+    wait_for_plan(str(tmp_path / "never-written.plan"), 0, limit_s=0.3)
+    assert 0.3 <= time.monotonic() - start < 5
