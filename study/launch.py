@@ -3,7 +3,7 @@
 Stages: base (original and retrained models per seed), baseline (every baseline per
 seed, or an Optuna search each with --tune-baselines), gli (Optuna over step size,
 iteration count and guidance strength), confirm (the chosen settings over every seed),
-all in one Tune run: baseline and gli start together once the base models exist.
+all in one Tune run: a seed's baseline and gli trials start once its base models exist.
 With no flags it runs the whole study on digits on the local CPU.
 """
 

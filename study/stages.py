@@ -1,7 +1,8 @@
 """The study's stages, base, baseline, gli (Optuna) and confirm, as one Ray Tune run of one trainable.
 
-A stage starts as soon as the stages it needs have ended (the baselines and the GLI
-search need only the base models, so they share the slots). Every stage skips the
+A trial starts as soon as what it needs exists (a seed's baseline and GLI trials need
+that seed's base models; the confirm stage needs the searches' results), so stages
+share the slots instead of each waiting for the last one's tail. Every stage skips the
 trials MLflow already holds as finished (by trial key), and the Optuna searches continue
 from their journal file, so a rerun resumes a study rather than repeating it.
 """
