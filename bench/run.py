@@ -59,15 +59,19 @@ def make_jpegs(folder: Path, n: int) -> list[Path]:
 
 
 class _PilDataset(torch.utils.data.Dataset):
-    """The reference's way: decode the JPEG and run torchvision's PIL transforms per image, per epoch."""
+    """The reference's way: decode the JPEG and run torchvision's PIL transforms per image, every time it is read.
+    Without `size`, the training transforms (augmentation); with it, the evaluation resize."""
 
-    def __init__(self, paths):
+    def __init__(self, paths, size: int | None = None):
         from torchvision import transforms as T
 
         self.paths = paths
-        self.transform = T.Compose([T.Resize((128, 128)), T.RandomHorizontalFlip(),
-                                    T.RandomAffine(0, shear=10, scale=(0.8, 1.2)),
-                                    T.ColorJitter(0.2, 0.2, 0.2), T.ToTensor()])
+        if size is None:
+            self.transform = T.Compose([T.Resize((128, 128)), T.RandomHorizontalFlip(),
+                                        T.RandomAffine(0, shear=10, scale=(0.8, 1.2)),
+                                        T.ColorJitter(0.2, 0.2, 0.2), T.ToTensor()])
+        else:
+            self.transform = T.Compose([T.Resize((size, size)), T.ToTensor()])
 
     def __len__(self):
         return len(self.paths)
@@ -115,28 +119,9 @@ def eval_overhead(sizes: dict) -> dict:
 
 
 # --- 3. a GLI trial against the reference's evaluate-after-every-batch loop ---------------------
-class _PilEvalDataset(torch.utils.data.Dataset):
-    """The reference's evaluation input: each JPEG decoded through PIL and resized, every time it is read."""
-
-    def __init__(self, paths, size: int):
-        from torchvision import transforms as T
-
-        self.paths = paths
-        self.transform = T.Compose([T.Resize((size, size)), T.ToTensor()])
-
-    def __len__(self):
-        return len(self.paths)
-
-    def __getitem__(self, i):
-        from PIL import Image
-
-        with Image.open(self.paths[i]) as img:
-            return self.transform(img.convert("RGB"))
-
-
 def _decoded(loader) -> torch.Tensor:
     """One pass of a PIL DataLoader, as uint8 images (the form the metric code takes)."""
-    return torch.cat([(x * 255).round().to(torch.uint8) for x in loader])
+    return torch.cat([(x * 255).round().to(torch.uint8) for x, _ in loader])
 
 
 def _reference_loop(original, data, device, limit: int, loaders: dict | None) -> float:
@@ -195,7 +180,7 @@ def gli_trial(sizes: dict, image_size: int, model: ModelConfig, reference_steps:
             folder = Path(tmp) / name
             folder.mkdir()
             paths = make_jpegs(folder, len(data[name]))  # 128 px JPEGs, as MUFAC's files
-            loaders[name] = torch.utils.data.DataLoader(_PilEvalDataset(paths, image_size), batch_size=256,
+            loaders[name] = torch.utils.data.DataLoader(_PilDataset(paths, image_size), batch_size=256,
                                                         num_workers=2)
         reference = _reference_loop(original, data, device, limit, loaders) * steps / limit
     out.update(reference_s=reference, gli_trial_speedup=reference / ours)

@@ -170,9 +170,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if "error" in prepared:
         if started_ray:
-            import ray
-
-            ray.shutdown()
+            _stop_ray()
         if isinstance(prepared["error"], TrackingError):
             print(f"error: {prepared['error']}", file=sys.stderr)
             return 2
