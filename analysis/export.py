@@ -1,7 +1,7 @@
 """`python -m analysis.export --experiment NAME --out DIR`: best configurations, tables and figures from MLflow.
 
 Writes one `<method>.yaml` per table row with the configuration the study chose (its
-hyper-parameters, data set and data fingerprint, model, base training, runner, seeds,
+hyper-parameters, data set and data fingerprint, model, base training, evaluation, seeds,
 selection protocol, git commit and the metrics it reached), `gli-pareto.yaml` with
 every Pareto-optimal GLI setting, and the tables and plots of `analysis.report`.
 `python -m study.reproduce DIR/<method>.yaml` reruns one of them.
@@ -10,7 +10,6 @@ every Pareto-optimal GLI setting, and the tables and plots of `analysis.report`.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
@@ -18,53 +17,19 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from .report import AXES, StudyInfo, build_report, hparams_of, method_rows
+from trainables.records import EXPORT_KIND, REFERENCE_ROWS, SETTINGS_PARAM, hparams_of, setting_of
 
-EXPORT_KIND = "gli-study-export"
+from .report import AXES, StudyInfo, build_report, method_rows
+from .results import ResultsError, open_study
+
 METRICS = ["accuracy", "top2_accuracy", "forgetting_score", "final_score", "jsd", "seconds", "rte",
            "retain_accuracy", "forget_accuracy", "unseen_accuracy", "mia"] + AXES
-
-
-class ExportError(RuntimeError):
-    """One line for the user: unknown or empty experiment, unreachable store."""
 
 
 def _clean(value):
     if isinstance(value, float):
         return None if math.isnan(value) else value
     return value
-
-
-def open_study(experiment: str, tracking_uri: str | None):
-    """A Tracker on the experiment's most recent study (parent run), and that run's params and tags."""
-    from study.tracking import Tracker, TrackingError
-
-    uri = tracking_uri or f"sqlite:///{(Path('results') / experiment / 'mlflow.db').resolve()}"
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
-        raise ExportError(f"tracking store {uri} does not exist (give --tracking-uri)")
-    try:
-        from mlflow.tracking import MlflowClient
-
-        client = MlflowClient(tracking_uri=uri)
-        found = client.get_experiment_by_name(experiment)
-        names = [e.name for e in client.search_experiments()] if found is None else []
-    except Exception as exc:  # MLflow raises many kinds for an unreachable store
-        raise ExportError(f"tracking store {uri}: cannot be read ({str(exc).splitlines()[0]})") from None
-    if found is None:
-        raise ExportError(f"unknown experiment {experiment!r} in {uri}; experiments there: {', '.join(names) or 'none'}")
-    try:
-        tracker = Tracker(uri, experiment)
-    except TrackingError as exc:
-        raise ExportError(str(exc)) from None
-    parents = [r for r in client.search_runs([found.experiment_id], "tags.study_key != ''", order_by=["start_time DESC"])
-               if "mlflow.parentRunId" not in r.data.tags]
-    if not parents:
-        raise ExportError(f"experiment {experiment!r} in {uri} holds no study (no parent run)")
-    parent = next((p for p in parents if p.info.status == "FINISHED"), parents[0])
-    tracker.parent_id = parent.info.run_id
-    if tracker.children().empty:
-        raise ExportError(f"experiment {experiment!r}: the study {parent.info.run_id} has no finished trials yet")
-    return tracker, parent.data.params, parent.data.tags
 
 
 def _metrics(group: pd.DataFrame) -> dict:
@@ -76,19 +41,19 @@ def _metrics(group: pd.DataFrame) -> dict:
 
 
 def export_config(method: str, group: pd.DataFrame, params: dict, tags: dict, info: StudyInfo) -> dict:
-    settings = json.loads(params["trial_settings"])
+    settings = params[SETTINGS_PARAM]
     first = group.iloc[0]
     return {
         "kind": EXPORT_KIND,
-        "version": 1,
+        "version": 2,
         "method": method,
-        "hparams": hparams_of(first) if method not in ("original", "retrain") else {},
-        "data": {"dataset": params["dataset"], "data_dir": _none(params.get("data_dir")),
-                 "forget_count": _int_or_none(params.get("forget_count")), "fingerprint": tags.get("data_fingerprint")},
+        "hparams": hparams_of(first) if method not in REFERENCE_ROWS else {},
+        "data": {"dataset": params["dataset"], "data_dir": params.get("data_dir"),
+                 "forget_count": params.get("forget_count"), "fingerprint": tags.get("data_fingerprint")},
         "model": settings["model"],
         "train": settings["train"],
-        "runner": settings["runner"],
-        "threads": int(float(settings.get("cpus_per_trial", 1))),
+        "evaluation": settings["evaluation"],
+        "threads": settings["threads"],
         "models_dir": settings["models_dir"],
         "seeds": sorted(int(s) for s in group["tags.seed"]),
         "selection": info.selection,
@@ -101,20 +66,11 @@ def export_config(method: str, group: pd.DataFrame, params: dict, tags: dict, in
     }
 
 
-def _none(value):
-    return None if value in (None, "None", "") else value
-
-
-def _int_or_none(value):
-    value = _none(value)
-    return None if value is None else int(value)
-
-
 def export(experiment: str, tracking_uri: str | None, out: Path) -> list[Path]:
-    tracker, params, tags = open_study(experiment, tracking_uri)
+    study, params, tags = open_study(experiment, tracking_uri)
     info = StudyInfo.from_params(params)
-    summary, front, written = build_report(tracker, info, out)
-    rows = method_rows(tracker.children(), info.tune_baselines)
+    summary, front, written = build_report(study, info, out)
+    rows = method_rows(study.children(), info.tune_baselines)
     for _, r in summary.iterrows():
         group = rows[(rows["method"] == r["method"]) & (rows["setting"] == r["setting"])]
         path = out / f"{r['method']}.yaml"
@@ -123,7 +79,7 @@ def export(experiment: str, tracking_uri: str | None, out: Path) -> list[Path]:
     confirm = rows[rows["method"] == "gli"]
     pareto = []
     for _, t in front.iterrows():
-        setting = t["tags.trial_key"].split("/")[-1]
+        setting = setting_of(t["tags.trial_key"])
         group = confirm[confirm["setting"] == setting]
         entry = {"hparams": hparams_of(t), "search_trial": {k: _clean(float(t[k])) for k in AXES if k in t}}
         if len(group):
@@ -144,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         written = export(args.experiment, args.tracking_uri, Path(args.out).resolve())
-    except ExportError as exc:
+    except ResultsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     yamls = sorted(p.name for p in written if p.suffix == ".yaml")

@@ -1,14 +1,13 @@
 """Everything a study reports, read back from MLflow: tables, the Pareto front, CSVs and figures.
 
-`build_report(tracker, info, out_dir)` is called by the launcher at the end of a study
-and by `analysis.export`; it reads only finished child runs, so failed or diverged
+`build_report(study, info, out_dir)` is called by the launcher at the end of a study
+and by `analysis.export`, with a `results.StudyRecords`; it reads only finished child runs, so failed or diverged
 trials never reach a table or the front, and a resumed study reports the trials from
 before and after an interruption alike.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,12 +15,13 @@ from pathlib import Path
 import pandas as pd
 
 from trainables.metrics import PROTOCOL_LABEL
+from trainables.records import CONFIRM_LIMIT, journal_path, optuna_study_name, setting_of
 
 from . import plots, tables
 from .pareto import pareto_front
+from .results import StudyRecords
 
 AXES = tables.AXES
-CONFIRM_LIMIT = 5  # Pareto settings confirmed over every seed, best selection final score first
 
 
 @dataclass
@@ -43,20 +43,9 @@ class StudyInfo:
 
     @classmethod
     def from_params(cls, params: dict) -> "StudyInfo":
+        """From the parent run's (decoded) params."""
         return cls(params["experiment_name"], params["dataset"], params["selection"], params["objective"],
-                   params.get("tune_baselines") == "True", params["results_dir"])
-
-
-def hparams_of(row: pd.Series) -> dict:
-    """A child run's hyper-parameters, from its MLflow params, with their types back."""
-    out = {}
-    for key, value in row.items():
-        if key.startswith("params.") and isinstance(value, str):
-            try:
-                out[key[7:]] = json.loads(value)
-            except json.JSONDecodeError:
-                out[key[7:]] = value
-    return out
+                   bool(params.get("tune_baselines")), params["results_dir"])
 
 
 def gli_front(trials: pd.DataFrame, objective: str, limit: int = CONFIRM_LIMIT) -> pd.DataFrame:
@@ -77,18 +66,18 @@ def method_rows(children: pd.DataFrame, tuned: bool) -> pd.DataFrame:
     keep = (stage == "base") | ((stage == "baseline") & (not tuned)) | (stage == "confirm")
     rows = children[keep].copy()
     rows["method"] = rows["tags.method"]
-    rows["setting"] = rows["tags.trial_key"].str.split("/").str[-1]
+    rows["setting"] = rows["tags.trial_key"].map(setting_of)
     return rows
 
 
-def _losses(tracker, rows: pd.DataFrame, summary: pd.DataFrame) -> dict:
+def _losses(study: StudyRecords, rows: pd.DataFrame, summary: pd.DataFrame) -> dict:
     """Per table row, the losses of its chosen setting's first seed."""
     out = {}
     for _, r in summary.iterrows():
         match = rows[(rows["method"] == r["method"]) & (rows["setting"] == r.get("setting", ""))]
         if len(match):
             first = match.sort_values("tags.seed").iloc[0]
-            loaded = tracker.load_losses(first["run_id"])
+            loaded = study.load_losses(first["run_id"])
             if loaded is not None:
                 out[r["method"]] = loaded
     return out
@@ -99,20 +88,20 @@ def load_optuna(info: StudyInfo, method: str = "gli"):
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
-    journal = Path(info.results_dir) / "optuna.journal"
+    journal = journal_path(info.results_dir)
     if not journal.exists():
         return None
     storage = JournalStorage(JournalFileBackend(str(journal)))
     try:
-        return optuna.load_study(study_name=f"{info.experiment}-{method}-{info.objective}", storage=storage)
+        return optuna.load_study(study_name=optuna_study_name(info.experiment, method, info.objective), storage=storage)
     except KeyError:
         return None
 
 
-def build_report(tracker, info: StudyInfo, out_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, list[Path]]:
+def build_report(study: StudyRecords, info: StudyInfo, out_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, list[Path]]:
     """Write every table, CSV and figure to `out_dir`; returns (summary, GLI front, paths)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    children = tracker.children()
+    children = study.children()
     gli = children[children["tags.stage"] == "gli"] if len(children) else children
     front = gli_front(gli, info.objective)
     rows = method_rows(children, info.tune_baselines)
@@ -142,10 +131,10 @@ def build_report(tracker, info: StudyInfo, out_dir: Path) -> tuple[pd.DataFrame,
     try:
         written += plots.plot_front(gli, front if info.objective == "pareto" else front.head(0), refs,
                                     f"GLI vs baselines, selection halves; {info.title}", out_dir / "front")
-        written += plots.plot_losses(_losses(tracker, rows, summary), info.title, out_dir / "losses")
-        study = load_optuna(info)
-        if study is not None:
-            written += plots.plot_optuna(study, info.title, out_dir)
+        written += plots.plot_losses(_losses(study, rows, summary), info.title, out_dir / "losses")
+        search = load_optuna(info)
+        if search is not None:
+            written += plots.plot_optuna(search, info.title, out_dir)
     except Exception as exc:  # a figure must never cost the study its tables
         print(f"[report] warning: a figure failed ({type(exc).__name__}: {exc})", file=sys.stderr)
     return summary, front, written

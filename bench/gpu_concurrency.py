@@ -48,7 +48,7 @@ def worker(index: int, args: dict, barrier, queue) -> None:
     from trainables import engine
     from trainables.methods import create
     from trainables.models import ModelConfig, build_model
-    from trainables.runner import RunnerConfig, unlearn
+    from trainables.unlearn import EvalConfig, unlearn
 
     torch.set_num_threads(max(1, args["threads"]))
     device = engine.pick_device()
@@ -56,8 +56,8 @@ def worker(index: int, args: dict, barrier, queue) -> None:
     torch.manual_seed(index)
     original = engine.prepare_model(build_model(ModelConfig("resnet18"), 3, 8), device).eval()
     method = create("gli", "mufac")
-    steps = -(-len(data["retain"]) // method.batch_size)
-    runner = RunnerConfig(eval_every=max(1, steps // 10))
+    steps = -(-len(data["retain"]) // method.hp.batch_size)
+    runner = EvalConfig(eval_every=max(1, steps // 10))
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()

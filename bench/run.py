@@ -31,7 +31,7 @@ from trainables import engine  # noqa: E402
 from trainables.methods import create  # noqa: E402
 from trainables.metrics import evaluate, predict  # noqa: E402
 from trainables.models import ModelConfig, build_model  # noqa: E402
-from trainables.runner import RunnerConfig, unlearn  # noqa: E402
+from trainables.unlearn import EvalConfig, unlearn  # noqa: E402
 
 
 def timed(fn, repeats: int = 1) -> float:
@@ -152,14 +152,14 @@ def _reference_loop(original, data, device, limit: int, loaders: dict | None) ->
 
 def gli_trial(sizes: dict, image_size: int, model: ModelConfig, reference_steps: int | None,
               device: torch.device = torch.device("cpu")) -> dict:
-    from trainables.runner import _on_device
+    from trainables.unlearn import _on_device
 
     data = synthetic_mufac(sizes, image_size)
     torch.manual_seed(0)
     original = engine.prepare_model(build_model(model, 3, 8), device).eval()
     method = create("gli", "mufac")
     start = time.perf_counter()
-    result = unlearn(method, original, data, 0, device, RunnerConfig())  # as the study runs it
+    result = unlearn(method, original, data, 0, device, EvalConfig())  # as the study runs it
     if device.type == "cuda":
         torch.cuda.synchronize()
     ours = time.perf_counter() - start

@@ -15,7 +15,8 @@ from typing import Any
 import yaml
 
 from trainables.data import DATASETS
-from trainables.methods import available
+from trainables.methods import HyperParameterError, available, get
+from trainables.records import default_results_dir, default_tracking_uri
 
 BASELINES = [m for m in available() if m != "gli"]
 
@@ -52,8 +53,7 @@ class StudyConfig:
     base_epochs: int | None = None  # override the base models' training epochs
     method_epochs: int | None = None  # override every method's epochs (the smoke test uses 1)
     max_failures: int = 2  # retries of a trial whose worker died (a diverging trial is never retried)
-    gli_space: dict[str, list[float]] = field(default_factory=lambda: {
-        "step_size": [1e-3, 1e-1], "iterations": [1, 10], "guidance": [100.0, 20000.0]})
+    gli_space: dict[str, list[float]] = field(default_factory=lambda: get("gli").Params.bounds())  # as declared
     cache_dir: str | None = None  # decoded-image cache (default ~/.cache/gli-study)
     method_hparams: dict[str, dict] = field(default_factory=dict)  # per-method overrides of the paper's settings
     fault_injection: dict | None = None  # testing aid: {method, marker} kills one worker once
@@ -82,7 +82,7 @@ class StudyConfig:
         self._validate_method_hparams()
 
     def _validate_method_hparams(self) -> None:
-        from trainables.methods import HyperParameterError, create
+        from trainables.methods import resolve
 
         for method, hparams in self.method_hparams.items():
             if method not in available():
@@ -90,26 +90,15 @@ class StudyConfig:
             if not isinstance(hparams, dict):
                 raise ConfigError(f"method_hparams.{method} must be a mapping of hyper-parameters")
             try:
-                create(method, self.dataset, **hparams)
+                resolve(method, self.dataset, **hparams)
             except HyperParameterError as exc:
                 raise ConfigError(f"method_hparams.{method}: {exc}") from None
 
     def _validate_space(self) -> None:
-        expected = {"step_size", "iterations", "guidance"}
-        if set(self.gli_space) != expected:
-            raise ConfigError(f"gli_space needs exactly the keys {sorted(expected)}, got {sorted(self.gli_space)}")
-        for key, bounds in self.gli_space.items():
-            if not (isinstance(bounds, (list, tuple)) and len(bounds) == 2):
-                raise ConfigError(f"gli_space.{key} must be [low, high], got {bounds!r}")
-            low, high = bounds
-            if not low <= high:
-                raise ConfigError(f"gli_space.{key}: low {low} is above high {high}")
-        if self.gli_space["step_size"][0] <= 0:
-            raise ConfigError(f"gli_space.step_size: the step size must be positive, got low {self.gli_space['step_size'][0]}")
-        if self.gli_space["iterations"][0] < 1:
-            raise ConfigError("gli_space.iterations: the iteration count must be >= 1")
-        if self.gli_space["guidance"][0] <= 0:
-            raise ConfigError("gli_space.guidance: guidance weights are searched on a log scale and must be > 0")
+        try:
+            get("gli").Params.check_bounds(self.gli_space)
+        except HyperParameterError as exc:
+            raise ConfigError(f"gli_space: {exc}") from None
 
     # --- derived ----------------------------------------------------------------------------
     @property
@@ -131,11 +120,11 @@ class StudyConfig:
             self.method_epochs = self.method_epochs or 1
             self.eval_every = self.eval_every or 7
         self.experiment_name = self.experiment_name or f"gli-{self.dataset}" + ("-smoke" if self.smoke_test else "")
-        self.results_dir = str(Path(self.results_dir or Path("results") / self.experiment_name).expanduser().resolve())
+        self.results_dir = str(Path(self.results_dir or default_results_dir(self.experiment_name)).expanduser().resolve())
         self.storage_path = self.storage_path or str(self.results_path / "ray")
         if "://" not in self.storage_path:
             self.storage_path = str(Path(self.storage_path).expanduser().resolve())
-        self.tracking_uri = self.tracking_uri or f"sqlite:///{self.results_path / 'mlflow.db'}"
+        self.tracking_uri = self.tracking_uri or default_tracking_uri(self.results_path)
         if self.num_gpus == 0:
             self.gpus_per_trial = 0
         return self

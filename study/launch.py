@@ -23,13 +23,14 @@ from typing import TYPE_CHECKING
 
 from trainables.data import DataConfig, DataError, load_dataset
 from trainables.methods import REFERENCE_ROWS
+from trainables.records import CONFIRM_LIMIT, SETTINGS_PARAM
 
 from .cluster import connect, preflight, slots
 from .config import FIELDS, ConfigError, StudyConfig, load_yaml, resolve, write_resolved
-from .spaces import gli_space, method_space, paper_point
+from .spaces import SearchSpace, paper_point
 
 if TYPE_CHECKING:
-    from .stages import StudyContext
+    from .plan import StudyContext
 
 # MLflow, Optuna, Tune's search and the figures are imported by `_prepare`, on a thread
 # that runs while Ray starts: both take seconds, and a study is often only minutes.
@@ -92,7 +93,7 @@ def _setup(argv: list[str] | None):
 def _prepare(cfg: StudyConfig, out: dict) -> None:
     """The tracking store and the driver's remaining imports (run on a thread while Ray starts)."""
     try:
-        for module in ("analysis.report", "study.stages"):  # matplotlib, pandas; Tune's search, Optuna
+        for module in ("analysis.report", "study.plan"):  # matplotlib, pandas; Tune's search, Optuna
             importlib.import_module(module)
         from .tracking import Tracker
 
@@ -104,42 +105,28 @@ def _prepare(cfg: StudyConfig, out: dict) -> None:
 def run_study(ctx: StudyContext) -> None:
     """Base models first; each seed's trials as soon as its base models exist; GLI's search before the
     baselines (they fill the slots while the search's last trials run); confirm once the searches end."""
-    from analysis.report import gli_front, hparams_of
-
     cfg, seeds = ctx.cfg, list(range(ctx.cfg.seeds))
     base = ctx.grid("base", [{"method": m, "seed": s, "hparams": {}} for s in seeds for m in REFERENCE_ROWS])
     needs = base.seed_done
-    searches = [ctx.search("gli", "gli", gli_space(cfg.gli_space), paper_point("gli", cfg.dataset, cfg.gli_space),
+    searches = [ctx.search("gli", "gli", SearchSpace("gli", cfg.gli_space), paper_point("gli", cfg.dataset, cfg.gli_space),
                            cfg.gli_trials, needs)]
     if cfg.tune_baselines:
-        searches += [ctx.search("baseline", m, method_space(m), paper_point(m, cfg.dataset), cfg.gli_trials, needs)
+        searches += [ctx.search("baseline", m, SearchSpace(m), paper_point(m, cfg.dataset), cfg.gli_trials, needs)
                      for m in cfg.baselines]
     grid = [] if cfg.tune_baselines else [
         ctx.grid("baseline", [{"method": m, "seed": s, "hparams": ctx.fixed_hparams(m)}
                               for s in seeds for m in cfg.baselines], needs=needs)]
 
-    def confirm_runs() -> list[dict]:  # built once the searches have ended
-        front = gli_front(ctx.tracker.children("gli"), cfg.objective)
-        runs = [{"method": "gli", "seed": s, "hparams": hparams_of(r)} for _, r in front.iterrows() for s in seeds]
-        for search in searches[1:]:
-            best = _best_params(search.study, cfg.objective)
-            runs += [{"method": search.method, "seed": s, "hparams": {**ctx.fixed_hparams(search.method), **best}}
-                     for s in seeds]
+    def confirm_runs() -> list[dict]:  # built once the searches have ended, from their Optuna studies
+        runs = []
+        for search in searches:
+            limit = CONFIRM_LIMIT if search.method == "gli" else 1
+            runs += [{"method": search.method, "seed": s, "hparams": {**ctx.fixed_hparams(search.method), **chosen}}
+                     for chosen in search.chosen(limit) for s in seeds]
         return runs
 
     confirm = ctx.grid("confirm", confirm_runs, tuple(s.label for s in searches), needs)
     ctx.run([base, *searches, confirm, *grid])
-
-
-def _best_params(study, objective: str) -> dict:
-    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
-    if not complete:
-        return {}
-    if objective == "pareto":  # among the front, the best accuracy - 2 FS, i.e. the final score's ordering
-        best = max(study.best_trials, key=lambda t: t.values[0] - 2 * t.values[1])
-    else:
-        best = study.best_trial
-    return dict(best.params)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -163,9 +150,10 @@ def main(argv: list[str] | None = None) -> int:
     preparing.join()
     from analysis import tables
     from analysis.report import StudyInfo, build_report
+    from analysis.results import StudyRecords
     from trainables.metrics import PROTOCOL_LABEL
 
-    from .stages import StudyContext
+    from .plan import StudyContext
     from .tracking import TrackingError, git_commit
 
     if "error" in prepared:
@@ -179,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     protocol = PROTOCOL_LABEL[cfg.selection]
     params = {**asdict(cfg), "data_fingerprint": data.fingerprint}
     ctx = StudyContext(cfg, data, tracker, slots(cfg, resources))
-    params["trial_settings"] = ctx.settings  # model, base training and runner settings, for export
+    params[SETTINGS_PARAM] = ctx.settings.as_dict()  # model, base training and evaluation settings, for export
     tags = {"dataset": cfg.dataset, "selection": cfg.selection, "selection_protocol": protocol,
             "objective": cfg.objective, "git_commit": git_commit(), "data_fingerprint": data.fingerprint,
             "smoke_test": str(cfg.smoke_test)}
@@ -197,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
             stopping.start()
         info = StudyInfo(cfg.experiment_name, cfg.dataset, cfg.selection, cfg.objective, cfg.tune_baselines,
                          cfg.results_dir)
-        summary, front, written = build_report(tracker, info, results)
+        summary, front, written = build_report(StudyRecords(tracker.client, tracker.experiment_id, parent_id), info,
+                                               results)
         tracker.log_artifact(results / "config.yaml")
         for path in written:
             tracker.log_artifact(path, "summary")

@@ -18,13 +18,13 @@ from pathlib import Path
 import torch
 import yaml
 
-from analysis.export import EXPORT_KIND
 from trainables import engine
-from trainables.base import TrainConfig, base_model
+from trainables.base_models import TrainConfig, base_model
 from trainables.data import DataConfig, DataError, load_dataset
 from trainables.models import ModelConfig
+from trainables.records import EXPORT_KIND, REFERENCE_ROWS
 from trainables.run import run_method
-from trainables.runner import RunnerConfig
+from trainables.unlearn import EvalConfig
 
 SHOWN = ["accuracy", "forgetting_score", "final_score", "jsd", "sel_accuracy", "sel_forgetting_score"]
 
@@ -42,7 +42,7 @@ def load_export(path: str) -> dict:
         raise ReproduceError(f"{path}: not valid YAML") from None
     if not isinstance(spec, dict) or spec.get("kind") != EXPORT_KIND:
         raise ReproduceError(f"{path}: not a method export of analysis.export (expected 'kind: {EXPORT_KIND}')")
-    missing = [k for k in ("method", "hparams", "data", "model", "train", "runner", "seeds", "metrics") if k not in spec]
+    missing = [k for k in ("method", "hparams", "data", "model", "train", "evaluation", "seeds", "metrics") if k not in spec]
     if missing:
         raise ReproduceError(f"{path}: export is missing {', '.join(missing)}")
     return spec
@@ -58,16 +58,16 @@ def reproduce(spec: dict, seeds: list[int], data_dir: str | None = None, models_
     torch.set_num_threads(max(1, int(spec.get("threads", 1))))  # the trial's thread count, for equal numerics
     device = engine.pick_device()
     model_cfg, train_cfg = ModelConfig(**spec["model"]), TrainConfig(**spec["train"])
-    runner = RunnerConfig(**spec["runner"])
+    evaluation = EvalConfig(**spec["evaluation"])
     folder = Path(models_dir or spec.get("models_dir") or "")
     cache = folder if folder.is_dir() else None  # the study's checkpoints, or the local cache
     results = {}
     for seed in seeds:
         bases = {}
-        for kind in ("original", "retrain"):
+        for kind in REFERENCE_ROWS:
             model, seconds, _ = base_model(data, kind, model_cfg, train_cfg, seed, device, cache)
             bases[kind] = (model, seconds)
-        results[seed] = run_method(spec["method"], data, bases, seed, device, spec["hparams"], runner)
+        results[seed] = run_method(spec["method"], data, bases, seed, device, spec["hparams"], evaluation)
     return results
 
 

@@ -1,4 +1,4 @@
-"""The study's stages, base, baseline, gli (Optuna) and confirm, as one Ray Tune run of one trainable.
+"""The study's stages, base, baseline, gli (Optuna) and confirm, each handing out trials when they can run.
 
 A trial starts as soon as what it needs exists (a seed's baseline and GLI trials need
 that seed's base models; the confirm stage needs the searches' results), so stages
@@ -10,31 +10,20 @@ from their journal file, so a rerun resumes a study rather than repeating it.
 from __future__ import annotations
 
 import math
-import os
 import sys
 import time
-from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import optuna
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
-from ray import tune
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from trainables.base import default_configs
-from trainables.data import Dataset
-from trainables.methods import resolved_hparams
-from trainables.runner import RunnerConfig
-from trainables.trainable import WAIT_STAGE, unlearning_trial
+from trainables.metrics import final_score
+from trainables.records import journal_path, optuna_study_name
+from trainables.trial import TrialSpec
 
-from .cluster import trial_resources
-from .config import StudyConfig
-from .tracking import Tracker, TrackingCallback, trial_key
-
-os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the study prints its own progress lines instead
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 OBJECTIVES = {
@@ -124,7 +113,7 @@ class GridStage(Stage):
     only once the searches have ended.
     """
 
-    def __init__(self, ctx: "StudyContext", stage: str, runs, after: tuple[str, ...] = (), needs=None):
+    def __init__(self, ctx, stage: str, runs, after: tuple[str, ...] = (), needs=None):
         super().__init__(stage, stage, after, needs)
         self.ctx, self.runs, self.pending = ctx, runs, []
 
@@ -141,7 +130,7 @@ class GridStage(Stage):
         for i, run in enumerate(self.pending):
             if self.ready(run["seed"]):
                 del self.pending[i]
-                return {"stage": self.stage, "run": run}, run["seed"]
+                return TrialSpec(self.stage, run["method"], run["seed"], run["hparams"]).config(), run["seed"]
         return None
 
     def seed_done(self, seed: int) -> bool:
@@ -153,7 +142,7 @@ class GridStage(Stage):
 class SearchStage(Stage):
     """An Optuna search for one method on the first seed, resumable from the journal file."""
 
-    def __init__(self, ctx: "StudyContext", stage: str, method: str, space, point: dict | None, budget: int,
+    def __init__(self, ctx, stage: str, method: str, space, point: dict | None, budget: int,
                  after: tuple[str, ...] = (), needs=None):
         super().__init__(stage, stage if stage == method else f"{stage}-{method}", after, needs)
         self.ctx, self.method, self.space, self.point, self.budget = ctx, method, space, point, budget
@@ -163,8 +152,8 @@ class SearchStage(Stage):
     def _plan(self) -> int:
         cfg = self.ctx.cfg
         metric, mode = OBJECTIVES[cfg.objective]
-        storage = JournalStorage(JournalFileBackend(f"{cfg.results_dir}/optuna.journal"))
-        study_name = f"{cfg.experiment_name}-{self.method}-{cfg.objective}"
+        storage = JournalStorage(JournalFileBackend(str(journal_path(cfg.results_dir))))
+        study_name = optuna_study_name(cfg.experiment_name, self.method, cfg.objective)
         directions = ["maximize", "minimize"] if isinstance(mode, list) else ["maximize"]
         study = optuna.create_study(study_name=study_name, storage=storage, load_if_exists=True, directions=directions)
         self.study = study
@@ -195,9 +184,8 @@ class SearchStage(Stage):
             if not self.live:
                 self.planned = self.issued  # nothing running and nothing more to give: never wait forever
             return None
-        config = {"stage": self.stage, "method": self.method, "seed": 0,
-                  "hparams": self.ctx.fixed_hparams(self.method), **params}
-        return config, 0
+        hparams = {**self.ctx.fixed_hparams(self.method), **params}  # the suggestion goes into hparams
+        return TrialSpec(self.stage, self.method, 0, hparams).config(), 0
 
     def on_result(self, trial_id: str, result: dict) -> None:
         self.searcher.on_trial_result(trial_id, result)
@@ -206,137 +194,13 @@ class SearchStage(Stage):
         super().ended(trial_id, result, error)
         self.searcher.on_trial_complete(trial_id, result=result, error=error)
 
-
-class StudyPlan(Searcher):
-    """Every stage of the study as one Tune run.
-
-    One run means the worker processes (and their imports, data and checkpoints) last the
-    whole study, and a trial starts as soon as what it needs exists: the base models of
-    its seed, or for the confirm stage the searches' results. Stages are asked in list
-    order, so the earlier ones (base, then the searches) go first and the baselines fill
-    the slots that would otherwise wait, e.g. while the search's last trials finish.
-
-    When a slot is free but no trial can start yet, the plan hands out a wait trial that
-    holds the worker until a trial ends (the version in `marker` changes). Answering
-    "nothing yet" instead would cost workers: Tune then keeps one finished worker for
-    reuse and stops the others, and a replacement, which must import PyTorch, loses every
-    race against the next reused worker when trials are shorter than its start-up, so the
-    run falls to one trial at a time (seen on 2 CPUs and on a two-node cluster).
-
-    Resumes come from MLflow (finished trial keys) and the Optuna journal, so Tune's
-    searcher checkpoint is not written.
-    """
-
-    def __init__(self, stages: list[Stage], marker: str | os.PathLike | None = None):
-        super().__init__()
-        labels = [s.label for s in stages]
-        missing = {a for i, s in enumerate(stages) for a in s.after if a not in labels[:i]}
-        if len(set(labels)) != len(labels) or missing:
-            raise ValueError(f"stages must have distinct labels and wait only for earlier ones: {labels}")
-        self.stages, self.owner = stages, {}
-        self.marker, self.version, self.waiting = marker, 0, set()
-        self._publish()
-
-    def _publish(self) -> None:
-        if self.marker is not None:
-            tmp = f"{self.marker}.tmp"
-            with open(tmp, "w") as f:
-                f.write(str(self.version))
-            os.replace(tmp, self.marker)
-
-    def set_search_properties(self, metric, mode, config, **spec) -> bool:
-        return True
-
-    def suggest(self, trial_id: str):
-        by_label = {s.label: s for s in self.stages}
-        for s in self.stages:  # in order: a stage activated here may let a later one start at once
-            if not s.active and all(by_label[a].complete for a in s.after):
-                s.activate()
-        if all(s.complete for s in self.stages):
-            return Searcher.FINISHED
-        for stage in self.stages:
-            if stage.active and (given := stage.next_config(trial_id)) is not None:
-                config, seed = given
-                stage.issued += 1
-                stage.live[trial_id] = seed
-                self.owner[trial_id] = stage
-                return config
-        if self.marker is not None and any(not s.active or s.issued < s.planned for s in self.stages):
-            self.waiting.add(trial_id)  # more trials will come once a running one ends
-            return {"stage": WAIT_STAGE, "version": self.version}
-        return None
-
-    def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if isinstance(stage := self.owner.get(trial_id), SearchStage):
-            stage.on_result(trial_id, result)
-
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if trial_id in self.waiting:
-            self.waiting.discard(trial_id)
-        elif (stage := self.owner.get(trial_id)) is not None and trial_id in stage.live:
-            stage.ended(trial_id, result, error)
-            self.version += 1
-            self._publish()  # the wait trials end; the plan is asked again
-
-    def trial_done(self, trial, ok: bool) -> None:
-        if (stage := self.owner.get(trial.trial_id)) is not None:
-            stage.trial_done(trial, ok)
-
-    def save_to_dir(self, *args, **kwargs) -> None:
-        pass
-
-
-@dataclass
-class StudyContext:
-    cfg: StudyConfig
-    data: Dataset
-    tracker: Tracker
-    slots: int
-    trainable: object = None
-
-    def __post_init__(self):
-        # One object-store copy of the data set for every stage's trials.
-        self.trainable = tune.with_resources(tune.with_parameters(unlearning_trial, data=self.data),
-                                             trial_resources(self.cfg))
-
-    @property
-    def settings(self) -> dict:
-        model_cfg, train_cfg = default_configs(self.data.name)
-        if self.cfg.base_epochs:
-            train_cfg.epochs = self.cfg.base_epochs
-        runner = RunnerConfig(eval_every=self.cfg.eval_every, selection=self.cfg.selection, patience=self.cfg.patience)
-        return {"models_dir": self.cfg.models_dir, "model": asdict(model_cfg), "train": asdict(train_cfg),
-                "runner": asdict(runner), "cpus_per_trial": self.cfg.cpus_per_trial,
-                "fault_injection": self.cfg.fault_injection}
-
-    def fixed_hparams(self, method: str | None = None) -> dict:
-        """Settings every trial of `method` gets: the smoke test's epochs, then the user's overrides."""
-        fixed = {"epochs": self.cfg.method_epochs} if self.cfg.method_epochs else {}
-        return {**fixed, **self.cfg.method_hparams.get(method or "", {})}
-
-    def key(self, stage: str, method: str, seed: int, hparams: dict) -> str:
-        return trial_key(stage, method, seed, resolved_hparams(method, self.data.name, **hparams))
-
-    def grid(self, stage: str, runs, after: tuple[str, ...] = (), needs=None) -> GridStage:
-        return GridStage(self, stage, runs, after, needs)
-
-    def search(self, stage: str, method: str, space, point: dict | None, budget: int, needs=None) -> SearchStage:
-        return SearchStage(self, stage, method, space, point, budget, needs=needs)
-
-    def run(self, stages: list[Stage]) -> None:
-        """All stages in one Tune run (worker processes reused throughout)."""
-        marker = Path(self.cfg.storage_path) / f"{self.cfg.experiment_name}.plan"  # shared by every node
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        plan = StudyPlan(stages, marker)
-        tuner = tune.Tuner(
-            self.trainable,
-            param_space={"settings": {**self.settings, "plan_marker": str(marker)}},
-            tune_config=tune.TuneConfig(search_alg=plan, num_samples=-1, max_concurrent_trials=self.slots,
-                                        reuse_actors=True),
-            run_config=tune.RunConfig(
-                name="study", storage_path=self.cfg.storage_path, verbose=0,
-                callbacks=[TrackingCallback(self.tracker, self.data.name, plan.trial_done)],
-                failure_config=tune.FailureConfig(max_failures=self.cfg.max_failures),
-            ),
-        )
-        tuner.fit()
+    def chosen(self, limit: int) -> list[dict]:
+        """The settings the search chose, best selection final score first: the Pareto front
+        (pareto objective) or the best trial (scalar objective), at most `limit`."""
+        complete = [t for t in self.study.trials if t.state == TrialState.COMPLETE] if self.study else []
+        if not complete:
+            return []
+        if len(self.study.directions) == 1:
+            return [dict(self.study.best_trial.params)]
+        ranked = sorted(self.study.best_trials, key=lambda t: final_score(t.values[0], t.values[1]), reverse=True)
+        return [dict(t.params) for t in ranked[:limit]]

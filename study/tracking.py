@@ -4,29 +4,27 @@ Trials never talk to MLflow: a Tune callback on the driver turns their reports i
 child runs (nested with the `mlflow.parentRunId` tag), so the SQLite default never
 sees concurrent writers. Each child carries a stable `trial_key` (stage, method, seed,
 hyper-parameters), which is how a resumed study recognises trials it already has.
+Names and encodings come from `trainables.records`, which the analysis reads with.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import sqlite3
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from ray import tune
 
-from trainables.trainable import WAIT_STAGE, trial_hparams, trial_spec
+from trainables import records
+from trainables.methods import resolved_hparams
+from trainables.records import PARENT_TAG, STUDY_KEY_TAG, trial_key
+from trainables.trial import TrialSpec
 
-PARENT_TAG = "mlflow.parentRunId"
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no progress bars in the study's log
 
 
 class TrackingError(RuntimeError):
@@ -40,11 +38,6 @@ def git_commit() -> str:
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-
-
-def trial_key(stage: str, method: str, seed: int, hparams: dict) -> str:
-    digest = hashlib.sha256(json.dumps(hparams, sort_keys=True, default=str).encode()).hexdigest()[:12]
-    return f"{stage}/{method}/seed{seed}/{digest}"
 
 
 def check_writable(uri: str) -> None:
@@ -78,16 +71,15 @@ class Tracker:
     # --- parent ------------------------------------------------------------------------
     def start_parent(self, study_key: str, name: str, params: dict, tags: dict) -> tuple[str, bool]:
         """Create the study's parent run, or reopen the one with the same study key; returns (id, resumed)."""
-        runs = self.client.search_runs([self.experiment_id], f"tags.study_key = '{study_key}'", max_results=5)
+        runs = self.client.search_runs([self.experiment_id], f"tags.{STUDY_KEY_TAG} = '{study_key}'", max_results=5)
         parents = [r for r in runs if PARENT_TAG not in r.data.tags]
         if parents:
             self.parent_id = parents[0].info.run_id
             self.client.update_run(self.parent_id, status="RUNNING")
             return self.parent_id, True
-        run = self.client.create_run(self.experiment_id, run_name=name, tags={**tags, "study_key": study_key})
+        run = self.client.create_run(self.experiment_id, run_name=name, tags={**tags, STUDY_KEY_TAG: study_key})
         self.parent_id = run.info.run_id
-        flat = {k: json.dumps(v) if isinstance(v, (dict, list)) else str(v) for k, v in params.items()}
-        self.client.log_batch(self.parent_id, params=[Param(k, v[:6000]) for k, v in flat.items()])
+        self.client.log_batch(self.parent_id, params=[Param(k, records.encode(v)[:6000]) for k, v in params.items()])
         return self.parent_id, False
 
     def close_stale_children(self) -> int:
@@ -107,19 +99,7 @@ class Tracker:
 
     # --- children ----------------------------------------------------------------------
     def children(self, stage: str | None = None, status: str | None = "FINISHED") -> pd.DataFrame:
-        query = f"tags.`{PARENT_TAG}` = '{self.parent_id}'"
-        if stage:
-            query += f" and tags.stage = '{stage}'"
-        runs = self.client.search_runs([self.experiment_id], query, max_results=50000)
-        rows = []
-        for r in runs:
-            if status and r.info.status != status:
-                continue
-            row = {"run_id": r.info.run_id, "status": r.info.status, **{f"tags.{k}": v for k, v in r.data.tags.items()}}
-            row.update({f"params.{k}": v for k, v in r.data.params.items()})
-            row.update(r.data.metrics)
-            rows.append(row)
-        return pd.DataFrame(rows)
+        return records.child_runs(self.client, self.experiment_id, self.parent_id, stage, status)
 
     def finished_keys(self) -> set[str]:
         df = self.children()
@@ -135,28 +115,16 @@ class Tracker:
             self.client.update_run(run_id, status="RUNNING")
             self.client.set_tag(run_id, "trial_id", trial_id)
             return run_id
-        name = f"{stage}-{method}-s{seed}" + (f"-{trial_id}" if stage in ("gli", "tune") else "")
+        name = f"{stage}-{method}-s{seed}-{records.setting_of(key)[:6]}"  # one setting's seeds share the suffix
         tags = {PARENT_TAG: self.parent_id, "method": method, "stage": stage, "seed": str(seed),
                 "trial_key": key, "trial_id": trial_id}
         run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
-        self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        self.client.log_batch(run.info.run_id, params=[Param(k, records.encode(v)) for k, v in params.items()])
         self.known[key] = run.info.run_id
         return run.info.run_id
 
     def log_losses(self, run_id: str, forget, unseen) -> None:
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "losses.npz"
-            np.savez_compressed(path, forget=np.asarray(forget, dtype=np.float32), unseen=np.asarray(unseen, dtype=np.float32))
-            self.client.log_artifact(run_id, str(path))
-
-    def load_losses(self, run_id: str) -> tuple[np.ndarray, np.ndarray] | None:
-        try:
-            with tempfile.TemporaryDirectory() as tmp:
-                local = self.client.download_artifacts(run_id, "losses.npz", tmp)
-                with np.load(local) as z:
-                    return z["forget"], z["unseen"]
-        except Exception:  # a run without the artifact (or an unreachable artifact store)
-            return None
+        records.save_losses(self.client, run_id, forget, unseen)
 
     def log_metrics(self, run_id: str, metrics: dict, step: int) -> None:
         now = int(time.time() * 1000)
@@ -169,24 +137,18 @@ class Tracker:
 class TrackingCallback(tune.Callback):
     """Driver-side: turns each trial's reports into its MLflow child run."""
 
-    def __init__(self, tracker: Tracker, dataset: str, on_done=None):
-        self.tracker, self.dataset, self.on_done = tracker, dataset, on_done
+    def __init__(self, tracker: Tracker, dataset: str, stages: set[str], on_done=None):
+        self.tracker, self.dataset, self.stages, self.on_done = tracker, dataset, set(stages), on_done
         self.runs: dict[str, str] = {}
         self.attempts: dict[str, int] = {}
 
-    def _spec(self, config: dict) -> tuple[str, str, int, dict]:
-        from trainables.methods import resolved_hparams
-
-        config = trial_spec(config)
-        method, seed = config["method"], int(config["seed"])
-        return config["stage"], method, seed, resolved_hparams(method, self.dataset, **trial_hparams(config))
-
     def on_trial_start(self, iteration, trials, trial, **info):
-        if trial.config.get("stage") == WAIT_STAGE:  # the plan's placeholder, not a trial of the study
+        spec = TrialSpec.of(trial.config)
+        if spec.stage not in self.stages:  # the plan's placeholders are not trials of the study
             return
-        stage, method, seed, hparams = self._spec(trial.config)
-        key = trial_key(stage, method, seed, hparams)
-        run_id = self.tracker.open_child(key, stage, method, seed, hparams, trial.trial_id)
+        hparams = resolved_hparams(spec.method, self.dataset, **spec.hparams)
+        key = trial_key(spec.stage, spec.method, spec.seed, hparams)
+        run_id = self.tracker.open_child(key, spec.stage, spec.method, spec.seed, hparams, trial.trial_id)
         self.runs[trial.trial_id] = run_id
         self.attempts[trial.trial_id] = self.attempts.get(trial.trial_id, 0) + 1  # > 1: Tune retried it
         self.tracker.client.set_tag(run_id, "attempts", str(self.attempts[trial.trial_id]))
@@ -238,4 +200,4 @@ class TrackingCallback(tune.Callback):
             self.on_done(trial, ok=False)
 
 
-__all__ = ["Tracker", "TrackingCallback", "TrackingError", "git_commit", "trial_key"]
+__all__ = ["Tracker", "TrackingCallback", "TrackingError", "git_commit"]

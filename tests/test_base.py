@@ -1,9 +1,11 @@
 """Base training: memorisation is measurable on digits, checkpoints are cached by their settings."""
 
+from dataclasses import replace
+
 import torch
 
 from trainables import engine
-from trainables.base import base_model, checkpoint_path, default_configs, main
+from trainables.base_models import base_model, checkpoint_path, default_configs, main
 from trainables.data import DataConfig, load_dataset
 from trainables.metrics import evaluate
 
@@ -31,8 +33,8 @@ def test_checkpoint_key_follows_settings(tmp_path):
     model_cfg, train_cfg = default_configs("digits")
     base = checkpoint_path(data, "original", model_cfg, train_cfg, 0, tmp_path)
     assert checkpoint_path(data, "original", model_cfg, train_cfg, 1, tmp_path) != base
-    train_cfg.epochs += 1
-    assert checkpoint_path(data, "original", model_cfg, train_cfg, 0, tmp_path) != base
+    longer = replace(train_cfg, epochs=train_cfg.epochs + 1)
+    assert checkpoint_path(data, "original", model_cfg, longer, 0, tmp_path) != base
     other = load_dataset(DataConfig(split_seed=3))
     assert checkpoint_path(other, "original", *default_configs("digits"), 0, tmp_path) != base
 
@@ -40,7 +42,7 @@ def test_checkpoint_key_follows_settings(tmp_path):
 def test_same_seed_same_model(tmp_path):
     data = load_dataset(DataConfig())
     model_cfg, train_cfg = default_configs("digits")
-    train_cfg.epochs = 2
+    train_cfg = replace(train_cfg, epochs=2)
     device = engine.pick_device("cpu")
     a, _, _ = base_model(data, "retrain", model_cfg, train_cfg, 5, device, tmp_path / "a")
     b, _, _ = base_model(data, "retrain", model_cfg, train_cfg, 5, device, tmp_path / "b")

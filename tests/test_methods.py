@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from trainables import engine
-from trainables.base import TrainConfig, train_model
+from trainables.base_models import TrainConfig, train_model
 from trainables.data import DataConfig, load_dataset
 from trainables.methods import REGISTRY, Context, HyperParameterError, available, create, get, register
 from trainables.metrics import per_example_loss
 from trainables.models import BLOCKS, ModelConfig, block_modules, block_parameters
-from trainables.runner import RunnerConfig, unlearn
+from trainables.unlearn import EvalConfig, unlearn
 
 CPU = torch.device("cpu")
 
@@ -70,7 +70,7 @@ def test_method_runs_finite_and_changes_parameters(setup, name):
 @pytest.mark.parametrize("name", available())
 def test_same_seed_same_metrics(setup, name):
     data, original = setup
-    runs = [unlearn(_fast(name), original, data, seed=3, device=CPU, cfg=RunnerConfig(eval_every=7))["metrics"]
+    runs = [unlearn(_fast(name), original, data, seed=3, device=CPU, cfg=EvalConfig(eval_every=7))["metrics"]
             for _ in range(2)]
     for key in runs[0]:
         if key != "seconds" and key != "rte":
@@ -106,7 +106,7 @@ def test_paper_defaults_per_dataset():
     assert create("gli", "mucac").config()["iterations"] == 5
     binary = create("gli", "mucac-binary").config()
     assert (binary["w_start"], binary["w_end"], binary["iterations"]) == (800.0, 12000.0, 5)
-    assert create("eu_k", "mufac").lr == 0.01 and create("finetune", "mufac").lr == 0.001
+    assert create("eu_k", "mufac").hp.lr == 0.01 and create("finetune", "mufac").hp.lr == 0.001
 
 
 def test_neggrad_raises_forget_loss(setup):
@@ -214,7 +214,7 @@ def test_multilabel_task_runs_every_method():
     torch.manual_seed(0)
     original = build_model(ModelConfig("resnet18_small", 4), 3, 3).eval()
     for name in REGISTRY:
-        result = unlearn(create(name, "mucac", epochs=1, batch_size=16), original, data, 0, CPU, RunnerConfig(eval_every=2))
+        result = unlearn(create(name, "mucac", epochs=1, batch_size=16), original, data, 0, CPU, EvalConfig(eval_every=2))
         m = result["metrics"]
         assert math.isfinite(m["accuracy"]) and "accuracy_Smiling" in m and math.isfinite(m["forgetting_score"]), name
 
@@ -222,34 +222,34 @@ def test_multilabel_task_runs_every_method():
 def test_runner_selects_on_selection_halves_only(setup, monkeypatch):
     data, original = setup
     seen = []
-    import trainables.runner as runner_module
+    import trainables.unlearn as runner_module
     real = runner_module.evaluate
     def spy(model, data, test="test", unseen="unseen", **kw):
         seen.append((test, unseen))
         return real(model, data, test=test, unseen=unseen, **kw)
     monkeypatch.setattr(runner_module, "evaluate", spy)
-    out = unlearn(_fast("finetune"), original, data, 0, CPU, RunnerConfig(eval_every=3))
+    out = unlearn(_fast("finetune"), original, data, 0, CPU, EvalConfig(eval_every=3))
     assert seen[:-1] == [("val", "unseen_val")] * (len(seen) - 1)  # every selection read the selection halves
     assert seen[-1] == ("test_report", "unseen_report")  # only the final report reads the report halves
     assert out["metrics"]["evaluations"] == len(seen) - 1
     best = max(out["curve"], key=lambda c: c["final_score"])
     assert out["metrics"]["best_step"] == best["step"] and out["metrics"]["sel_final_score"] == best["final_score"]
     seen.clear()
-    unlearn(_fast("finetune"), original, data, 0, CPU, RunnerConfig(eval_every=3, selection="test"))
+    unlearn(_fast("finetune"), original, data, 0, CPU, EvalConfig(eval_every=3, selection="test"))
     assert set(seen) == {("test", "unseen")}
 
 
 def test_patience_stops_early(setup):
     data, original = setup
-    out = unlearn(_fast("neggrad", lr=0.05, epochs=3), original, data, 0, CPU, RunnerConfig(eval_every=1, patience=2))
+    out = unlearn(_fast("neggrad", lr=0.05, epochs=3), original, data, 0, CPU, EvalConfig(eval_every=1, patience=2))
     total = 3 * math.ceil(len(data["forget"]) / 64)
     assert out["steps"] < total and out["metrics"]["evaluations"] - 1 - out["curve"].index(
         max(out["curve"], key=lambda c: c["final_score"])) == 2
 
 
 def test_diverging_run_raises(setup):
-    from trainables.runner import Diverged
+    from trainables.unlearn import Diverged
 
     data, original = setup
     with pytest.raises(Diverged):
-        unlearn(_fast("neggrad", lr=1e6), original, data, 0, CPU, RunnerConfig(eval_every=1))
+        unlearn(_fast("neggrad", lr=1e6), original, data, 0, CPU, EvalConfig(eval_every=1))

@@ -11,7 +11,8 @@ from types import SimpleNamespace
 import pytest
 from ray.tune.search import Searcher
 
-from study.stages import GridStage, StudyPlan
+from study.plan import WAIT_STAGE, StudyPlan, wait_for_plan
+from study.stages import GridStage
 
 
 def _ctx(finished: set[str] = frozenset()):
@@ -27,8 +28,8 @@ def _run(method: str, seed: int) -> dict:
 def _given(config) -> str | None:
     if config is None or config == Searcher.FINISHED:
         return config
-    run = config["run"]
-    return f"{config['stage']}/{run['method']}/{run['seed']}"
+    assert set(config) == {"stage", "method", "seed", "hparams"}  # one shape for every trial
+    return f"{config['stage']}/{config['method']}/{config['seed']}"
 
 
 def _plan(ctx, confirm_runs):
@@ -97,8 +98,6 @@ def test_a_free_slot_gets_a_wait_trial_that_ends_when_a_trial_does(tmp_path):
     import threading
     import time
 
-    from trainables.trainable import WAIT_STAGE, wait_for_plan
-
     marker = tmp_path / "study.plan"
     ctx = _ctx()
     base = GridStage(ctx, "base", [_run("original", 0), _run("retrain", 0)])
@@ -108,11 +107,12 @@ def test_a_free_slot_gets_a_wait_trial_that_ends_when_a_trial_does(tmp_path):
     assert [_given(plan.suggest(t)) for t in ("t1", "t2")] == ["base/original/0", "base/retrain/0"]
     plan.on_trial_complete("t1", {"final": 1.0})
     wait = plan.suggest("w1")  # scrub waits for the retrained model
-    assert wait == {"stage": WAIT_STAGE, "version": 1}
+    assert wait == {"stage": WAIT_STAGE, "method": WAIT_STAGE, "seed": 0,
+                    "hparams": {"version": 1, "marker": str(marker)}}
 
     threading.Timer(0.3, plan.on_trial_complete, args=("t2", {"final": 1.0})).start()
     start = time.monotonic()
-    wait_for_plan(str(marker), wait["version"], limit_s=20)  # what the wait trial runs
+    wait_for_plan(str(marker), wait["hparams"]["version"], limit_s=20)  # what the wait trial runs
     assert 0.2 < time.monotonic() - start < 10 and marker.read_text() == "2"
     plan.on_trial_complete("w1", None)  # a wait trial changes nothing
     assert marker.read_text() == "2"
@@ -124,8 +124,6 @@ def test_a_free_slot_gets_a_wait_trial_that_ends_when_a_trial_does(tmp_path):
 
 def test_wait_for_plan_gives_up_after_its_limit(tmp_path):
     import time
-
-    from trainables.trainable import wait_for_plan
 
     start = time.monotonic()
     wait_for_plan(str(tmp_path / "never-written.plan"), 0, limit_s=0.3)

@@ -178,7 +178,7 @@ def _bad(tmp_path: Path, case: str) -> tuple[list[str], str]:
         return ["--config", str(tmp_path / "c.yaml")], "low 0.1 is above high 0.001"
     if case == "non-positive step size":
         (tmp_path / "c.yaml").write_text("gli_space: {step_size: [0, 0.1], iterations: [1, 10], guidance: [100, 20000]}\n")
-        return ["--config", str(tmp_path / "c.yaml")], "step size must be positive"
+        return ["--config", str(tmp_path / "c.yaml")], "step_size (alpha) must be positive"
     if case == "GPUs above the cluster":
         return ["--num-gpus", "3", "--allow-cpu"], "the Ray cluster has 0 GPU(s)"
     if case == "unreachable address":

@@ -52,7 +52,7 @@ def test_smoke_study_records_everything(smoke, capsys):
     assert parent.info.status == "FINISHED"
     for tag in ("dataset", "selection", "objective", "git_commit", "data_fingerprint"):
         assert tag in parent.data.tags
-    assert parent.data.params["dataset"] == "digits" and parent.data.params["gli_trials"] == "4"
+    assert parent.data.params["dataset"] == '"digits"' and parent.data.params["gli_trials"] == "4"  # JSON values
     methods = {c.data.tags["method"] for c in children}
     assert methods == set(REFERENCE_ROWS) | set(available())
     for c in children:

@@ -20,7 +20,7 @@ ARCHITECTURES = ("resnet18", "resnet18_small")
 BLOCKS = ("stem", "layer1", "layer2", "layer3", "layer4", "fc")  # CF-k / EU-k count k from the end
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelConfig:
     arch: str = "resnet18"
     width: int = 64  # resnet18_small only: channels of layer1 (doubling per stage)
@@ -107,3 +107,12 @@ def last_blocks(model: nn.Module, k: int) -> list[str]:
 
 def block_parameters(model: nn.Module, names: list[str]) -> list[nn.Parameter]:
     return [p for name in names for m in block_modules(model, name) for p in m.parameters()]
+
+
+def reinitialise(module: nn.Module) -> None:
+    """Draw every parameter and batch-norm statistic of `module` afresh (each layer's own initialiser)."""
+    for m in module.modules():
+        if hasattr(m, "reset_parameters"):
+            m.reset_parameters()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()

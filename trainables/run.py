@@ -18,11 +18,11 @@ import torch
 import yaml
 
 from . import engine
-from .base import BASE_KINDS, base_model, default_configs
+from .base_models import BASE_KINDS, base_model, default_configs
 from .data import DATASETS, DataConfig, DataError, Dataset, load_dataset
 from .methods import REFERENCE_ROWS, HyperParameterError, available, create, get
 from .metrics import PROTOCOL_LABEL
-from .runner import RunnerConfig, reference_row, unlearn
+from .unlearn import EvalConfig, reference_row, unlearn
 
 COLUMNS = [("accuracy", "acc"), ("top2_accuracy", "top2"), ("forgetting_score", "FS"), ("final_score", "final"),
            ("jsd", "JSD"), ("seconds", "seconds"), ("rte", "RTE")]
@@ -51,22 +51,23 @@ def base_models(data: Dataset, seed: int, device: torch.device, cache_dir: Path 
 
 def run_method(
     name: str, data: Dataset, bases: dict, seed: int, device: torch.device,
-    hparams: dict | None = None, runner: RunnerConfig | None = None,
+    hparams: dict | None = None, evaluation: EvalConfig | None = None,
 ) -> dict:
     """One row: a reference row for original / retrain, else an unlearning run. Returns flat metrics."""
-    runner = runner or RunnerConfig()
+    evaluation = evaluation or EvalConfig()
     if name in REFERENCE_ROWS:
         model, seconds = bases[name]
-        row = reference_row(model, data, runner.selection, seconds)
+        row = reference_row(model, data, evaluation.selection, seconds)
     else:
         method = create(name, data.name, **(hparams or {}))
-        result = unlearn(method, bases["original"][0], data, seed, device, runner, retrain_seconds=bases["retrain"][1])
+        result = unlearn(method, bases["original"][0], data, seed, device, evaluation,
+                         retrain_seconds=bases["retrain"][1])
         row = result["metrics"]
         row["hparams"] = method.config()
     if name == "retrain":
         row["rte"] = 1.0
     row["method"] = name
-    row["selection"] = runner.selection
+    row["selection"] = evaluation.selection
     return row
 
 
@@ -102,11 +103,11 @@ def main(argv: list[str] | None = None) -> int:
         overrides = {}  # per row: with --method all, each method takes the --set keys it accepts
         for name in names:  # validate every row before any training
             if name not in REFERENCE_ROWS:
-                accepted = set(get(name).hyperparameters())
+                accepted = set(get(name).Params.names())
                 overrides[name] = {k: v for k, v in hparams.items() if k in accepted} if args.method == "all" else hparams
                 create(name, args.dataset, **overrides[name])
-        runner = RunnerConfig(eval_every=args.eval_every, selection=args.selection, patience=args.patience)
-        runner.validate()
+        evaluation = EvalConfig(eval_every=args.eval_every, selection=args.selection, patience=args.patience)
+        evaluation.validate()
         data = load_dataset(DataConfig(dataset=args.dataset, data_dir=args.data_dir, cache_dir=args.cache_dir))
     except (KeyError, ValueError, DataError) as exc:
         print(f"error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
@@ -115,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     bases = base_models(data, args.seed, device, Path(args.cache_dir).resolve() if args.cache_dir else None)
     rows = []
     for name in names:
-        row = run_method(name, data, bases, args.seed, device, overrides.get(name, {}), runner)
+        row = run_method(name, data, bases, args.seed, device, overrides.get(name, {}), evaluation)
         rows.append(row)
         if args.json:
             print(json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}))

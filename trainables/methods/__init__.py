@@ -2,11 +2,13 @@
 
 `available()` lists them; `create(name, dataset, **hparams)` builds one with the
 paper's defaults for that data set; `original` and `retrain` are the reference rows.
+Each method's hyper-parameters are declared once, as its `Params` dataclass.
 """
 
 from . import advanced_neggrad, bad_teaching, cf_k, eu_k, finetune, gli, neggrad, scrub, unsir  # noqa: F401  (registers)
-from .base import (REFERENCE_ROWS, REGISTRY, Context, HyperParameterError, Method, available, create, get, register,
-                   resolved_hparams)
+from .interface import (REFERENCE_ROWS, REGISTRY, Context, Method, available, create, get, register, resolve,
+                        resolved_hparams)
+from .params import HyperParameterError, MethodParams
 
-__all__ = ["REFERENCE_ROWS", "REGISTRY", "Context", "HyperParameterError", "Method", "available", "create", "get", "register",
-           "resolved_hparams"]
+__all__ = ["REFERENCE_ROWS", "REGISTRY", "Context", "HyperParameterError", "Method", "MethodParams", "available",
+           "create", "get", "register", "resolve", "resolved_hparams"]

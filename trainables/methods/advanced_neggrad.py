@@ -1,6 +1,6 @@
 """Advanced NegGrad: descend on retain and ascend on forget in the same step (SPEC section 5)."""
 
-from .base import Batch, Context, Method, register
+from .interface import Batch, Context, Method, register
 
 
 @register("advanced_neggrad")

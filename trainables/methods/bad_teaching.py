@@ -2,7 +2,9 @@
 
 import torch
 
-from .base import Batch, Context, DistillationMethod, distill_kl, frozen_copy, register
+from ..models import reinitialise
+from .distill import DistillationMethod, distill_kl, frozen_copy
+from .interface import Batch, Context, register
 
 
 @register("bad_teaching")
@@ -15,16 +17,12 @@ class BadTeaching(DistillationMethod):
     def setup(self, ctx: Context) -> None:
         self.good = frozen_copy(ctx.original)
         torch.manual_seed(ctx.seed + 1)
-        self.bad = frozen_copy(ctx.original)  # same architecture, every parameter and statistic re-drawn
-        for module in self.bad.modules():
-            if hasattr(module, "reset_parameters"):
-                module.reset_parameters()
-            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-                module.reset_running_stats()
+        self.bad = frozen_copy(ctx.original)
+        reinitialise(self.bad)  # same architecture, every parameter and statistic re-drawn
         super().setup(ctx)
 
     def loss(self, ctx: Context, batch: Batch):
-        task, t = ctx.data.task, self.temperature
+        task, t = ctx.data.task, self.hp.temperature
         retain = distill_kl(ctx.model(batch.x), self.good(batch.x), task, t)
         forget = distill_kl(ctx.model(batch.xf), self.bad(batch.xf), task, t)
         return retain + forget

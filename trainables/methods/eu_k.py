@@ -6,27 +6,30 @@ re-initialises them (each module's own `reset_parameters`, seeded), as the metho
 is defined (SPEC section 5).
 """
 
+from dataclasses import dataclass
+
 import torch
 
-from ..models import BLOCKS, block_modules
-from .base import Context, register
-from .cf_k import CFk
+from ..models import BLOCKS, block_modules, reinitialise
+from .cf_k import CFk, CFkParams
+from .interface import Context, register
+from .params import default
+
+
+@dataclass(frozen=True)
+class EUkParams(CFkParams):
+    lr: float = default(CFkParams, "lr", 0.01)  # EU-k's rate (SPEC section 5)
 
 
 @register("eu_k")
 class EUk(CFk):
-    """CF-k's freezing, after a real re-initialisation of the trainable blocks; lr 0.01 by default."""
+    """CF-k's freezing, after a real re-initialisation of the trainable blocks."""
 
-    def __init__(self, k: int = 3, lr: float = 0.01, epochs: int = 2, batch_size: int = 64, momentum: float = 0.0):
-        super().__init__(k=k, lr=lr, epochs=epochs, batch_size=batch_size, momentum=momentum)
+    Params = EUkParams
 
     def setup(self, ctx: Context) -> None:
         torch.manual_seed(ctx.seed)
-        for name in BLOCKS[-self.k:]:
+        for name in BLOCKS[-self.hp.k:]:
             for block in block_modules(ctx.model, name):
-                for module in block.modules():
-                    if hasattr(module, "reset_parameters"):
-                        module.reset_parameters()
-                    if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-                        module.reset_running_stats()
+                reinitialise(block)
         super().setup(ctx)

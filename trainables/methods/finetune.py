@@ -1,6 +1,6 @@
 """Fine-tuning: keep training the original model on the retain set (SPEC section 5)."""
 
-from .base import Batch, Context, Method, register
+from .interface import Batch, Context, Method, register
 
 
 @register("finetune")

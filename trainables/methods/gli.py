@@ -8,66 +8,69 @@ Per retain batch (x_r, y_r), with a same-size forget batch x_f (forget loader cy
   one SGD step of f on L_class(f(clamp(x_r + eta, 0, 1)), y_r)
 """
 
+from dataclasses import dataclass, replace
+
 import torch
 import torch.nn.functional as F
 
 from .. import engine
-from .base import Batch, Context, Method, register, require
+from .interface import Batch, Context, Method, register
+from .params import NON_NEGATIVE, POSITIVE, HyperParameterError, MethodParams, Search, default, hp, whole
+
+GUIDANCE = Search("log", 100.0, 20000.0, key="guidance")  # w_start and w_end share their bounds
+
+
+@dataclass(frozen=True)
+class GLIParams(MethodParams):
+    """alpha, K and the guidance strength (w_start, w_end): what the study searches."""
+
+    lr: float = default(MethodParams, "lr", 0.001, searched=False)  # the study searches GLI's own three
+    epochs: int = default(MethodParams, "epochs", 1)
+    step_size: float = hp(0.01, POSITIVE, Search("log", 1e-3, 1e-1), label="step_size (alpha)")
+    iterations: int = hp(2, whole(1), Search("int", 1, 10), label="iterations (K)",
+                         per_dataset={"mucac": 5, "mucac-binary": 5})
+    w_start: float = hp(200.0, NON_NEGATIVE, GUIDANCE, label="guidance weight w_start",
+                        per_dataset={"mucac-binary": 800.0})
+    w_end: float = hp(1000.0, NON_NEGATIVE, replace(GUIDANCE, at_least="w_start"),
+                      label="guidance weight w_end", per_dataset={"mucac-binary": 12000.0})
+
+    def check(self) -> None:
+        if self.w_end < self.w_start:  # the weight only rises over the epoch
+            raise HyperParameterError(f"w_end ({self.w_end}) must be >= w_start ({self.w_start})")
 
 
 @register("gli")
 class GLI(Method):
     """Train on retain images perturbed towards the forget set's outputs, guided to keep their class.
 
-    `step_size` is alpha, `iterations` is K, (`w_start`, `w_end`) the guidance strength.
     The forget batch's logits are computed once per batch without gradient; the model
     trains on the perturbation after all K updates. With `trace` set, each batch's
     weight and perturbation extent are recorded (costs a device sync per batch).
     """
 
+    Params = GLIParams
     pairs = True
-    search_space = {
-        "step_size": ("log", 1e-3, 1e-1),
-        "iterations": ("int", 1, 10),
-        "w_start": ("log", 100.0, 20000.0),
-        "w_end": ("log", 100.0, 20000.0),  # the study samples w_end in [w_start, high]
-    }
 
-    def __init__(self, step_size: float = 0.01, iterations: int = 2, w_start: float = 200.0, w_end: float = 1000.0,
-                 lr: float = 0.001, epochs: int = 1, batch_size: int = 64, momentum: float = 0.0):
-        super().__init__(lr=lr, epochs=epochs, batch_size=batch_size, momentum=momentum)
-        require(step_size > 0, f"gli: step_size (alpha) must be positive, got {step_size}")
-        require(int(iterations) == iterations and iterations >= 1, f"gli: iterations (K) must be >= 1, got {iterations}")
-        require(w_start >= 0 and w_end >= 0, f"gli: guidance weights must be non-negative, got w_start={w_start}, w_end={w_end}")
-        require(w_end >= w_start, f"gli: w_end ({w_end}) must be >= w_start ({w_start})")
-        self.step_size, self.iterations = step_size, int(iterations)
-        self.w_start, self.w_end = float(w_start), float(w_end)
+    def __init__(self, params: GLIParams):
+        super().__init__(params)
         self.trace: list[dict] | None = None  # set to [] to record per-batch weight and perturbation extent
-
-    @classmethod
-    def paper_defaults(cls, dataset):
-        if dataset == "mucac":
-            return {"iterations": 5}
-        if dataset == "mucac-binary":
-            return {"iterations": 5, "w_start": 800.0, "w_end": 12000.0}
-        return {}  # MUFAC's settings, also used for digits
 
     def weight(self, index: int, count: int) -> float:
         if count <= 1:
-            return self.w_start
-        return self.w_start + (self.w_end - self.w_start) * index / (count - 1)
+            return self.hp.w_start
+        return self.hp.w_start + (self.hp.w_end - self.hp.w_start) * index / (count - 1)
 
     def perturb(self, ctx: Context, batch: Batch, w: float) -> torch.Tensor:
         with torch.no_grad(), engine.autocast(ctx.device):
             target = ctx.model(batch.xf).float()  # once per batch, no gradient
         eta = torch.zeros_like(batch.x)
-        for _ in range(self.iterations):
+        for _ in range(self.hp.iterations):
             eta.requires_grad_(True)
             with engine.autocast(ctx.device):
                 out = ctx.model((batch.x + eta).clamp(0, 1)).float()
                 loss = -w * ctx.loss(out, batch.y) + F.mse_loss(out, target)
             (grad,) = torch.autograd.grad(loss, eta)
-            eta = (eta.detach() + self.step_size * grad.sign())
+            eta = (eta.detach() + self.hp.step_size * grad.sign())
         return eta.detach()
 
     def step(self, ctx: Context, batch: Batch):
@@ -76,9 +79,7 @@ class GLI(Method):
         x_p = (batch.x + eta).clamp(0, 1)
         with engine.autocast(ctx.device):
             loss = ctx.loss(ctx.model(x_p), batch.y)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        self.update(loss)
         if self.trace is not None:
             self.trace.append({"index": batch.index, "count": batch.count, "w": w, "eta_max": float(eta.abs().max()),
                                "x_min": float(x_p.min()), "x_max": float(x_p.max())})

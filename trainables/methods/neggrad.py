@@ -1,6 +1,6 @@
 """NegGrad: gradient ascent on the forget set (SPEC section 5)."""
 
-from .base import Batch, Context, Method, register
+from .interface import Batch, Context, Method, register
 
 
 @register("neggrad")

@@ -1,7 +1,8 @@
 """SCRUB (Kurmanji et al.): a student that stays near the original teacher on retain and moves away on forget."""
 
 from .. import engine
-from .base import Batch, Context, DistillationMethod, distill_kl, frozen_copy, register
+from .distill import DistillationMethod, distill_kl, frozen_copy
+from .interface import Batch, Context, register
 
 
 @register("scrub")
@@ -16,18 +17,13 @@ class SCRUB(DistillationMethod):
         self.teacher = frozen_copy(ctx.original)
         super().setup(ctx)
 
-    def _update(self, loss) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-
     def step(self, ctx: Context, batch: Batch):
-        task, t = ctx.data.task, self.temperature
+        task, t = ctx.data.task, self.hp.temperature
         with engine.autocast(ctx.device):
             student = ctx.model(batch.x)
             retain_loss = ctx.loss(student, batch.y) + distill_kl(student, self.teacher(batch.x), task, t)
-        self._update(retain_loss)
+        self.update(retain_loss)
         with engine.autocast(ctx.device):
             forget_loss = -distill_kl(ctx.model(batch.xf), self.teacher(batch.xf), task, t)
-        self._update(forget_loss)
+        self.update(forget_loss)
         return (retain_loss + forget_loss).detach()

@@ -2,7 +2,7 @@
 
 `base_model` returns a trained model from the checkpoint cache, training it on first
 use; the cache key covers the data fingerprint, the model and training settings and
-the seed, so a changed setting never reuses a stale model. `python -m trainables.base`
+the seed, so a changed setting never reuses a stale model. `python -m trainables.base_models`
 trains both on a data set and prints their metrics.
 """
 
@@ -14,7 +14,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -28,7 +28,7 @@ from .models import ModelConfig, build_model
 BASE_KINDS = {"original": "train", "retrain": "retain"}  # registry name -> the split it trains on
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 30
     lr: float = 0.01
@@ -112,7 +112,7 @@ def base_model(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m trainables.base", description="Train the original and retrained models and print their metrics.")
+    parser = argparse.ArgumentParser(prog="python -m trainables.base_models", description="Train the original and retrained models and print their metrics.")
     parser.add_argument("--dataset", default="digits", help="digits, mufac, mucac or mucac-binary")
     parser.add_argument("--data-dir", help="the data folder (mufac / mucac)")
     parser.add_argument("--seed", type=int, default=0, help="training seed")
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     model_cfg, train_cfg = default_configs(args.dataset)
     if args.epochs:
-        train_cfg.epochs = args.epochs
+        train_cfg = replace(train_cfg, epochs=args.epochs)
     device = engine.pick_device()
     cache_dir = Path(args.cache_dir).resolve() if args.cache_dir else None
     test, unseen = REPORT_SPLITS[args.selection]

@@ -1,6 +1,7 @@
-"""Runs one unlearning method: steps, periodic evaluation, best-checkpoint selection, final report.
+"""`unlearn`: one unlearning method from the original model, with periodic evaluation,
+best-checkpoint selection and the final report (and `reference_row` for the base models).
 
-The runner evaluates every `eval_every` steps on the selection splits only (SPEC
+It evaluates every `eval_every` steps on the selection splits only (SPEC
 section 3: `val` / `unseen_val`, or the full sets under `selection=test`), keeps the
 checkpoint with the best selection final score, and reports that checkpoint on the
 report splits. `seconds` counts the method's own steps, not the evaluations.
@@ -25,8 +26,10 @@ from .metrics import REPORT_SPLITS, SELECTION_SPLITS, evaluate
 EvalCallback = Callable[[int, dict], None]
 
 
-@dataclass
-class RunnerConfig:
+@dataclass(frozen=True)
+class EvalConfig:
+    """How a run is evaluated and which of its checkpoints is reported."""
+
     eval_every: int | None = None  # steps between evaluations; None: about 10 per epoch of the driver split
     selection: str = "val"  # "val" (honest halves) or "test" (the paper's protocol)
     patience: int | None = None  # stop after this many evaluations without improvement; None: run every step
@@ -84,7 +87,7 @@ def reference_row(model, data: Dataset, selection: str, seconds: float, losses_o
 
 
 def default_eval_every(method: Method, data: Dataset) -> int:
-    steps_per_epoch = math.ceil(len(data[method.driver]) / method.batch_size)
+    steps_per_epoch = math.ceil(len(data[method.driver]) / method.hp.batch_size)
     return max(1, steps_per_epoch // 10)
 
 
@@ -94,7 +97,7 @@ def unlearn(
     data: Dataset,
     seed: int,
     device: torch.device,
-    cfg: RunnerConfig | None = None,
+    cfg: EvalConfig | None = None,
     retrain_seconds: float | None = None,
     on_eval: EvalCallback | None = None,
 ) -> dict:
@@ -104,7 +107,7 @@ def unlearn(
     metrics of the chosen checkpoint as `sel_*`, and `seconds`, `steps`, `best_step`,
     `evaluations` and (given `retrain_seconds`) `rte`.
     """
-    cfg = cfg or RunnerConfig()
+    cfg = cfg or EvalConfig()
     cfg.validate()
     engine.seed_everything(seed)
     data = _on_device(data, device)

@@ -1,0 +1,186 @@
+"""The study as one Ray Tune run: the plan that hands out every stage's trials, and the function Ray runs.
+
+One run means the worker processes (their imports, the data set, the base checkpoints)
+last the whole study. `StudyPlan` is Tune's searcher: it asks the stages in order for a
+trial whenever a slot is free. `study_trial` is the trainable: a trial of the study
+(`trainables.trial.run_trial`) or a wait trial, the plan's placeholder that holds a free
+worker until any trial ends (see `StudyPlan`). `StudyContext` builds the stages and runs them.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from ray import tune
+from ray.tune.search import Searcher
+
+from trainables.base_models import default_configs
+from trainables.data import Dataset
+from trainables.methods import resolved_hparams
+from trainables.records import trial_key
+from trainables.trial import TrialSettings, TrialSpec, run_trial
+from trainables.unlearn import EvalConfig
+
+from .cluster import trial_resources
+from .config import StudyConfig
+from .stages import GridStage, SearchStage, Stage
+from .tracking import Tracker, TrackingCallback
+
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the study prints its own progress lines instead
+
+WAIT_STAGE = "wait"  # the plan's placeholder trial: never tracked
+
+
+def wait_for_plan(marker: str, version: int, limit_s: float = 30.0, poll_s: float = 0.05) -> None:
+    """Return once the plan's version file no longer holds `version` (a trial has ended), or after `limit_s`."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        try:
+            if Path(marker).read_text().strip() != str(version):
+                return
+        except (OSError, ValueError):
+            pass  # not written yet, or mid-write: look again
+        time.sleep(poll_s)
+
+
+def study_trial(config: dict, data: Dataset | None = None, settings: TrialSettings | None = None) -> None:
+    """What Ray Tune runs for every trial of the study."""
+    spec = TrialSpec.of(config)
+    if spec.stage == WAIT_STAGE:
+        wait_for_plan(spec.hparams["marker"], int(spec.hparams["version"]))
+        return
+    run_trial(spec, settings, data)
+
+
+class StudyPlan(Searcher):
+    """Every stage of the study as one Tune run.
+
+    One run means the worker processes (and their imports, data and checkpoints) last the
+    whole study, and a trial starts as soon as what it needs exists: the base models of
+    its seed, or for the confirm stage the searches' results. Stages are asked in list
+    order, so the earlier ones (base, then the searches) go first and the baselines fill
+    the slots that would otherwise wait, e.g. while the search's last trials finish.
+
+    When a slot is free but no trial can start yet, the plan hands out a wait trial that
+    holds the worker until a trial ends (the version in `marker` changes). Answering
+    "nothing yet" instead would cost workers: Tune then keeps one finished worker for
+    reuse and stops the others, and a replacement, which must import PyTorch, loses every
+    race against the next reused worker when trials are shorter than its start-up, so the
+    run falls to one trial at a time (seen on 2 CPUs and on a two-node cluster).
+
+    Resumes come from MLflow (finished trial keys) and the Optuna journal, so Tune's
+    searcher checkpoint is not written.
+    """
+
+    def __init__(self, stages: list[Stage], marker: str | os.PathLike | None = None):
+        super().__init__()
+        labels = [s.label for s in stages]
+        missing = {a for i, s in enumerate(stages) for a in s.after if a not in labels[:i]}
+        if len(set(labels)) != len(labels) or missing:
+            raise ValueError(f"stages must have distinct labels and wait only for earlier ones: {labels}")
+        self.stages, self.owner = stages, {}
+        self.marker, self.version, self.waiting = marker, 0, set()
+        self._publish()
+
+    def _publish(self) -> None:
+        if self.marker is not None:
+            tmp = f"{self.marker}.tmp"
+            with open(tmp, "w") as f:
+                f.write(str(self.version))
+            os.replace(tmp, self.marker)
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        return True
+
+    def suggest(self, trial_id: str):
+        by_label = {s.label: s for s in self.stages}
+        for s in self.stages:  # in order: a stage activated here may let a later one start at once
+            if not s.active and all(by_label[a].complete for a in s.after):
+                s.activate()
+        if all(s.complete for s in self.stages):
+            return Searcher.FINISHED
+        for stage in self.stages:
+            if stage.active and (given := stage.next_config(trial_id)) is not None:
+                config, seed = given
+                stage.issued += 1
+                stage.live[trial_id] = seed
+                self.owner[trial_id] = stage
+                return config
+        if self.marker is not None and any(not s.active or s.issued < s.planned for s in self.stages):
+            self.waiting.add(trial_id)  # more trials will come once a running one ends
+            return TrialSpec(WAIT_STAGE, WAIT_STAGE, 0, {"version": self.version, "marker": str(self.marker)}).config()
+        return None
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if isinstance(stage := self.owner.get(trial_id), SearchStage):
+            stage.on_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id in self.waiting:
+            self.waiting.discard(trial_id)
+        elif (stage := self.owner.get(trial_id)) is not None and trial_id in stage.live:
+            stage.ended(trial_id, result, error)
+            self.version += 1
+            self._publish()  # the wait trials end; the plan is asked again
+
+    def trial_done(self, trial, ok: bool) -> None:
+        if (stage := self.owner.get(trial.trial_id)) is not None:
+            stage.trial_done(trial, ok)
+
+    def save_to_dir(self, *args, **kwargs) -> None:
+        pass
+
+
+@dataclass
+class StudyContext:
+    cfg: StudyConfig
+    data: Dataset
+    tracker: Tracker
+    slots: int
+    settings: TrialSettings = field(init=False)
+
+    def __post_init__(self):
+        model_cfg, train_cfg = default_configs(self.data.name)
+        if self.cfg.base_epochs:
+            train_cfg = replace(train_cfg, epochs=self.cfg.base_epochs)
+        evaluation = EvalConfig(eval_every=self.cfg.eval_every, selection=self.cfg.selection, patience=self.cfg.patience)
+        self.settings = TrialSettings(models_dir=self.cfg.models_dir, model=model_cfg, train=train_cfg,
+                                      evaluation=evaluation, threads=max(1, int(self.cfg.cpus_per_trial)),
+                                      fault_injection=self.cfg.fault_injection)
+
+    def fixed_hparams(self, method: str | None = None) -> dict:
+        """Settings every trial of `method` gets: the smoke test's epochs, then the user's overrides."""
+        fixed = {"epochs": self.cfg.method_epochs} if self.cfg.method_epochs else {}
+        return {**fixed, **self.cfg.method_hparams.get(method or "", {})}
+
+    def key(self, stage: str, method: str, seed: int, hparams: dict) -> str:
+        return trial_key(stage, method, seed, resolved_hparams(method, self.data.name, **hparams))
+
+    def grid(self, stage: str, runs, after: tuple[str, ...] = (), needs=None) -> GridStage:
+        return GridStage(self, stage, runs, after, needs)
+
+    def search(self, stage: str, method: str, space, point: dict | None, budget: int, needs=None) -> SearchStage:
+        return SearchStage(self, stage, method, space, point, budget, needs=needs)
+
+    def run(self, stages: list[Stage]) -> None:
+        """All stages in one Tune run (worker processes reused throughout)."""
+        marker = Path(self.cfg.storage_path) / f"{self.cfg.experiment_name}.plan"  # shared by every node
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        plan = StudyPlan(stages, marker)
+        # The data set and the shared settings reach every worker once, through the object store.
+        trainable = tune.with_resources(tune.with_parameters(study_trial, data=self.data, settings=self.settings),
+                                        trial_resources(self.cfg))
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(search_alg=plan, num_samples=-1, max_concurrent_trials=self.slots,
+                                        reuse_actors=True),
+            run_config=tune.RunConfig(
+                name="study", storage_path=self.cfg.storage_path, verbose=0,
+                callbacks=[TrackingCallback(self.tracker, self.data.name, {s.stage for s in stages}, plan.trial_done)],
+                failure_config=tune.FailureConfig(max_failures=self.cfg.max_failures),
+            ),
+        )
+        tuner.fit()

@@ -1,0 +1,115 @@
+"""The study's record format: what the study writes to MLflow and Optuna, and how it is read back.
+
+The launcher writes these records and the analysis reads them; both take every name
+(tags, artifact and file names, the trial key, the Optuna study name, the default
+locations) and every encoding from here, so the two never disagree and the analysis
+never imports the launcher. Parameter values cross MLflow as JSON, typed both ways.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+REFERENCE_ROWS = ("original", "retrain")  # the base models, reported as rows beside the methods
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no progress bars in logs
+
+PARENT_TAG = "mlflow.parentRunId"  # MLflow's own tag for a nested run
+STUDY_KEY_TAG = "study_key"  # on the parent run: what the study computes, so a rerun finds it
+CHILD_TAGS = ("method", "stage", "seed", "trial_key", "trial_id")  # on every trial's run
+SETTINGS_PARAM = "trial_settings"  # on the parent run: the settings every trial shared (JSON)
+LOSSES_ARTIFACT = "losses.npz"  # on a trial's run: its per-example forget and unseen report losses
+EXPORT_KIND = "gli-study-export"  # the `kind` of a file written by analysis.export
+CONFIRM_LIMIT = 5  # Pareto-optimal GLI settings confirmed over every seed, best selection final score first
+
+
+def default_results_dir(experiment: str) -> Path:
+    return (Path("results") / experiment).resolve()
+
+
+def default_tracking_uri(results_dir: str | Path) -> str:
+    return f"sqlite:///{Path(results_dir).resolve() / 'mlflow.db'}"
+
+
+def journal_path(results_dir: str | Path) -> Path:
+    """The Optuna journal of every search of a study."""
+    return Path(results_dir) / "optuna.journal"
+
+
+def optuna_study_name(experiment: str, method: str, objective: str) -> str:
+    return f"{experiment}-{method}-{objective}"
+
+
+def trial_key(stage: str, method: str, seed: int, hparams: dict) -> str:
+    """A trial's identity across reruns: stage, method, seed and a digest of every hyper-parameter."""
+    digest = hashlib.sha256(json.dumps(hparams, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return f"{stage}/{method}/seed{seed}/{digest}"
+
+
+def setting_of(key: str) -> str:
+    """The hyper-parameter digest of a trial key: equal for one setting's runs on every seed."""
+    return key.split("/")[-1]
+
+
+def encode(value: Any) -> str:
+    return json.dumps(value)
+
+
+def decode(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except (TypeError, json.JSONDecodeError):
+        return text  # written by hand, or by MLflow itself
+
+
+def decode_params(params: dict[str, str]) -> dict[str, Any]:
+    return {k: decode(v) for k, v in params.items()}
+
+
+def hparams_of(row) -> dict[str, Any]:
+    """A trial's hyper-parameters from its row of `child_runs` (the `params.*` columns)."""
+    return {k[len("params."):]: decode(v) for k, v in row.items() if k.startswith("params.") and isinstance(v, str)}
+
+
+def child_runs(client, experiment_id: str, parent_id: str, stage: str | None = None,
+               status: str | None = "FINISHED"):
+    """The trials of one study as a DataFrame: run_id, status, `tags.*`, `params.*` and the final metrics."""
+    import pandas as pd
+
+    query = f"tags.`{PARENT_TAG}` = '{parent_id}'"
+    if stage:
+        query += f" and tags.stage = '{stage}'"
+    rows = []
+    for r in client.search_runs([experiment_id], query, max_results=50000):
+        if status and r.info.status != status:
+            continue
+        row = {"run_id": r.info.run_id, "status": r.info.status, **{f"tags.{k}": v for k, v in r.data.tags.items()}}
+        row.update({f"params.{k}": v for k, v in r.data.params.items()})
+        row.update(r.data.metrics)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def save_losses(client, run_id: str, forget, unseen) -> None:
+    import numpy as np
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / LOSSES_ARTIFACT
+        np.savez_compressed(path, forget=np.asarray(forget, dtype=np.float32), unseen=np.asarray(unseen, dtype=np.float32))
+        client.log_artifact(run_id, str(path))
+
+
+def load_losses(client, run_id: str):
+    """(forget, unseen) report losses of a trial, or None when it has none."""
+    import numpy as np
+
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            with np.load(client.download_artifacts(run_id, LOSSES_ARTIFACT, tmp)) as z:
+                return z["forget"], z["unseen"]
+    except Exception:  # a run without the artifact (or an unreachable artifact store)
+        return None

@@ -1,0 +1,142 @@
+"""One trial of the study, as Ray Tune runs it: a base model, a baseline, a GLI setting or a confirmation.
+
+Every trial's config has one shape, `TrialSpec` (stage, method, seed, hparams). What
+every trial shares, `TrialSettings` (model, base training, evaluation, where the base
+checkpoints live), and the decoded data set reach the worker once, beside the config
+(`tune.with_parameters`). `run_trial` takes the base models from the shared checkpoint
+folder (trained there by the base stage), and reports a flat metrics dict with
+`tune.report`: one report per evaluation (selection metrics, for curves), then a last
+report holding every objective and every final metric.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import resource
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from ray import tune
+
+from . import engine
+from .base_models import TrainConfig, base_model
+from .data import Dataset
+from .methods import REFERENCE_ROWS, create
+from .models import ModelConfig
+from .unlearn import Diverged, EvalConfig, reference_row, unlearn
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """What one trial computes. `hparams` holds the method's settings that differ from its
+    defaults (fixed ones and, for a search, the searcher's suggestion)."""
+
+    stage: str
+    method: str
+    seed: int
+    hparams: dict[str, Any] = field(default_factory=dict)
+
+    def config(self) -> dict[str, Any]:
+        """The trial's config as Tune holds it."""
+        return {"stage": self.stage, "method": self.method, "seed": self.seed, "hparams": dict(self.hparams)}
+
+    @classmethod
+    def of(cls, config: dict[str, Any]) -> "TrialSpec":
+        return cls(config["stage"], config["method"], int(config["seed"]), dict(config.get("hparams") or {}))
+
+
+@dataclass(frozen=True)
+class TrialSettings:
+    """What every trial of a study shares."""
+
+    models_dir: str  # base-model checkpoints, on storage every node reads
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluation: EvalConfig = field(default_factory=EvalConfig)
+    threads: int = 1  # torch threads per trial: the trial's CPU share, not every core of the node
+    fault_injection: dict | None = None  # testing aid: {method, marker} kills one worker once
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _numbers(metrics: dict) -> dict:
+    """Numbers only (Tune and MLflow take floats); NaN and inf are kept for the failure checks."""
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def _peak_rss_mb() -> float:
+    """Peak resident memory of this worker process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _loss_lists(losses: dict) -> dict:
+    """Per-example report losses, for the driver to store as an artifact (the loss plots)."""
+    return {f"{k}_losses": [round(float(v), 6) for v in values] for k, values in losses.items()}
+
+
+def _placement() -> dict:
+    """Where this trial ran: wall-clock start, the GPU Ray assigned (-1: none) and the node."""
+    import ray
+
+    gpu_ids = ray.get_gpu_ids() if ray.is_initialized() else []
+    node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
+    return {"started_at": time.time(), "gpu_id": float(gpu_ids[0]) if gpu_ids else -1.0, "node_id": node}
+
+
+def _inject_fault(settings: TrialSettings, method: str) -> None:
+    """Testing aid for the retry path: kill this worker process once for `method` (never set in a study)."""
+    fault = settings.fault_injection or {}
+    if fault.get("method") == method and not os.path.exists(fault["marker"]):
+        Path(fault["marker"]).write_text("killed once")
+        os._exit(3)  # a dying worker, as an out-of-memory kill or a lost node looks to Tune
+
+
+def run_trial(spec: TrialSpec, settings: TrialSettings, data: Dataset) -> None:
+    start = time.perf_counter()
+    placement = _placement()
+    torch.set_num_threads(max(1, settings.threads))
+    device = engine.pick_device()
+    models_dir = Path(settings.models_dir)
+    kinds = (spec.method,) if spec.method in REFERENCE_ROWS else REFERENCE_ROWS  # a base trial trains only its own
+    bases = {kind: base_model(data, kind, settings.model, settings.train, spec.seed, device, models_dir)
+             for kind in kinds}
+    if spec.method in REFERENCE_ROWS:
+        model, seconds, cached = bases[spec.method]
+        losses: dict = {}
+        row = reference_row(model, data, settings.evaluation.selection, seconds, losses)
+        row.update(cached=float(cached), trial_seconds=time.perf_counter() - start, final=1.0, ended_at=time.time(),
+                   **placement)
+        if spec.method == "retrain":
+            row["rte"] = 1.0
+        tune.report({**_numbers(row), **_loss_lists(losses)})
+        return
+    method = create(spec.method, data.name, **spec.hparams)
+    _inject_fault(settings, spec.method)
+    startup = time.perf_counter() - start
+
+    def report_eval(step: int, sel: dict) -> None:
+        tune.report({**{f"sel_{k}": v for k, v in _numbers(sel).items()}, "step": float(step), "final": 0.0})
+
+    try:
+        result = unlearn(method, bases["original"][0], data, spec.seed, device, settings.evaluation,
+                         retrain_seconds=bases["retrain"][1], on_eval=report_eval)
+        row = _numbers(result["metrics"])
+        bad = [k for k in ("sel_accuracy", "sel_forgetting_score", "accuracy", "forgetting_score")
+               if not math.isfinite(row.get(k, math.nan))]
+        if bad:
+            raise Diverged(f"{spec.method}: non-finite {', '.join(bad)}")
+    except Diverged as exc:
+        # A diverged setting is a result, not a crash: report it as failed and end normally, so
+        # Tune does not retry it (retries are for dying workers) and the study goes on.
+        # The objectives are present (Tune checks) and NaN (the searcher records the trial as failed).
+        nan = {k: math.nan for k in ("sel_accuracy", "sel_forgetting_score", "sel_final_score")}
+        tune.report({**nan, "final": 0.0, "diverged": 1.0, "error": str(exc), **placement})
+        return
+    row.update(final=1.0, startup_seconds=startup, trial_seconds=time.perf_counter() - start,
+               pid=float(os.getpid()), ended_at=time.time(), peak_rss_mb=_peak_rss_mb(), **placement)
+    tune.report({**row, **_loss_lists(result["losses"])})
