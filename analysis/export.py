@@ -2,7 +2,7 @@
 
 Writes one `<method>.yaml` per table row with the configuration the study chose (its
 hyper-parameters, data set and data fingerprint, model, base training, evaluation, seeds,
-selection protocol, git commit and the metrics it reached), `gli-pareto.yaml` with
+protocol, git commit and the metrics it reached), `gli-pareto.yaml` with
 every Pareto-optimal GLI setting, and the tables and plots of `analysis.report`.
 `python -m study.reproduce DIR/<method>.yaml` reruns one of them.
 """
@@ -49,15 +49,16 @@ def export_config(method: str, group: pd.DataFrame, params: dict, tags: dict, in
         "method": method,
         "hparams": hparams_of(first) if method not in REFERENCE_ROWS else {},
         "data": {"dataset": params["dataset"], "data_dir": params.get("data_dir"),
-                 "forget_count": params.get("forget_count"), "fingerprint": tags.get("data_fingerprint")},
+                 "forget_count": params.get("forget_count"), "image_size": params.get("image_size"),
+                 "attribute": params.get("attribute"), "fingerprint": tags.get("data_fingerprint")},
         "model": settings["model"],
         "train": settings["train"],
         "evaluation": settings["evaluation"],
         "threads": settings["threads"],
         "models_dir": settings["models_dir"],
         "seeds": sorted(int(s) for s in group["tags.seed"]),
-        "selection": info.selection,
-        "selection_protocol": info.protocol,
+        "protocol": info.protocol,
+        "protocol_label": info.label,
         "objective": info.objective,
         "stage": first["tags.stage"],
         "experiment": info.experiment,
@@ -87,7 +88,7 @@ def export(experiment: str, tracking_uri: str | None, out: Path) -> list[Path]:
         pareto.append(entry)
     path = out / "gli-pareto.yaml"
     path.write_text(yaml.safe_dump({"kind": EXPORT_KIND + "-pareto", "experiment": info.experiment,
-                                    "selection_protocol": info.protocol, "objective": info.objective,
+                                    "protocol": info.protocol, "protocol_label": info.label, "objective": info.objective,
                                     "settings": pareto}, sort_keys=False))
     return written + [path]
 

@@ -28,23 +28,23 @@ AXES = tables.AXES
 class StudyInfo:
     experiment: str
     dataset: str
-    selection: str
+    protocol: str
     objective: str
     tune_baselines: bool
     results_dir: str
 
     @property
-    def protocol(self) -> str:
-        return PROTOCOL_LABEL[self.selection]
+    def label(self) -> str:
+        return PROTOCOL_LABEL[self.protocol]
 
     @property
     def title(self) -> str:
-        return f"{self.experiment} ({self.dataset}); {self.protocol}"
+        return f"{self.experiment} ({self.dataset}); {self.label}"
 
     @classmethod
     def from_params(cls, params: dict) -> "StudyInfo":
         """From the parent run's (decoded) params."""
-        return cls(params["experiment_name"], params["dataset"], params["selection"], params["objective"],
+        return cls(params["experiment_name"], params["dataset"], params["protocol"], params["objective"],
                    bool(params.get("tune_baselines")), params["results_dir"])
 
 
@@ -93,7 +93,8 @@ def load_optuna(info: StudyInfo, method: str = "gli"):
         return None
     storage = JournalStorage(JournalFileBackend(str(journal)))
     try:
-        return optuna.load_study(study_name=optuna_study_name(info.experiment, method, info.objective), storage=storage)
+        name = optuna_study_name(info.experiment, method, info.protocol, info.objective)
+        return optuna.load_study(study_name=name, storage=storage)
     except KeyError:
         return None
 
@@ -130,7 +131,7 @@ def build_report(study: StudyRecords, info: StudyInfo, out_dir: Path) -> tuple[p
     written += [out_dir / "gli_trials.csv", out_dir / "front.csv"]
     try:
         written += plots.plot_front(gli, front if info.objective == "pareto" else front.head(0), refs,
-                                    f"GLI vs baselines, selection halves; {info.title}", out_dir / "front")
+                                    f"GLI vs baselines, selection splits; {info.title}", out_dir / "front")
         written += plots.plot_losses(_losses(study, rows, summary), info.title, out_dir / "losses")
         search = load_optuna(info)
         if search is not None:

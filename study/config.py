@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,9 +17,11 @@ import yaml
 
 from trainables.data import DATASETS
 from trainables.methods import HyperParameterError, available, get
+from trainables.methods.interface import PROTOCOLS
 from trainables.records import default_results_dir, default_tracking_uri
 
 BASELINES = [m for m in available() if m != "gli"]
+SELECTION_ALIAS = {"val": "fair", "test": "paper"}  # the deprecated --selection values
 
 
 class ConfigError(ValueError):
@@ -41,7 +44,8 @@ class StudyConfig:
     tracking_uri: str | None = None  # default sqlite:///<results_dir>/mlflow.db
     gli_trials: int = 24
     seeds: int = 3
-    selection: str = "val"
+    protocol: str = "fair"  # fair: one honest selection rule; paper: the reference notebooks step for step
+    selection: str | None = None  # deprecated: val is protocol fair, test is protocol paper
     objective: str = "pareto"
     tune_baselines: bool = False
     baselines: list[str] = field(default_factory=lambda: list(BASELINES))
@@ -51,6 +55,9 @@ class StudyConfig:
     eval_every: int | None = None  # steps between evaluations inside a trial (default: ~10 per epoch)
     patience: int | None = None  # evaluations without improvement before a trial stops early
     base_epochs: int | None = None  # override the base models' training epochs
+    image_size: int | None = None  # decode face images at this size (default 128); small CPU runs
+    width: int | None = None  # the width-reduced ResNet-18 at this width instead of ResNet-18
+    attribute: str | None = None  # mucac-binary: the attribute predicted (default Young)
     method_epochs: int | None = None  # override every method's epochs (the smoke test uses 1)
     max_failures: int = 2  # retries of a trial whose worker died (a diverging trial is never retried)
     gli_space: dict[str, list[float]] = field(default_factory=lambda: get("gli").Params.bounds())  # as declared
@@ -63,8 +70,12 @@ class StudyConfig:
             raise ConfigError(f"unknown data set {self.dataset!r}; known: {', '.join(DATASETS)}")
         if self.dataset != "digits" and not self.data_dir:
             raise ConfigError(f"data set {self.dataset!r} needs --data-dir")
-        if self.selection not in ("val", "test"):
-            raise ConfigError(f"--selection must be val or test, got {self.selection!r}")
+        if self.protocol not in PROTOCOLS:
+            raise ConfigError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {self.protocol!r}")
+        for name, value in (("--image-size", self.image_size), ("--width", self.width),
+                            ("--base-epochs", self.base_epochs)):
+            if value is not None and (int(value) != value or value < 1):
+                raise ConfigError(f"{name} must be a whole number >= 1, got {value}")
         if self.objective not in ("pareto", "final_score"):
             raise ConfigError(f"--objective must be pareto or final_score, got {self.objective!r}")
         unknown = sorted(set(self.baselines) - set(BASELINES))
@@ -113,13 +124,23 @@ class StudyConfig:
         return str(Path(self.storage_path) / "models")
 
     def fill_defaults(self) -> "StudyConfig":
+        if self.selection is not None:  # the deprecated alias
+            if self.selection not in SELECTION_ALIAS:
+                raise ConfigError(f"--selection must be val or test, got {self.selection!r}")
+            alias = SELECTION_ALIAS[self.selection]
+            if self.protocol not in ("fair", alias):
+                raise ConfigError(f"--selection {self.selection} contradicts --protocol {self.protocol}")
+            print(f"[study] --selection is deprecated: use --protocol {alias}", file=sys.stderr)
+            self.protocol, self.selection = alias, None
         if self.smoke_test:  # the whole path, small: every method, one seed, short trials
             self.gli_trials = min(self.gli_trials, 4)
             self.seeds = 1
             self.base_epochs = self.base_epochs or 3
             self.method_epochs = self.method_epochs or 1
             self.eval_every = self.eval_every or 7
-        self.experiment_name = self.experiment_name or f"gli-{self.dataset}" + ("-smoke" if self.smoke_test else "")
+        if not self.experiment_name:  # a paper-protocol study is its own experiment, in its own folder
+            suffix = ("-paper" if self.protocol == "paper" else "") + ("-smoke" if self.smoke_test else "")
+            self.experiment_name = f"gli-{self.dataset}{suffix}"
         self.results_dir = str(Path(self.results_dir or default_results_dir(self.experiment_name)).expanduser().resolve())
         self.storage_path = self.storage_path or str(self.results_path / "ray")
         if "://" not in self.storage_path:

@@ -62,7 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
     a("--tracking-uri", help="MLflow tracking URI (default sqlite:///<results>/mlflow.db)")
     a("--gli-trials", type=int, help="Optuna trials for GLI, and for each baseline with --tune-baselines (default 24)")
     a("--seeds", type=int, help="seeds for base models, baselines and confirmation (default 3)")
-    a("--selection", choices=["val", "test"], help="val: honest held-out halves (default); test: the paper's protocol")
+    a("--protocol", choices=["fair", "paper"],
+      help="fair (default): the notebooks' loops with one honest selection rule; paper: the notebooks step for step")
+    a("--selection", choices=["val", "test"], help="deprecated: val is --protocol fair, test is --protocol paper")
+    a("--image-size", type=int, help="decode face images at this size (default 128), for small CPU runs")
+    a("--width", type=int, help="use the width-reduced ResNet-18 at this width (small CPU runs)")
+    a("--base-epochs", type=int, help="train the base models for this many epochs (default: the data set's recipe)")
+    a("--attribute", help="mucac-binary: the attribute predicted as two classes (default Young)")
     a("--objective", choices=["pareto", "final_score"], help="pareto: accuracy vs forgetting score (default); or one scalar")
     a("--tune-baselines", action="store_true", default=None, help="search each baseline with GLI's trial budget")
     a("--smoke-test", action="store_true", default=None, help="the whole path, small and quick")
@@ -80,13 +86,19 @@ def study_key(cfg: StudyConfig, fingerprint: str) -> str:
     return hashlib.sha256(json.dumps([what, fingerprint], sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def data_config(cfg: StudyConfig) -> DataConfig:
+    """The data settings of a study (unset ones keep `DataConfig`'s defaults)."""
+    given = {k: getattr(cfg, k) for k in ("image_size", "attribute") if getattr(cfg, k) is not None}
+    return DataConfig(dataset=cfg.dataset, data_dir=cfg.data_dir, forget_count=cfg.forget_count,
+                      cache_dir=cfg.cache_dir, **given)
+
+
 def _setup(argv: list[str] | None):
     args = build_parser().parse_args(argv)
     flags = {k: v for k, v in vars(args).items() if k in FIELDS}
     cfg = resolve(load_yaml(args.config) if args.config else {}, flags)
     preflight(cfg)
-    data = load_dataset(DataConfig(dataset=cfg.dataset, data_dir=cfg.data_dir, forget_count=cfg.forget_count,
-                                   cache_dir=cfg.cache_dir))
+    data = load_dataset(data_config(cfg))
     return args, cfg, data
 
 
@@ -164,11 +176,11 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         raise prepared["error"]
     tracker = prepared["tracker"]
-    protocol = PROTOCOL_LABEL[cfg.selection]
+    protocol = PROTOCOL_LABEL[cfg.protocol]
     params = {**asdict(cfg), "data_fingerprint": data.fingerprint}
     ctx = StudyContext(cfg, data, tracker, slots(cfg, resources))
     params[SETTINGS_PARAM] = ctx.settings.as_dict()  # model, base training and evaluation settings, for export
-    tags = {"dataset": cfg.dataset, "selection": cfg.selection, "selection_protocol": protocol,
+    tags = {"dataset": cfg.dataset, "protocol": cfg.protocol, "protocol_label": protocol,
             "objective": cfg.objective, "git_commit": git_commit(), "data_fingerprint": data.fingerprint,
             "smoke_test": str(cfg.smoke_test)}
     parent_id, resumed = tracker.start_parent(study_key(cfg, data.fingerprint), cfg.experiment_name, params, tags)
@@ -183,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         if started_ray:  # the trials are over: Ray stops while the report is built
             stopping = threading.Thread(target=_stop_ray, daemon=True)
             stopping.start()
-        info = StudyInfo(cfg.experiment_name, cfg.dataset, cfg.selection, cfg.objective, cfg.tune_baselines,
+        info = StudyInfo(cfg.experiment_name, cfg.dataset, cfg.protocol, cfg.objective, cfg.tune_baselines,
                          cfg.results_dir)
         summary, front, written = build_report(StudyRecords(tracker.client, tracker.experiment_id, parent_id), info,
                                                results)

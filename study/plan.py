@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ray import tune
@@ -143,11 +143,9 @@ class StudyContext:
     settings: TrialSettings = field(init=False)
 
     def __post_init__(self):
-        model_cfg, train_cfg = default_configs(self.data.name)
-        if self.cfg.base_epochs:
-            train_cfg = replace(train_cfg, epochs=self.cfg.base_epochs)
-        evaluation = EvalConfig(eval_every=self.cfg.eval_every, selection=self.cfg.selection, patience=self.cfg.patience)
-        self.settings = TrialSettings(models_dir=self.cfg.models_dir, model=model_cfg, train=train_cfg,
+        model_cfg, recipe = default_configs(self.data.name, self.cfg.width, self.cfg.base_epochs)
+        evaluation = EvalConfig(protocol=self.cfg.protocol, eval_every=self.cfg.eval_every, patience=self.cfg.patience)
+        self.settings = TrialSettings(models_dir=self.cfg.models_dir, model=model_cfg, train=recipe,
                                       evaluation=evaluation, threads=max(1, int(self.cfg.cpus_per_trial)),
                                       fault_injection=self.cfg.fault_injection)
 

@@ -19,8 +19,9 @@ import torch
 import yaml
 
 from trainables import engine
-from trainables.base_models import TrainConfig, base_model
+from trainables.base_models import BaseRecipe, base_model
 from trainables.data import DataConfig, DataError, load_dataset
+from trainables.metrics import PROTOCOL_LABEL
 from trainables.models import ModelConfig
 from trainables.records import EXPORT_KIND, REFERENCE_ROWS
 from trainables.run import run_method
@@ -48,24 +49,26 @@ def load_export(path: str) -> dict:
     return spec
 
 
-def reproduce(spec: dict, seeds: list[int], data_dir: str | None = None, models_dir: str | None = None) -> dict:
+def reproduce(spec: dict, seeds: list[int], data_dir: str | None = None, models_dir: str | None = None,
+              protocol: str | None = None) -> dict:
     data_cfg = spec["data"]
+    given = {k: data_cfg[k] for k in ("image_size", "attribute") if data_cfg.get(k) is not None}
     data = load_dataset(DataConfig(dataset=data_cfg["dataset"], data_dir=data_dir or data_cfg.get("data_dir"),
-                                   forget_count=data_cfg.get("forget_count")))
+                                   forget_count=data_cfg.get("forget_count"), **given))
     if data_cfg.get("fingerprint") and data.fingerprint != data_cfg["fingerprint"]:
         print(f"warning: the data set's fingerprint is {data.fingerprint}, the study's was {data_cfg['fingerprint']}: "
               "numbers may differ", file=sys.stderr)
     torch.set_num_threads(max(1, int(spec.get("threads", 1))))  # the trial's thread count, for equal numerics
     device = engine.pick_device()
-    model_cfg, train_cfg = ModelConfig(**spec["model"]), TrainConfig(**spec["train"])
-    evaluation = EvalConfig(**spec["evaluation"])
+    model_cfg, recipe = ModelConfig(**spec["model"]), BaseRecipe.of(spec["train"])
+    evaluation = EvalConfig(**{**spec["evaluation"], **({"protocol": protocol} if protocol else {})})
     folder = Path(models_dir or spec.get("models_dir") or "")
     cache = folder if folder.is_dir() else None  # the study's checkpoints, or the local cache
     results = {}
     for seed in seeds:
         bases = {}
         for kind in REFERENCE_ROWS:
-            model, seconds, _ = base_model(data, kind, model_cfg, train_cfg, seed, device, cache)
+            model, seconds, _ = base_model(data, kind, model_cfg, recipe, seed, device, cache)
             bases[kind] = (model, seconds)
         results[seed] = run_method(spec["method"], data, bases, seed, device, spec["hparams"], evaluation)
     return results
@@ -94,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, help="how many seeds (default: the exported ones)")
     parser.add_argument("--data-dir", help="the data folder, if it moved since the study")
     parser.add_argument("--models-dir", help="the study's base-model checkpoints, if they moved")
+    parser.add_argument("--protocol", choices=["fair", "paper"],
+                        help="rerun under this protocol instead of the exported one (the numbers then differ)")
     parser.add_argument("--check", action="store_true", help="exit 1 when a number differs by more than 1e-6")
     args = parser.parse_args(argv)
     try:
@@ -101,12 +106,13 @@ def main(argv: list[str] | None = None) -> int:
         seeds = spec["seeds"]
         if args.seeds:
             seeds = (seeds + [s for s in range(args.seeds + len(seeds)) if s not in seeds])[: args.seeds]
-        results = reproduce(spec, seeds, args.data_dir, args.models_dir)
+        results = reproduce(spec, seeds, args.data_dir, args.models_dir, args.protocol)
     except (ReproduceError, DataError, KeyError, ValueError) as exc:
         print(f"error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
         return 2
     table, worst = compare(spec, results)
-    print(f"{spec['method']} on {spec['data']['dataset']}; {spec['selection_protocol']}")
+    label = PROTOCOL_LABEL[args.protocol] if args.protocol else spec["protocol_label"]
+    print(f"{spec['method']} on {spec['data']['dataset']}; {label}")
     print(table)
     verdict = "agree" if worst <= 1e-6 else f"differ (largest difference {worst:.2e})"
     print(f"reproduced numbers {verdict} with the export")

@@ -153,7 +153,7 @@ class SearchStage(Stage):
         cfg = self.ctx.cfg
         metric, mode = OBJECTIVES[cfg.objective]
         storage = JournalStorage(JournalFileBackend(str(journal_path(cfg.results_dir))))
-        study_name = optuna_study_name(cfg.experiment_name, self.method, cfg.objective)
+        study_name = optuna_study_name(cfg.experiment_name, self.method, cfg.protocol, cfg.objective)
         directions = ["maximize", "minimize"] if isinstance(mode, list) else ["maximize"]
         study = optuna.create_study(study_name=study_name, storage=storage, load_if_exists=True, directions=directions)
         self.study = study

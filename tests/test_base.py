@@ -8,6 +8,7 @@ from trainables import engine
 from trainables.base_models import base_model, checkpoint_path, default_configs, main
 from trainables.data import DataConfig, load_dataset
 from trainables.metrics import evaluate
+from trainables.models import ModelConfig
 
 
 def test_original_memorises_more_than_retrained(tmp_path):
@@ -30,19 +31,31 @@ def test_original_memorises_more_than_retrained(tmp_path):
 
 def test_checkpoint_key_follows_settings(tmp_path):
     data = load_dataset(DataConfig())
-    model_cfg, train_cfg = default_configs("digits")
+    model_cfg, recipe = default_configs("digits")
+    train_cfg = recipe["original"]
     base = checkpoint_path(data, "original", model_cfg, train_cfg, 0, tmp_path)
     assert checkpoint_path(data, "original", model_cfg, train_cfg, 1, tmp_path) != base
     longer = replace(train_cfg, epochs=train_cfg.epochs + 1)
     assert checkpoint_path(data, "original", model_cfg, longer, 0, tmp_path) != base
     other = load_dataset(DataConfig(split_seed=3))
-    assert checkpoint_path(other, "original", *default_configs("digits"), 0, tmp_path) != base
+    assert checkpoint_path(other, "original", model_cfg, train_cfg, 0, tmp_path) != base
+
+
+def test_each_data_set_trains_as_its_notebook():
+    """reference-loops.md section 3: the recipes differ by data set and by base model."""
+    _, mufac = default_configs("mufac")
+    assert mufac.original == mufac.retrain and (mufac.original.epochs, mufac.original.momentum) == (30, 0.9)
+    _, ml = default_configs("mucac")
+    assert (ml.original.epochs, ml.original.momentum, ml.retrain.epochs) == (8, 0.0, 7)  # the 8-epoch checkpoint
+    _, binary = default_configs("mucac-binary")
+    assert (binary.original.gamma, binary.original.momentum, binary.retrain.momentum) == (0.2, 0.9, 0.0)
+    model, small = default_configs("mufac", width=8, base_epochs=1)
+    assert model == ModelConfig("resnet18_small", 8) and small.original.epochs == small.retrain.epochs == 1
 
 
 def test_same_seed_same_model(tmp_path):
     data = load_dataset(DataConfig())
-    model_cfg, train_cfg = default_configs("digits")
-    train_cfg = replace(train_cfg, epochs=2)
+    model_cfg, train_cfg = default_configs("digits", base_epochs=2)
     device = engine.pick_device("cpu")
     a, _, _ = base_model(data, "retrain", model_cfg, train_cfg, 5, device, tmp_path / "a")
     b, _, _ = base_model(data, "retrain", model_cfg, train_cfg, 5, device, tmp_path / "b")

@@ -12,7 +12,7 @@ def test_defaults_resolve_paths(tmp_path, monkeypatch):
     assert cfg.results_dir == str(tmp_path / "results" / "gli-digits")
     assert cfg.tracking_uri == f"sqlite:///{tmp_path}/results/gli-digits/mlflow.db"  # absolute, always
     assert cfg.storage_path == str(tmp_path / "results" / "gli-digits" / "ray")
-    assert cfg.gpus_per_trial == 0 and cfg.objective == "pareto" and cfg.selection == "val"
+    assert cfg.gpus_per_trial == 0 and cfg.objective == "pareto" and cfg.protocol == "fair"
 
 
 def test_file_then_flags(tmp_path):
@@ -22,7 +22,8 @@ def test_file_then_flags(tmp_path):
     cfg = resolve(load_yaml(str(path)), {"seeds": 5, "gli_trials": None})
     assert cfg.gli_trials == 7  # from the file
     assert cfg.seeds == 5  # the flag wins
-    assert cfg.selection == "test" and cfg.gli_space["iterations"] == [1, 4]
+    assert cfg.protocol == "paper" and cfg.selection is None  # the deprecated alias, mapped
+    assert cfg.gli_space["iterations"] == [1, 4]
 
 
 def test_smoke_test_shrinks_the_study():

@@ -104,8 +104,13 @@ def test_mucac_layout(tmp_path):
     assert torch.equal(ds["forget"].labels, expected)
     binary = load_dataset(DataConfig("mucac-binary", str(root), image_size=16, attribute="Smiling",
                                      cache_dir=str(tmp_path / "c"), **MUCAC_THRESHOLDS))
-    assert binary.num_outputs == 1 and torch.equal(binary["forget"].labels, expected[:, 1:2])
+    # two classes with cross-entropy, as the notebooks: the label is the attribute's value as a class index
+    assert binary.task == "multiclass" and binary.num_outputs == 2 and binary.output_names == ["not_Smiling", "Smiling"]
+    assert torch.equal(binary["forget"].labels, expected[:, 1].long())
     assert binary.audit["cache_hit"] is True  # mucac and mucac-binary share one decode
+    young = load_dataset(DataConfig("mucac-binary", str(root), image_size=16, cache_dir=str(tmp_path / "c"),
+                                    **MUCAC_THRESHOLDS))
+    assert young.output_names == ["not_Young", "Young"] and torch.equal(young["forget"].labels, expected[:, 2].long())
 
 
 def test_identity_leakage_refused(tmp_path, capsys):

@@ -50,6 +50,36 @@ def test_balancing_uses_the_smaller_side_and_is_seeded():
     assert forgetting_score(forget[:100], unseen[:40])["mia"] >= 0  # forget smaller than unseen also works
 
 
+def test_paper_balancing_is_the_notebooks():
+    """reference-loops.md 2.1: np.random.seed(42), shuffle the forget losses, cut them to the unseen count;
+    nothing is cut when forget is the smaller side; unseen rows first."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedShuffleSplit, cross_val_score
+
+    rng = np.random.default_rng(2)
+    forget, unseen = rng.exponential(0.5, 300), rng.exponential(1.0, 120)
+
+    def notebook(f, u):
+        f = f.copy()
+        np.random.seed(42)
+        np.random.shuffle(f)
+        f = f[: len(u)]
+        x = np.concatenate([u, f]).reshape(-1, 1)
+        y = np.concatenate([np.zeros(len(u)), np.ones(len(f))])
+        scores = cross_val_score(LogisticRegression(), x, y, cv=StratifiedShuffleSplit(n_splits=10, random_state=0),
+                                 scoring="accuracy")
+        return float(np.mean(scores))
+
+    np.random.seed(7)
+    before = np.random.get_state()[1].copy()
+    ours = forgetting_score(forget, unseen, protocol="paper")["mia"]
+    assert np.array_equal(np.random.get_state()[1], before)  # the caller's global generator is left alone
+    assert ours == notebook(forget, unseen)
+    # forget smaller than unseen: the notebooks cut nothing, so the classes stay unbalanced
+    assert forgetting_score(forget[:50], unseen, protocol="paper")["mia"] == notebook(forget[:50], unseen)
+    assert forgetting_score(forget[:50], unseen, protocol="fair")["mia"] != notebook(forget[:50], unseen)
+
+
 def test_non_finite_losses_give_nan_not_a_crash():
     assert math.isnan(forgetting_score([0.1, float("nan")] * 20, [0.2] * 40)["mia"])
     assert math.isnan(loss_jsd([0.1, float("inf")], [0.2, 0.3]))

@@ -59,7 +59,7 @@ def _wait_for(proc: subprocess.Popen, text: str, timeout: float = 240) -> list[s
 
 def _study(results: Path):
     storage = JournalStorage(JournalFileBackend(str(results / "optuna.journal")))
-    return optuna.load_study(study_name="gli-digits-smoke-gli-pareto", storage=storage)
+    return optuna.load_study(study_name="gli-digits-smoke-gli-fair-pareto", storage=storage)
 
 
 def test_sigkill_mid_search_then_resume(tmp_path):

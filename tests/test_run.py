@@ -12,7 +12,7 @@ def test_one_method_json(capsys):
     for key in ("method", "accuracy", "forgetting_score", "final_score", "jsd", "seconds"):
         assert key in last
     assert last["method"] == "gli" and last["hparams"]["step_size"] == 0.02 and last["hparams"]["iterations"] == 3
-    assert last["selection"] == "val"
+    assert last["protocol"] == "fair"
 
 
 def test_all_methods_table(capsys):
@@ -20,7 +20,7 @@ def test_all_methods_table(capsys):
     out = capsys.readouterr().out
     rows = [line.split()[0] for line in out.splitlines()[2:]]
     assert rows == ["original", "retrain"] + available()
-    assert "selection on held-out halves" in out
+    assert "protocol=fair" in out
 
 
 def test_errors_are_one_line(capsys):

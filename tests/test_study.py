@@ -50,7 +50,7 @@ def test_smoke_study_records_everything(smoke, capsys):
     assert len(parents) == 1
     parent = parents[0]
     assert parent.info.status == "FINISHED"
-    for tag in ("dataset", "selection", "objective", "git_commit", "data_fingerprint"):
+    for tag in ("dataset", "protocol", "objective", "git_commit", "data_fingerprint"):
         assert tag in parent.data.tags
     assert parent.data.params["dataset"] == '"digits"' and parent.data.params["gli_trials"] == "4"  # JSON values
     methods = {c.data.tags["method"] for c in children}
@@ -68,7 +68,7 @@ def test_smoke_study_records_everything(smoke, capsys):
         assert key in gli[0].data.metrics
     # the paper's setting is the first trial, and every Optuna trial holds both objectives
     storage = JournalStorage(JournalFileBackend(str(results / "optuna.journal")))
-    study = optuna.load_study(study_name="gli-digits-smoke-gli-pareto", storage=storage)
+    study = optuna.load_study(study_name="gli-digits-smoke-gli-fair-pareto", storage=storage)
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4
     assert all(len(t.values) == 2 for t in study.trials)
     assert study.trials[0].params == {"step_size": 0.01, "iterations": 2, "w_start": 200.0, "w_end": 1000.0}
@@ -115,16 +115,16 @@ def test_tuned_baselines_scalar_objective_paper_protocol(tmp_path, capsys):
     config.write_text("baselines: [finetune]\ngli_trials: 2\n")
     uri = f"sqlite:///{tmp_path}/store.db"
     assert launch(["--smoke-test", "--config", str(config), "--results-dir", str(tmp_path / "r"), "--tracking-uri", uri,
-                   "--tune-baselines", "--objective", "final_score", "--selection", "test"]) == 0
+                   "--tune-baselines", "--objective", "final_score", "--protocol", "paper"]) == 0
     out = capsys.readouterr().out
-    assert "selection=test: the paper's protocol" in out
-    client, parents, children = _runs(uri, "gli-digits-smoke")
-    assert parents[0].data.tags["selection"] == "test" and parents[0].data.tags["objective"] == "final_score"
+    assert "protocol=paper" in out
+    client, parents, children = _runs(uri, "gli-digits-paper-smoke")  # a paper study is its own experiment
+    assert parents[0].data.tags["protocol"] == "paper" and parents[0].data.tags["objective"] == "final_score"
     stages = [(c.data.tags["stage"], c.data.tags["method"]) for c in children]
     assert stages.count(("baseline", "finetune")) == 2  # an Optuna search with GLI's budget
     assert stages.count(("confirm", "finetune")) == 1 and stages.count(("confirm", "gli")) == 1  # the best of each
     storage = JournalStorage(JournalFileBackend(str(tmp_path / "r" / "optuna.journal")))
-    study = optuna.load_study(study_name="gli-digits-smoke-finetune-final_score", storage=storage)
+    study = optuna.load_study(study_name="gli-digits-paper-smoke-finetune-paper-final_score", storage=storage)
     assert len(study.trials) == 2 and study.trials[0].params == {"lr": 0.001}  # the paper's setting first
     assert "| finetune | 1 |" in (tmp_path / "r" / "summary.md").read_text()
 

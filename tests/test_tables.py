@@ -37,9 +37,9 @@ def test_markdown_and_latex_formatting():
     md = to_markdown(table, "digits; selection on held-out halves", "digits")
     assert md.startswith("**digits; selection on held-out halves**")
     assert "| gli | 2 | 0.8500 ± 0.0707 | 0.0300 ± 0.0141 | 0.8950 ± 0.0495 | 3.0 ± 1.4 |" in md
-    tex = to_latex(table, "mufac; selection=test: the paper's protocol", "digits")
+    tex = to_latex(table, "mufac; protocol=paper: the notebooks", "digits")
     assert r"\toprule" in tex and r"\midrule" in tex and r"\bottomrule" in tex
-    assert r"0.8500 $\pm$ 0.0707" in tex and "selection=test" in tex
+    assert r"0.8500 $\pm$ 0.0707" in tex and "protocol=paper" in tex
 
 
 def test_paper_numbers_alongside_on_mufac():

@@ -110,9 +110,21 @@ def block_parameters(model: nn.Module, names: list[str]) -> list[nn.Parameter]:
 
 
 def reinitialise(module: nn.Module) -> None:
-    """Draw every parameter and batch-norm statistic of `module` afresh (each layer's own initialiser)."""
+    """Draw `module`'s parameters and batch-norm statistics afresh, as the ResNet constructors do:
+    convolutions Kaiming-normal (fan-out), batch norm weight 1 and bias 0, linear layers their default."""
     for m in module.modules():
-        if hasattr(m, "reset_parameters"):
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.reset_parameters()  # also resets the running statistics
+        elif isinstance(m, nn.Linear):
             m.reset_parameters()
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.reset_running_stats()
+
+
+def train_only(model: nn.Module, names: list[str]) -> None:
+    """Freeze every parameter outside the named blocks (their batch-norm statistics still move in train mode)."""
+    trainable = {id(p) for p in block_parameters(model, names)}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in trainable)

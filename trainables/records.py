@@ -40,8 +40,8 @@ def journal_path(results_dir: str | Path) -> Path:
     return Path(results_dir) / "optuna.journal"
 
 
-def optuna_study_name(experiment: str, method: str, objective: str) -> str:
-    return f"{experiment}-{method}-{objective}"
+def optuna_study_name(experiment: str, method: str, protocol: str, objective: str) -> str:
+    return f"{experiment}-{method}-{protocol}-{objective}"
 
 
 def trial_key(stage: str, method: str, seed: int, hparams: dict) -> str:

@@ -1,9 +1,11 @@
 """`python -m trainables.run --method NAME`: run one unlearning method once and print its metrics.
 
 Starts from the cached original model (trained on first use), runs the method with
-the paper's defaults for the data set (override with `--set key=value`), and prints
-the report-split metrics; `--method all` prints one row per method with the original
-and retrained models as reference rows. The study calls the same `run_method`.
+the paper's defaults for the data set (override with `--set key=value`) under a
+protocol (`fair` or `paper`, SPEC section 5.1), and prints the report-split metrics;
+`--method all` prints one row per method with the original and retrained models as
+reference rows. `--trace FILE` writes one JSON line per optimiser update and per
+evaluation. The study calls the same `run_method`.
 """
 
 from __future__ import annotations
@@ -21,11 +23,13 @@ from . import engine
 from .base_models import BASE_KINDS, base_model, default_configs
 from .data import DATASETS, DataConfig, DataError, Dataset, load_dataset
 from .methods import REFERENCE_ROWS, HyperParameterError, available, create, get
+from .methods.interface import PROTOCOLS
 from .metrics import PROTOCOL_LABEL
 from .unlearn import EvalConfig, reference_row, unlearn
 
 COLUMNS = [("accuracy", "acc"), ("top2_accuracy", "top2"), ("forgetting_score", "FS"), ("final_score", "final"),
-           ("jsd", "JSD"), ("seconds", "seconds"), ("rte", "RTE")]
+           ("jsd", "JSD"), ("steps", "steps"), ("seconds", "seconds"), ("rte", "RTE")]
+SELECTION_ALIAS = {"val": "fair", "test": "paper"}  # the old --selection values
 
 
 def parse_sets(pairs: list[str]) -> dict:
@@ -38,36 +42,66 @@ def parse_sets(pairs: list[str]) -> dict:
     return out
 
 
-def base_models(data: Dataset, seed: int, device: torch.device, cache_dir: Path | None = None) -> dict:
+def base_models(data: Dataset, seed: int, device: torch.device, cache_dir: Path | None = None,
+                width: int | None = None, base_epochs: int | None = None) -> dict:
     """{'original': (model, seconds), 'retrain': (model, seconds)}, from the checkpoint cache."""
-    model_cfg, train_cfg = default_configs(data.name)
+    model_cfg, recipe = default_configs(data.name, width, base_epochs)
     out = {}
     for kind in BASE_KINDS:
-        model, seconds, cached = base_model(data, kind, model_cfg, train_cfg, seed, device, cache_dir)
+        model, seconds, cached = base_model(data, kind, model_cfg, recipe, seed, device, cache_dir)
         print(f"[run] {kind} model {'from cache' if cached else f'trained in {seconds:.1f}s'}", file=sys.stderr)
         out[kind] = (model, seconds)
     return out
 
 
+class Trace:
+    """`--trace FILE`: one JSON line per optimiser update and one per evaluation."""
+
+    def __init__(self, path: str | None):
+        self.file = open(path, "w") if path else None
+
+    def for_method(self, name: str):
+        if self.file is None:
+            return None, None
+
+        def on_step(n: int, step) -> None:
+            self.write({"method": name, "step": n, **step.trace(), "loss": float(step.loss)})
+
+        def on_eval(n: int, metrics: dict) -> None:
+            self.write({"event": "eval", "method": name, "step": n, **metrics})
+
+        return on_step, on_eval
+
+    def write(self, record: dict) -> None:
+        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+        self.file.write(json.dumps(clean) + "\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        if self.file:
+            self.file.close()
+
+
 def run_method(
     name: str, data: Dataset, bases: dict, seed: int, device: torch.device,
-    hparams: dict | None = None, evaluation: EvalConfig | None = None,
+    hparams: dict | None = None, evaluation: EvalConfig | None = None, trace: Trace | None = None,
 ) -> dict:
     """One row: a reference row for original / retrain, else an unlearning run. Returns flat metrics."""
     evaluation = evaluation or EvalConfig()
     if name in REFERENCE_ROWS:
         model, seconds = bases[name]
-        row = reference_row(model, data, evaluation.selection, seconds)
+        row = reference_row(model, data, evaluation.protocol, seconds)
     else:
         method = create(name, data.name, **(hparams or {}))
+        on_step, on_eval = trace.for_method(name) if trace else (None, None)
         result = unlearn(method, bases["original"][0], data, seed, device, evaluation,
-                         retrain_seconds=bases["retrain"][1])
+                         retrain_seconds=bases["retrain"][1], on_eval=on_eval, on_step=on_step)
         row = result["metrics"]
         row["hparams"] = method.config()
     if name == "retrain":
         row["rte"] = 1.0
     row["method"] = name
-    row["selection"] = evaluation.selection
+    row["protocol"] = evaluation.protocol
     return row
 
 
@@ -78,27 +112,54 @@ def format_table(rows: list[dict]) -> str:
         cells = []
         for key, _ in columns:
             value = r.get(key)
-            cells.append(f"{value:>9.4f}" if isinstance(value, float) and key not in ("seconds",)
-                         else f"{value:>9.1f}" if isinstance(value, float) else f"{'-':>9}")
+            if isinstance(value, (int, float)) and key in ("seconds", "steps"):
+                cells.append(f"{value:>9.1f}" if key == "seconds" else f"{int(value):>9d}")
+            elif isinstance(value, float):
+                cells.append(f"{value:>9.4f}")
+            else:
+                cells.append(f"{'-':>9}")
         lines.append(f"{r['method']:<17}" + "".join(cells))
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m trainables.run", description=__doc__.splitlines()[0])
-    parser.add_argument("--method", required=True, help=f"one of {', '.join(list(REFERENCE_ROWS) + available())}, or all")
-    parser.add_argument("--dataset", default="digits", choices=DATASETS, help="data set (default: the embedded digits)")
-    parser.add_argument("--data-dir", help="data folder for mufac / mucac")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the base models and of the method run")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a hyper-parameter (repeatable)")
-    parser.add_argument("--selection", default="val", choices=["val", "test"], help="checkpoint selection protocol")
-    parser.add_argument("--eval-every", type=int, help="steps between evaluations (default: about 10 per epoch)")
-    parser.add_argument("--patience", type=int, help="stop after this many evaluations without improvement")
-    parser.add_argument("--cache-dir", help="cache for decoded images and base checkpoints")
-    parser.add_argument("--json", action="store_true", help="print one JSON object per row (the last line is one)")
-    args = parser.parse_args(argv)
+    a = parser.add_argument
+    a("--method", required=True, help=f"one of {', '.join(list(REFERENCE_ROWS) + available())}, or all")
+    a("--dataset", default="digits", choices=DATASETS, help="data set (default: the embedded digits)")
+    a("--data-dir", help="data folder for mufac / mucac")
+    a("--attribute", help="mucac-binary: the attribute predicted as two classes (default Young)")
+    a("--forget-count", type=int, help="forget-set size (digits, mufac: the first N train rows)")
+    for name, what in (("test-max-id", "test"), ("retain-max-id", "retain"), ("forget-max-id", "forget")):
+        a(f"--{name}", type=int, help=f"mucac: identity ids below this (and above the previous threshold) are {what}")
+    a("--seed", type=int, default=0, help="seed of the base models and of the method run")
+    a("--set", action="append", default=[], metavar="KEY=VALUE", help="override a hyper-parameter (repeatable)")
+    a("--protocol", choices=PROTOCOLS, help="fair (default): one honest selection rule; paper: the notebooks step for step")
+    a("--selection", choices=sorted(SELECTION_ALIAS), help="deprecated: val is --protocol fair, test is --protocol paper")
+    a("--eval-every", type=int, help="updates between evaluations (default: the protocol's)")
+    a("--patience", type=int, help="stop after this many evaluations without improvement (default: the protocol's)")
+    a("--image-size", type=int, help="decode face images at this size (default 128), for small CPU runs")
+    a("--width", type=int, help="use the width-reduced ResNet-18 at this width (small CPU runs)")
+    a("--base-epochs", type=int, help="train the base models for this many epochs (default: the data set's recipe)")
+    a("--trace", metavar="FILE", help="write one JSON line per optimiser update and per evaluation")
+    a("--cache-dir", help="cache for decoded images and base checkpoints")
+    a("--json", action="store_true", help="print one JSON object per row (the last line is one)")
+    return parser
+
+
+def resolve_protocol(protocol: str | None, selection: str | None) -> str:
+    if selection:
+        print(f"[run] --selection is deprecated: use --protocol {SELECTION_ALIAS[selection]}", file=sys.stderr)
+        if protocol and protocol != SELECTION_ALIAS[selection]:
+            raise ValueError(f"--selection {selection} contradicts --protocol {protocol}")
+    return protocol or (SELECTION_ALIAS[selection] if selection else "fair")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     names = list(REFERENCE_ROWS) + available() if args.method == "all" else [args.method]
     try:
+        protocol = resolve_protocol(args.protocol, args.selection)
         hparams = parse_sets(args.set)
         overrides = {}  # per row: with --method all, each method takes the --set keys it accepts
         for name in names:  # validate every row before any training
@@ -106,24 +167,32 @@ def main(argv: list[str] | None = None) -> int:
                 accepted = set(get(name).Params.names())
                 overrides[name] = {k: v for k, v in hparams.items() if k in accepted} if args.method == "all" else hparams
                 create(name, args.dataset, **overrides[name])
-        evaluation = EvalConfig(eval_every=args.eval_every, selection=args.selection, patience=args.patience)
+        evaluation = EvalConfig(protocol=protocol, eval_every=args.eval_every, patience=args.patience)
         evaluation.validate()
-        data = load_dataset(DataConfig(dataset=args.dataset, data_dir=args.data_dir, cache_dir=args.cache_dir))
+        given = {k: getattr(args, k) for k in ("image_size", "attribute", "forget_count", "test_max_id",
+                                                 "retain_max_id", "forget_max_id") if getattr(args, k) is not None}
+        data_cfg = DataConfig(dataset=args.dataset, data_dir=args.data_dir, cache_dir=args.cache_dir, **given)
+        data = load_dataset(data_cfg)
     except (KeyError, ValueError, DataError) as exc:
         print(f"error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
         return 2
     device = engine.pick_device()
-    bases = base_models(data, args.seed, device, Path(args.cache_dir).resolve() if args.cache_dir else None)
+    cache = Path(args.cache_dir).resolve() if args.cache_dir else None
+    bases = base_models(data, args.seed, device, cache, args.width, args.base_epochs)
+    trace = Trace(args.trace)
     rows = []
-    for name in names:
-        row = run_method(name, data, bases, args.seed, device, overrides.get(name, {}), evaluation)
-        rows.append(row)
-        if args.json:
-            print(json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}))
-        else:
-            print(f"[run] {name}: final {row['final_score']:.4f} in {row['seconds']:.1f}s", file=sys.stderr)
+    try:
+        for name in names:
+            row = run_method(name, data, bases, args.seed, device, overrides.get(name, {}), evaluation, trace)
+            rows.append(row)
+            if args.json:
+                print(json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}))
+            else:
+                print(f"[run] {name}: final {row['final_score']:.4f} in {row['seconds']:.1f}s", file=sys.stderr)
+    finally:
+        trace.close()
     if not args.json:
-        print(f"{args.dataset}, seed {args.seed}; {PROTOCOL_LABEL[args.selection]}")
+        print(f"{args.dataset}, seed {args.seed}; {PROTOCOL_LABEL[protocol]}")
         print(format_table(rows))
     return 0
 

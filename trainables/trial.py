@@ -23,7 +23,7 @@ import torch
 from ray import tune
 
 from . import engine
-from .base_models import TrainConfig, base_model
+from .base_models import BaseRecipe, base_model
 from .data import Dataset
 from .methods import REFERENCE_ROWS, create
 from .models import ModelConfig
@@ -55,7 +55,7 @@ class TrialSettings:
 
     models_dir: str  # base-model checkpoints, on storage every node reads
     model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: BaseRecipe = field(default_factory=BaseRecipe)
     evaluation: EvalConfig = field(default_factory=EvalConfig)
     threads: int = 1  # torch threads per trial: the trial's CPU share, not every core of the node
     fault_injection: dict | None = None  # testing aid: {method, marker} kills one worker once
@@ -108,7 +108,7 @@ def run_trial(spec: TrialSpec, settings: TrialSettings, data: Dataset) -> None:
     if spec.method in REFERENCE_ROWS:
         model, seconds, cached = bases[spec.method]
         losses: dict = {}
-        row = reference_row(model, data, settings.evaluation.selection, seconds, losses)
+        row = reference_row(model, data, settings.evaluation.protocol, seconds, losses)
         row.update(cached=float(cached), trial_seconds=time.perf_counter() - start, final=1.0, ended_at=time.time(),
                    **placement)
         if spec.method == "retrain":

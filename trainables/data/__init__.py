@@ -40,7 +40,7 @@ class DataConfig:
     test_max_id: int = 190  # mucac identity thresholds (the paper's)
     retain_max_id: int = 1970
     forget_max_id: int = 4855
-    attribute: str = "Male"  # mucac-binary: the single attribute to predict
+    attribute: str = "Young"  # mucac-binary: the attribute to predict, as two classes (the notebooks' choice)
     drop_duplicates: bool = False  # drop byte-identical copies across splits (see audit.py)
     split_seed: int = 0  # digits' random split and the honest-selection halves
     cache_dir: str | None = None  # decoded-image cache; default $GLI_CACHE_DIR or ~/.cache/gli-study
@@ -99,6 +99,8 @@ def _records(cfg: DataConfig, data_dir: Path) -> tuple[list[Record], str, list[s
         return records, "multiclass", [f"age_{c}" for c in "abcdefgh"]
     attributes = MUCAC_ATTRIBUTES if cfg.dataset == "mucac" else (cfg.attribute,)
     records = read_mucac(data_dir, attributes, cfg.test_max_id, cfg.retain_max_id, cfg.forget_max_id)
+    if cfg.dataset == "mucac-binary":  # two logits and cross-entropy, as the notebooks (not one sigmoid)
+        return records, "multiclass", [f"not_{cfg.attribute}", cfg.attribute]
     return records, "multilabel", list(attributes)
 
 

@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     audit.add_argument("--dataset", default="digits", choices=DATASETS, help="which data set layout to read")
     audit.add_argument("--data-dir", help="the data folder (mufac / mucac)")
     audit.add_argument("--forget-count", type=int, help="forget-set size (digits, mufac: first N train rows)")
-    audit.add_argument("--attribute", default="Male", help="mucac-binary: the attribute to predict")
+    audit.add_argument("--attribute", default="Young", help="mucac-binary: the attribute to predict")
     audit.add_argument("--test-max-id", type=int, default=190, help="mucac: identities below this are test")
     audit.add_argument("--retain-max-id", type=int, default=1970, help="mucac: identities below this (and >= test) are retain")
     audit.add_argument("--forget-max-id", type=int, default=4855, help="mucac: identities below this (and >= retain) are forget; the rest unseen")

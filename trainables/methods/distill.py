@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .interface import Method
+from .interface import Context, Method
 from .params import POSITIVE, MethodParams, Search, hp
 
 
@@ -17,20 +17,21 @@ class DistillationParams(MethodParams):
     temperature: float = hp(4.0, POSITIVE, Search("float", 1.0, 8.0))
 
 
-def distill_kl(student: torch.Tensor, teacher: torch.Tensor, task: str, temperature: float = 4.0) -> torch.Tensor:
-    """KL(student || teacher) of the temperature-softened outputs, scaled by T^2 (SPEC section 5).
+def distill_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 4.0,
+               bernoulli: bool = False) -> torch.Tensor:
+    """T^2 times the batch mean of KL(p_teacher || p_student), p = softmax(logits / T) (SPEC section 5.2).
 
-    Multi-label outputs are independent Bernoullis: the KL is summed over the two
-    outcomes of each attribute and averaged over attributes.
+    The softmax runs over the outputs, as the notebooks' `DistillKL` does, also over the 3
+    independent attribute logits of MUCAC (`paper`). `bernoulli` treats each output as its own
+    Bernoulli and sums the attributes' KLs (`fair` on multi-label).
     """
     s, t = student.float() / temperature, teacher.float() / temperature
-    if task == "multiclass":
-        log_s, log_t = F.log_softmax(s, dim=1), F.log_softmax(t, dim=1)
-        kl = (log_s.exp() * (log_s - log_t)).sum(dim=1)
-    else:
-        ls1, ls0, lt1, lt0 = F.logsigmoid(s), F.logsigmoid(-s), F.logsigmoid(t), F.logsigmoid(-t)
-        kl = (ls1.exp() * (ls1 - lt1) + ls0.exp() * (ls0 - lt0)).mean(dim=1)
-    return kl.mean() * temperature**2
+    if bernoulli:
+        lt1, lt0, ls1, ls0 = F.logsigmoid(t), F.logsigmoid(-t), F.logsigmoid(s), F.logsigmoid(-s)
+        kl = (lt1.exp() * (lt1 - ls1) + lt0.exp() * (lt0 - ls0)).sum(dim=1)
+        return kl.mean() * temperature**2
+    # kl_div(log q, p) is KL(p || q); summed, then divided by the batch size, as `DistillKL` does
+    return F.kl_div(F.log_softmax(s, dim=1), F.softmax(t, dim=1), reduction="sum") * temperature**2 / s.shape[0]
 
 
 def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
@@ -44,4 +45,6 @@ class DistillationMethod(Method):
     """A method that distils from teachers at a temperature."""
 
     Params = DistillationParams
-    pairs = True
+
+    def kl(self, ctx: Context, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        return distill_kl(student, teacher, self.hp.temperature, ctx.family == "multilabel" and not ctx.paper)

@@ -43,44 +43,67 @@ class GLIParams(MethodParams):
 class GLI(Method):
     """Train on retain images perturbed towards the forget set's outputs, guided to keep their class.
 
-    The forget batch's logits are computed once per batch without gradient; the model
-    trains on the perturbation after all K updates. With `trace` set, each batch's
-    weight and perturbation extent are recorded (costs a device sync per batch).
+    Loop (reference-loops.md 4.9): RD, one epoch, skipped when the sizes differ (MUFAC: at
+    most 128 updates); the weight's b counts skipped batches. `fair` computes the forget
+    batch's logits once per batch, without gradient, and trains on the perturbation after
+    all K updates. `paper` adds the notebooks' accidents: every update after the first runs
+    in eval mode (the per-step evaluation leaves the model so), the forget logits are
+    recomputed at each of the K iterations, and on multi-label the K-th update is not used.
+    With `trace` set, each batch's perturbation extent is recorded (a device sync per batch).
     """
 
     Params = GLIParams
-    pairs = True
+    selects_under_paper = True
 
     def __init__(self, params: GLIParams):
         super().__init__(params)
-        self.trace: list[dict] | None = None  # set to [] to record per-batch weight and perturbation extent
+        self.trace: list[dict] | None = None  # set to [] to record per-batch perturbation extent
+        self.updates = 0
+
+    def draws(self, ctx: Context, gen):
+        return self.pairs(ctx, gen, "rd")
 
     def weight(self, index: int, count: int) -> float:
         if count <= 1:
             return self.hp.w_start
         return self.hp.w_start + (self.hp.w_end - self.hp.w_start) * index / (count - 1)
 
-    def perturb(self, ctx: Context, batch: Batch, w: float) -> torch.Tensor:
-        with torch.no_grad(), engine.autocast(ctx.device):
-            target = ctx.model(batch.xf).float()  # once per batch, no gradient
-        eta = torch.zeros_like(batch.x)
+    def set_mode(self, ctx: Context, batch: Batch) -> None:
+        ctx.model.train(not ctx.paper or self.updates == 0)
+
+    def perturb(self, ctx: Context, x: torch.Tensor, y: torch.Tensor, xf: torch.Tensor, w: float) -> torch.Tensor:
+        """eta after the K sign-gradient updates (under `paper` on multi-label, after K - 1)."""
+        def forget_logits():
+            with torch.no_grad(), engine.autocast(ctx.device):
+                return ctx.model(xf).float()
+
+        target = None if ctx.paper else forget_logits()  # fair: once per batch
+        eta = torch.zeros_like(x)
+        used = eta
         for _ in range(self.hp.iterations):
-            eta.requires_grad_(True)
+            used = eta
+            eta = eta.detach().requires_grad_(True)
             with engine.autocast(ctx.device):
-                out = ctx.model((batch.x + eta).clamp(0, 1)).float()
-                loss = -w * ctx.loss(out, batch.y) + F.mse_loss(out, target)
+                out = ctx.model((x + eta).clamp(0, 1)).float()
+                goal = forget_logits() if ctx.paper else target
+                loss = -w * ctx.loss(out, y) + F.mse_loss(out, goal)
             (grad,) = torch.autograd.grad(loss, eta)
-            eta = (eta.detach() + self.hp.step_size * grad.sign())
+            eta = eta.detach() + self.hp.step_size * grad.sign()
+        if ctx.paper and ctx.family == "multilabel":
+            return used.detach()  # the notebook trains on the previous iteration's perturbed image
         return eta.detach()
 
     def step(self, ctx: Context, batch: Batch):
-        w = self.weight(batch.index, batch.count)
-        eta = self.perturb(ctx, batch, w)
-        x_p = (batch.x + eta).clamp(0, 1)
+        self.set_mode(ctx, batch)
+        w = self.weight(batch.draw.index, batch.draw.count)
+        (x, y), (xf, _) = batch.retain, batch.forget
+        eta = self.perturb(ctx, x, y, xf, w)
+        x_p = (x + eta).clamp(0, 1)
         with engine.autocast(ctx.device):
-            loss = ctx.loss(ctx.model(x_p), batch.y)
+            loss = ctx.loss(ctx.model(x_p), y)
         self.update(loss)
+        self.updates += 1
         if self.trace is not None:
-            self.trace.append({"index": batch.index, "count": batch.count, "w": w, "eta_max": float(eta.abs().max()),
-                               "x_min": float(x_p.min()), "x_max": float(x_p.max())})
-        return loss.detach()
+            self.trace.append({"w": w, "eta_max": float(eta.abs().max()), "x_min": float(x_p.min()),
+                               "x_max": float(x_p.max())})
+        return self.record(ctx, batch, loss, w=w)

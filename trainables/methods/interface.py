@@ -2,17 +2,19 @@
 
 A method is a class registered by name. Its hyper-parameters are one frozen dataclass
 (`Params`, see `params.py`) with the paper's defaults (SPEC section 5), validated
-before any work. The base class owns the loop: for each epoch, shuffled batches of the
-`driver` split (retain or forget), optionally paired with a batch of the other split
-(the forget loader cycled, as GLI's reference does, instead of skipping mismatched
-batches). A method overrides `loss` (the loss of one step) or, when one step is more
-than one optimiser update, `step`.
+before any work. A method names its data loop (`draws`, from `loops.py`: the loop the
+reference notebook of the data set runs) and overrides `loss` (the loss of one
+optimiser step) or `step` (one iteration, returning one `Step` per optimiser update).
+`run` yields every optimiser update's `Step` (its loss, epoch, batch, batch sizes,
+model mode, learning rate), which is what the runner evaluates between and what
+`--trace` writes. `Context.protocol` is `paper` (the notebooks step for step) or `fair`
+(SPEC section 5.1).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -21,7 +23,11 @@ from .. import engine
 from ..data import Dataset
 from ..metrics import task_loss
 from ..records import REFERENCE_ROWS
+from . import loops
+from .loops import Draw
 from .params import HyperParameterError, MethodParams
+
+PROTOCOLS = ("fair", "paper")
 
 REGISTRY: dict[str, type["Method"]] = {}
 
@@ -72,7 +78,8 @@ def resolved_hparams(name: str, dataset: str | None, **hparams: Any) -> dict[str
 @dataclass
 class Context:
     """What a method may read: the model to unlearn (a copy of the original), a frozen
-    original, the data (retain and forget already on the device) and a seeded generator."""
+    original, the data (retain and forget already on the device), a seeded generator and
+    the protocol."""
 
     model: torch.nn.Module
     original: torch.nn.Module
@@ -80,45 +87,134 @@ class Context:
     device: torch.device
     gen: torch.Generator
     seed: int
+    protocol: str = "fair"
 
-    def inputs(self, split: str, idx: torch.Tensor, augment: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        aug = self.data.augment if augment is None else augment
-        return engine.inputs(self.data[split], idx, self.device, augment=aug, gen=self.gen)
+    @property
+    def paper(self) -> bool:
+        return self.protocol == "paper"
+
+    @property
+    def family(self) -> str:
+        """Whose notebook loops apply: `multilabel` (MUCAC), `binary` (MUCAC binary), else `multiclass` (MUFAC's)."""
+        if self.data.task == "multilabel":
+            return "multilabel"
+        return "binary" if self.data.name == "mucac-binary" else "multiclass"
+
+    def inputs(self, split: str, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return engine.inputs(self.data[split], idx, self.device, augment=self.data.augment, gen=self.gen)
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return task_loss(logits.float(), labels, self.data.task)
 
 
-@dataclass
 class Batch:
-    x: torch.Tensor  # the driver split's batch
-    y: torch.Tensor
-    xf: torch.Tensor | None  # the paired batch of the other split, when the method pairs
-    yf: torch.Tensor | None
-    index: int  # batch number within the epoch, 0-based
-    count: int  # batches in the epoch
+    """One iteration's data, loaded when a step first reads it; records which splits it read.
+
+    `replay` holds the forget tensors of replayed draws (`itertools.cycle` repeats tensors,
+    augmentation included)."""
+
+    def __init__(self, ctx: Context | None, draw: Draw, replay: dict | None = None,
+                 tensors: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None):
+        self.ctx, self.draw, self.replay = ctx, draw, replay
+        self.loaded: dict[str, tuple[torch.Tensor, torch.Tensor]] = dict(tensors or {})
+        self.used: set[str] = set()
+
+    @classmethod
+    def of(cls, retain=None, forget=None, index: int = 0, count: int = 1, epoch: int = 1) -> "Batch":
+        """A batch of given tensors (x, y), for running one step by hand."""
+        tensors = {k: v for k, v in (("retain", retain), ("forget", forget)) if v is not None}
+        return cls(None, Draw(epoch, index, count, None, None), tensors=tensors)
+
+    def _get(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        self.used.add(split)
+        if split not in self.loaded:
+            idx = self.draw.retain if split == "retain" else self.draw.forget
+            if split == "forget" and self.draw.slot is not None and self.replay is not None:
+                if self.draw.slot not in self.replay:
+                    self.replay[self.draw.slot] = self.ctx.inputs(split, idx)
+                self.loaded[split] = self.replay[self.draw.slot]
+            else:
+                self.loaded[split] = self.ctx.inputs(split, idx)
+        return self.loaded[split]
+
+    @property
+    def retain(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._get("retain")
+
+    @property
+    def forget(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._get("forget")
+
+    def size(self, split: str) -> int:
+        return len(self.loaded[split][1]) if split in self.used else 0
+
+
+@dataclass
+class Step:
+    """One optimiser update, as `--trace` writes it."""
+
+    loss: torch.Tensor  # detached
+    epoch: int
+    batch: int
+    retain: int  # batch sizes the update read (0: unused)
+    forget: int
+    mode: str  # the model's mode during the update: train or eval
+    lr: float
+    phase: str | None = None
+    extra: dict = field(default_factory=dict)  # method-specific trace fields (GLI's w)
+
+    def trace(self) -> dict:
+        out = {"epoch": self.epoch, "batch": self.batch, "retain": self.retain, "forget": self.forget,
+               "mode": self.mode, "lr": self.lr}
+        if self.phase:
+            out["phase"] = self.phase
+        return {**out, **self.extra}
 
 
 class Method:
     name: ClassVar[str] = ""
     Params: ClassVar[type[MethodParams]] = MethodParams
-    driver: ClassVar[str] = "retain"  # the split whose batches make the epoch
-    pairs: ClassVar[bool] = False  # also draw a same-size batch of the other split per step
+    steps_per_draw: ClassVar[int] = 1  # optimiser updates per loop iteration (SCRUB: 2)
+    selects_under_paper: ClassVar[bool] = False  # paper: only GLI evaluates per step and keeps its best checkpoint
 
     def __init__(self, params: MethodParams):
         if not isinstance(params, self.Params):
             raise TypeError(f"{self.name} takes {self.Params.__name__}, got {type(params).__name__}")
         self.hp = params
-        self.frozen: list[torch.nn.Module] = []  # modules kept in eval mode and out of the optimiser
 
     def config(self) -> dict[str, Any]:
         return self.hp.as_dict()
 
     # --- hooks ---------------------------------------------------------------------------
+    def draws(self, ctx: Context, gen: torch.Generator) -> Iterator[Draw]:
+        """The data loop (default: retain batches only, RO)."""
+        return self.retain_epochs(ctx, self.hp.epochs, gen)
+
+    def retain_epochs(self, ctx: Context, epochs: int, gen: torch.Generator, helper: bool = False) -> Iterator[Draw]:
+        """RO. `helper`: the multi-label notebook runs this loop through its `train()` helper, which
+        seeds at every epoch, so under `paper` every epoch sees the same order."""
+        reseed = ctx.seed if helper and ctx.paper and ctx.family == "multilabel" else None
+        return loops.retain_only(len(ctx.data["retain"]), self.hp.batch_size, epochs, gen, reseed)
+
+    def pairs(self, ctx: Context, gen: torch.Generator, loop: str, epochs: int | None = None, **options
+              ) -> Iterator[Draw]:
+        """A loop over retain and forget: `rd`, `zip` or `cycle` (see `loops.py`)."""
+        n_r, n_f, size = len(ctx.data["retain"]), len(ctx.data["forget"]), self.hp.batch_size
+        epochs = self.hp.epochs if epochs is None else epochs
+        make = {"rd": loops.retain_driven, "zip": loops.zipped, "cycle": loops.cycled}[loop]
+        return make(n_r, n_f, size, epochs, gen, **options)
+
     def setup(self, ctx: Context) -> None:
         """Prepare before the first step: by default an SGD optimiser over the trainable parameters."""
+        self.optimizer = self.sgd(ctx, self.hp.lr)
+
+    def sgd(self, ctx: Context, lr: float) -> torch.optim.Optimizer:
         params = [p for p in ctx.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.SGD(params, lr=self.hp.lr, momentum=self.hp.momentum)
+        return torch.optim.SGD(params, lr=lr, momentum=self.hp.momentum)
+
+    def set_mode(self, ctx: Context, batch: Batch) -> None:
+        """The model's mode for the next update (train; the paper's accidents override this)."""
+        ctx.model.train()
 
     def loss(self, ctx: Context, batch: Batch) -> torch.Tensor:
         raise NotImplementedError(f"{self.name} must override loss() or step()")
@@ -129,39 +225,36 @@ class Method:
         loss.backward()
         self.optimizer.step()
 
-    def step(self, ctx: Context, batch: Batch) -> torch.Tensor:
-        """One update; returns the detached loss."""
+    def record(self, ctx: Context, batch: Batch, loss: torch.Tensor, phase: str | None = None,
+               reads: tuple[str, ...] | None = None, **extra) -> Step:
+        """The update just made; `reads` names the splits it read when the batch served several updates."""
+        sizes = {s: batch.size(s) if reads is None or s in reads else 0 for s in ("retain", "forget")}
+        return Step(loss.detach(), batch.draw.epoch, batch.draw.index, sizes["retain"], sizes["forget"],
+                    "train" if ctx.model.training else "eval", self.optimizer.param_groups[0]["lr"], phase, extra)
+
+    def step(self, ctx: Context, batch: Batch) -> Step | list[Step]:
+        """One iteration: by default one update on `loss`."""
+        self.set_mode(ctx, batch)
         with engine.autocast(ctx.device):
             loss = self.loss(ctx, batch)
         self.update(loss)
-        return loss.detach()
+        return self.record(ctx, batch, loss)
 
     # --- the loop ------------------------------------------------------------------------
-    def train_mode(self, ctx: Context) -> None:
-        ctx.model.train()
-        for module in self.frozen:  # frozen blocks keep their batch-norm statistics too
-            module.eval()
+    def iterate(self, ctx: Context, draws: Iterator[Draw]) -> Iterator[Step]:
+        replay: dict = {}
+        for draw in draws:
+            out = self.step(ctx, Batch(ctx, draw, replay))
+            yield from (out if isinstance(out, list) else [out])
 
-    def epoch_batches(self, ctx: Context, split: str, epochs: int, pairs: bool | None = None) -> Iterator[Batch]:
-        """`epochs` shuffled passes over `split`; with `pairs` (default: the method's), each batch
-        comes with a same-size batch of the other split from a cycled loader."""
-        pairs = self.pairs if pairs is None else pairs
-        other = "forget" if split == "retain" else "retain"
-        size = self.hp.batch_size
-        cycle = engine.cycle_batches(len(ctx.data[other]), size, ctx.gen) if pairs else None
-        for _ in range(epochs):
-            indices = engine.batch_indices(len(ctx.data[split]), size, ctx.gen)
-            for b, idx in enumerate(indices):
-                x, y = ctx.inputs(split, idx)
-                xf = yf = None
-                if cycle is not None:
-                    pidx = next(cycle)[: len(idx)]  # same size as the driver batch
-                    xf, yf = ctx.inputs(other, pidx)
-                yield Batch(x, y, xf, yf, b, len(indices))
-
-    def run(self, ctx: Context) -> Iterator[torch.Tensor]:
-        """Yields each step's loss; `unlearn` evaluates between steps."""
+    def run(self, ctx: Context) -> Iterator[Step]:
+        """Yields each optimiser update's `Step`; `unlearn` evaluates between them."""
         self.setup(ctx)
-        for batch in self.epoch_batches(ctx, self.driver, self.hp.epochs):
-            self.train_mode(ctx)
-            yield self.step(ctx, batch)
+        yield from self.iterate(ctx, self.draws(ctx, ctx.gen))
+
+    def planned_steps(self, ctx: Context) -> int:
+        """How many updates `run` will make (the loops' skip rules depend on sizes only)."""
+        return self.steps_per_draw * sum(1 for _ in self.draws(ctx, torch.Generator().manual_seed(0)))
+
+    def planned_epochs(self) -> int:
+        return self.hp.epochs

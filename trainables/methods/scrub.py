@@ -1,29 +1,45 @@
-"""SCRUB (Kurmanji et al.): a student that stays near the original teacher on retain and moves away on forget."""
+"""SCRUB (Kurmanji et al.): a student that stays near the original teacher on retain and moves away on forget.
+
+Loop (reference-loops.md 4.6): zip(retain, forget), skipped when the sizes differ, 2
+epochs, two SGD updates per pair, min then max (MUFAC: 92 updates)."""
+
+import torch
 
 from .. import engine
-from .distill import DistillationMethod, distill_kl, frozen_copy
+from .distill import DistillationMethod, frozen_copy
 from .interface import Batch, Context, register
 
 
 @register("scrub")
 class SCRUB(DistillationMethod):
-    """Teacher = the original model, frozen; student = the model being unlearned.
+    """Teacher = the original model, frozen, in eval mode; student = the model being unlearned.
 
-    Per step (SPEC section 5): a retain step minimising CE + KL(student || teacher) at
-    temperature T, then a forget step maximising KL(student || teacher) on a forget batch.
+    Per pair: a min update on CE + KL(teacher || student) at temperature T on the retain
+    batch, then a max update on -KL(teacher || student) on the forget batch.
     """
+
+    steps_per_draw = 2
+
+    def draws(self, ctx: Context, gen):
+        return self.pairs(ctx, gen, "zip")
 
     def setup(self, ctx: Context) -> None:
         self.teacher = frozen_copy(ctx.original)
         super().setup(ctx)
 
     def step(self, ctx: Context, batch: Batch):
-        task, t = ctx.data.task, self.hp.temperature
+        self.set_mode(ctx, batch)
+        (xr, yr), (xf, yf) = batch.retain, batch.forget
         with engine.autocast(ctx.device):
-            student = ctx.model(batch.x)
-            retain_loss = ctx.loss(student, batch.y) + distill_kl(student, self.teacher(batch.x), task, t)
+            with torch.no_grad():
+                teacher = self.teacher(xr)
+            student = ctx.model(xr)
+            retain_loss = ctx.loss(student, yr) + self.kl(ctx, student, teacher)
         self.update(retain_loss)
+        steps = [self.record(ctx, batch, retain_loss, "min", reads=("retain",))]
         with engine.autocast(ctx.device):
-            forget_loss = -distill_kl(ctx.model(batch.xf), self.teacher(batch.xf), task, t)
+            with torch.no_grad():
+                teacher = self.teacher(xf)
+            forget_loss = -self.kl(ctx, ctx.model(xf), teacher)
         self.update(forget_loss)
-        return (retain_loss + forget_loss).detach()
+        return steps + [self.record(ctx, batch, forget_loss, "max", reads=("forget",))]
