@@ -37,7 +37,7 @@ class StudyConfig:
     experiment_name: str | None = None  # default gli-<dataset>
     num_gpus: float = 0
     num_cpus: int | None = None  # default: every core of this machine (local cluster only)
-    gpus_per_trial: float = 0.25  # small ResNet-18 trials share a GPU
+    gpus_per_trial: float = 0.5  # two GLI trials per GPU: 91% of the best aggregate measured (docs/benchmarks.md)
     cpus_per_trial: float = 1
     address: str | None = None  # join this Ray cluster instead of starting one
     storage_path: str | None = None  # shared storage for multi-node runs; default <results_dir>/ray

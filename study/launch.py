@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--experiment-name", help="MLflow experiment and results folder name (default gli-<dataset>)")
     a("--num-gpus", type=float, help="GPUs the study uses (0: CPU only)")
     a("--num-cpus", type=int, help="CPUs of the local Ray instance (default: all cores)")
-    a("--gpus-per-trial", type=float, help="GPU share of one trial; fractions let small trials share a GPU (default 0.25)")
+    a("--gpus-per-trial", type=float, help="GPU share of one trial; fractions let small trials share a GPU (default 0.5)")
     a("--cpus-per-trial", type=float, help="CPU share of one trial (default 1)")
     a("--address", help="join this running Ray cluster (e.g. ray://head:10001 or auto) instead of starting one")
     a("--storage-path", help="Ray storage shared by all nodes (default <results>/ray); a shared path for multi-node")

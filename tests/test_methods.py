@@ -229,14 +229,19 @@ def test_multilabel_task_runs_every_method():
 
 
 def test_runner_selects_on_selection_halves_only(setup, monkeypatch):
+    import trainables.metrics as metrics_module
+    import trainables.selection as selection_module
+
     data, original = setup
     seen = []
-    import trainables.unlearn as runner_module
-    real = runner_module.evaluate
-    def spy(model, data, test="test", unseen="unseen", **kw):
-        seen.append((test, unseen))
-        return real(model, data, test=test, unseen=unseen, **kw)
-    monkeypatch.setattr(runner_module, "evaluate", spy)
+    real = metrics_module.outputs
+
+    def spy(model, data, names, *args, **kw):
+        seen.append(tuple(names[:2]))
+        return real(model, data, names, *args, **kw)
+
+    monkeypatch.setattr(metrics_module, "outputs", spy)
+    monkeypatch.setattr(selection_module, "outputs", spy)
     out = unlearn(_fast("finetune"), original, data, 0, CPU, EvalConfig(eval_every=3))
     assert seen[:-1] == [("val", "unseen_val")] * (len(seen) - 1)  # every selection read the selection halves
     assert seen[-1] == ("test_report", "unseen_report")  # only the final report reads the report halves
@@ -256,8 +261,23 @@ def test_patience_stops_early(setup):
         max(out["curve"], key=lambda c: c["final_score"])) == 2
 
 
+@pytest.mark.parametrize("cfg", [EvalConfig(eval_every=1, patience=2), EvalConfig(protocol="paper"),
+                                 EvalConfig(eval_every=2)])
+def test_background_attack_gives_the_synchronous_result(setup, cfg):
+    """The attack on a worker thread, the run going on meanwhile: the same curve, checkpoint, length and report."""
+    from trainables.engine import Accel
+
+    data, original = setup
+    runs = [unlearn(_fast("gli", lr=0.05), original, data, 0, CPU, cfg, accel=Accel(async_attack=flag))
+            for flag in (False, True)]
+    assert runs[0]["curve"] == runs[1]["curve"] and runs[0]["steps"] == runs[1]["steps"]
+    for key, value in runs[0]["metrics"].items():
+        if key not in ("seconds", "rte"):
+            assert runs[1]["metrics"][key] == value, key
+
+
 def test_diverging_run_raises(setup):
-    from trainables.unlearn import Diverged
+    from trainables.selection import Diverged
 
     data, original = setup
     with pytest.raises(Diverged):

@@ -44,22 +44,26 @@ def task_loss(logits: torch.Tensor, labels: torch.Tensor, task: str) -> torch.Te
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, split: Split, device: torch.device, batch_size: int = 512) -> torch.Tensor:
-    """Float32 logits of a whole split on the CPU, in eval mode and without augmentation."""
+def predict(model: torch.nn.Module, split: Split, device: torch.device, batch_size: int = 512,
+            amp: bool = True) -> torch.Tensor:
+    """Float32 logits of a whole split on the CPU, in eval mode and without augmentation.
+
+    On CUDA the batches run in bf16 (unless `amp` is off) and the logits come back in one
+    copy at the end, so the device never waits for the host in between."""
     was_training = model.training
     model.eval()
     out = []
-    use_amp = device.type == "cuda"
+    cuda = device.type == "cuda"
     for start in range(0, len(split), batch_size):
         x = to_float(split.images[start : start + batch_size].to(device, non_blocking=True))
-        if use_amp:
+        if cuda:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            out.append(model(x).float().cpu())
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda and amp):
+            out.append(model(x).float())
     model.train(was_training)
     if not out:
         return torch.empty(0)
-    return torch.cat(out)
+    return torch.cat(out).cpu()
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor, task: str) -> float:
@@ -93,10 +97,9 @@ def forgetting_score(forget_losses, unseen_losses, seed: int = 42, protocol: str
         return {"mia": float("nan"), "forgetting_score": float("nan")}
     if protocol == "paper":
         forget = forget.copy()
-        state = np.random.get_state()  # the notebooks' global seeding, without leaking it to the caller
-        np.random.seed(seed)
-        np.random.shuffle(forget)
-        np.random.set_state(state)
+        # np.random.seed(42) then np.random.shuffle, as the notebooks, on a private generator of the same
+        # kind (the same permutation), so that concurrent evaluations cannot disturb each other
+        np.random.RandomState(seed).shuffle(forget)
         forget = forget[: len(unseen)]
         x = np.concatenate([unseen, forget])[:, None]
         y = np.concatenate([np.zeros(len(unseen)), np.ones(len(forget))])
@@ -149,12 +152,43 @@ def _density(sample: np.ndarray, grid: np.ndarray, span: float) -> np.ndarray:
     return density / _trapezoid(density, grid)
 
 
-def _outputs(model, data: Dataset, name: str, device, cache: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    if name not in cache:
-        split = data[name]
-        logits = predict(model, split, device)
-        cache[name] = (logits, per_example_loss(logits, split.labels.cpu(), data.task))
-    return cache[name]
+def outputs(model: torch.nn.Module, data: Dataset, names, device: torch.device | None = None,
+            cache: dict | None = None, amp: bool = True) -> dict:
+    """The forward passes an evaluation needs: split name -> (logits, per-example losses), on the CPU.
+
+    Splits already in `cache` are not run again (selection then report halves share forget)."""
+    device = device or next(model.parameters()).device
+    cache = {} if cache is None else cache
+    for name in names:
+        if name not in cache:
+            split = data[name]
+            logits = predict(model, split, device, amp=amp)
+            cache[name] = (logits, per_example_loss(logits, split.labels.cpu(), data.task))
+    return cache
+
+
+def metrics_from(cache: dict, data: Dataset, test: str = "test", unseen: str = "unseen", retain: bool = True,
+                 seed: int = 42, protocol: str = "fair") -> dict[str, float]:
+    """Every SPEC section 2 metric from the forward passes in `cache` (CPU only: safe on a worker thread)."""
+    (test_logits, _), (unseen_logits, unseen_losses) = cache[test], cache[unseen]
+    forget_logits, forget_losses = cache["forget"]
+    test_labels = data[test].labels.cpu()
+    result: dict[str, float] = {"accuracy": accuracy(test_logits, test_labels, data.task)}
+    if data.task == "multiclass" and data.num_outputs > 2:
+        result["top2_accuracy"] = top2_accuracy(test_logits, test_labels)
+    if data.task == "multilabel":
+        for name, value in zip(data.output_names, attribute_accuracy(test_logits, test_labels)):
+            result[f"accuracy_{name}"] = value
+    result["forget_accuracy"] = accuracy(forget_logits, data["forget"].labels.cpu(), data.task)
+    result["unseen_accuracy"] = accuracy(unseen_logits, data[unseen].labels.cpu(), data.task)
+    if retain:
+        result["retain_accuracy"] = accuracy(cache["retain"][0], data["retain"].labels.cpu(), data.task)
+    result.update(forgetting_score(forget_losses.numpy(), unseen_losses.numpy(), seed=seed, protocol=protocol))
+    result["final_score"] = final_score(result["accuracy"], result["forgetting_score"])
+    result["jsd"] = loss_jsd(forget_losses.numpy(), unseen_losses.numpy())
+    result["forget_loss"] = float(forget_losses.mean())
+    result["unseen_loss"] = float(unseen_losses.mean())
+    return result
 
 
 def evaluate(
@@ -167,32 +201,13 @@ def evaluate(
     seed: int = 42,
     cache: dict | None = None,
     protocol: str = "fair",
+    amp: bool = True,
 ) -> dict[str, float]:
     """Every SPEC section 2 metric on (`test`, `unseen`, forget[, retain]) in one pass per split.
 
     `cache` maps split name -> (logits, losses); pass the same dict to a second call on
     the same model (selection then report halves) and shared splits are not re-run.
     """
-    device = device or next(model.parameters()).device
-    cache = {} if cache is None else cache
-    test_logits, _ = _outputs(model, data, test, device, cache)
-    unseen_logits, unseen_losses = _outputs(model, data, unseen, device, cache)
-    forget_logits, forget_losses = _outputs(model, data, "forget", device, cache)
-    test_labels = data[test].labels.cpu()
-    result: dict[str, float] = {"accuracy": accuracy(test_logits, test_labels, data.task)}
-    if data.task == "multiclass" and data.num_outputs > 2:
-        result["top2_accuracy"] = top2_accuracy(test_logits, test_labels)
-    if data.task == "multilabel":
-        for name, value in zip(data.output_names, attribute_accuracy(test_logits, test_labels)):
-            result[f"accuracy_{name}"] = value
-    result["forget_accuracy"] = accuracy(forget_logits, data["forget"].labels.cpu(), data.task)
-    result["unseen_accuracy"] = accuracy(unseen_logits, data[unseen].labels.cpu(), data.task)
-    if retain:
-        retain_logits, _ = _outputs(model, data, "retain", device, cache)
-        result["retain_accuracy"] = accuracy(retain_logits, data["retain"].labels.cpu(), data.task)
-    result.update(forgetting_score(forget_losses.numpy(), unseen_losses.numpy(), seed=seed, protocol=protocol))
-    result["final_score"] = final_score(result["accuracy"], result["forgetting_score"])
-    result["jsd"] = loss_jsd(forget_losses.numpy(), unseen_losses.numpy())
-    result["forget_loss"] = float(forget_losses.mean())
-    result["unseen_loss"] = float(unseen_losses.mean())
-    return result
+    names = [test, unseen, "forget"] + (["retain"] if retain else [])
+    cache = outputs(model, data, names, device, cache, amp)
+    return metrics_from(cache, data, test, unseen, retain, seed, protocol)

@@ -58,6 +58,7 @@ class TrialSettings:
     train: BaseRecipe = field(default_factory=BaseRecipe)
     evaluation: EvalConfig = field(default_factory=EvalConfig)
     threads: int = 1  # torch threads per trial: the trial's CPU share, not every core of the node
+    accel: engine.Accel = field(default_factory=engine.Accel)  # bf16 and CUDA graphs on a GPU
     fault_injection: dict | None = None  # testing aid: {method, marker} kills one worker once
 
     def as_dict(self) -> dict[str, Any]:
@@ -124,7 +125,7 @@ def run_trial(spec: TrialSpec, settings: TrialSettings, data: Dataset) -> None:
 
     try:
         result = unlearn(method, bases["original"][0], data, spec.seed, device, settings.evaluation,
-                         retrain_seconds=bases["retrain"][1], on_eval=report_eval)
+                         retrain_seconds=bases["retrain"][1], on_eval=report_eval, accel=settings.accel)
         row = _numbers(result["metrics"])
         bad = [k for k in ("sel_accuracy", "sel_forgetting_score", "accuracy", "forgetting_score")
                if not math.isfinite(row.get(k, math.nan))]

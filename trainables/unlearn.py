@@ -14,7 +14,6 @@ The protocol decides the evaluation (SPEC section 5.1):
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 import sys
@@ -29,6 +28,7 @@ from .data import Dataset
 from .methods import Context, Method
 from .methods.interface import PROTOCOLS, Step
 from .metrics import REPORT_SPLITS, SELECTION_SPLITS, evaluate
+from .selection import Diverged, Selection
 
 EvalCallback = Callable[[int, dict], None]
 StepCallback = Callable[[int, Step], None]
@@ -63,10 +63,6 @@ class EvalConfig:
         return max(1, round(per_epoch / 10)), self.patience, True
 
 
-class Diverged(FloatingPointError):
-    """The method produced a non-finite loss or metric: the run failed, retrying will not help."""
-
-
 def _on_device(data: Dataset, device: torch.device) -> Dataset:
     """Retain and forget (the batches' source) on the device; on CUDA also every evaluation split,
     so an evaluation copies nothing from the host. `train` (= forget + retain) stays behind."""
@@ -77,14 +73,14 @@ def _on_device(data: Dataset, device: torch.device) -> Dataset:
     return dataclasses.replace(data, splits=splits)
 
 
-def selection_metrics(model, data: Dataset, protocol: str, cache: dict | None = None) -> dict:
+def selection_metrics(model, data: Dataset, protocol: str, cache: dict | None = None, amp: bool = True) -> dict:
     test, unseen = SELECTION_SPLITS[protocol]
-    return evaluate(model, data, test=test, unseen=unseen, retain=False, cache=cache, protocol=protocol)
+    return evaluate(model, data, test=test, unseen=unseen, retain=False, cache=cache, protocol=protocol, amp=amp)
 
 
-def report_metrics(model, data: Dataset, protocol: str, cache: dict | None = None) -> dict:
+def report_metrics(model, data: Dataset, protocol: str, cache: dict | None = None, amp: bool = True) -> dict:
     test, unseen = REPORT_SPLITS[protocol]
-    return evaluate(model, data, test=test, unseen=unseen, retain=True, cache=cache, protocol=protocol)
+    return evaluate(model, data, test=test, unseen=unseen, retain=True, cache=cache, protocol=protocol, amp=amp)
 
 
 def report_losses(cache: dict, protocol: str) -> dict:
@@ -115,6 +111,7 @@ def unlearn(
     retrain_seconds: float | None = None,
     on_eval: EvalCallback | None = None,
     on_step: StepCallback | None = None,
+    accel: engine.Accel | None = None,
 ) -> dict:
     """Run `method` from a copy of `original`; returns {"metrics", "curve", "model", "steps", "losses"}.
 
@@ -126,35 +123,24 @@ def unlearn(
     cfg.validate()
     engine.seed_everything(seed)
     data = _on_device(data, device)
-    model = engine.prepare_model(copy.deepcopy(original), device)
+    accel = accel or engine.Accel()
+    accel.validate()
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = accel.cudnn_benchmark
+    model = engine.working_copy(original, device)
     ctx = Context(model=model, original=original.to(device).eval(), data=data, device=device,
-                  gen=engine.generator(seed), seed=seed, protocol=cfg.protocol)
+                  gen=engine.generator(seed), seed=seed, protocol=cfg.protocol, accel=accel)
     every, patience, select_best = cfg.schedule(method, ctx)
-    curve: list[dict] = []
-    best: tuple[float, int, dict | None] = (-math.inf, 0, None)
-    best_sel: dict = {}
-    since_best, steps, seconds = 0, 0, 0.0
+    selection = Selection(method.name, model, data, cfg.protocol, patience, select_best, accel.precision == "bf16",
+                          on_eval, background=device.type == "cuda" if accel.async_attack is None else accel.async_attack)
+    steps, seconds, last_eval = 0, 0.0, -1
     finite = torch.ones((), dtype=torch.bool, device=device)
 
-    def checkpoint(step: int) -> bool:
-        """Evaluate; returns whether to stop early."""
-        nonlocal best, best_sel, since_best
-        if not bool(finite):
-            raise Diverged(f"{method.name}: non-finite loss by step {step}")
-        sel = selection_metrics(model, data, cfg.protocol)
-        if not math.isfinite(sel["final_score"]):
-            raise Diverged(f"{method.name}: non-finite selection metrics at step {step}")
-        curve.append({"step": step, **sel})
-        if on_eval:
-            on_eval(step, sel)
-        if sel["final_score"] > best[0] or not select_best:
-            state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            best, best_sel, since_best = (sel["final_score"], step, state), sel, 0
-            return False
-        since_best += 1
-        return patience is not None and since_best >= patience
+    def clock() -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter()
 
-    last_eval = 0
     start = time.perf_counter()
     for update in method.run(ctx):
         steps += 1
@@ -162,28 +148,26 @@ def unlearn(
         if on_step:
             on_step(steps, update)
         if every and steps % every == 0:
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            seconds += time.perf_counter() - start
+            seconds += clock() - start
             last_eval = steps
-            if checkpoint(steps):
+            if selection.evaluate(steps, bool(finite)):
                 break
             start = time.perf_counter()
     else:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        seconds += time.perf_counter() - start
+        seconds += clock() - start
     if steps == 0:  # e.g. RD with a forget set smaller than a batch: the notebook's loop skips every batch
         print(f"[unlearn] {method.name}: no update was made (every batch was skipped: is a split smaller than a "
               f"batch of {method.hp.batch_size}?); the original model is reported", file=sys.stderr)
-    if last_eval != steps or steps == 0:
-        checkpoint(steps)
-    model.load_state_dict(best[2])
+    if last_eval != steps and selection.stop_step is None:
+        selection.evaluate(steps, bool(finite))
+    selection.finish()
+    steps = selection.stop_step or steps  # updates made past the stopping evaluation do not count
+    model.load_state_dict(selection.best_state)
     cache: dict = {}
-    metrics = report_metrics(model, data, cfg.protocol, cache)
-    metrics.update({f"sel_{k}": v for k, v in best_sel.items()})
-    metrics.update(seconds=seconds, steps=steps, best_step=best[1], evaluations=len(curve))
+    metrics = report_metrics(model, data, cfg.protocol, cache, amp=accel.precision == "bf16")
+    metrics.update({f"sel_{k}": v for k, v in selection.best_sel.items()})
+    metrics.update(seconds=seconds, steps=steps, best_step=selection.best_step, evaluations=len(selection.curve))
     if retrain_seconds:
         metrics["rte"] = seconds / retrain_seconds
-    return {"metrics": metrics, "curve": curve, "model": model, "steps": steps,
+    return {"metrics": metrics, "curve": selection.curve, "model": model, "steps": steps,
             "losses": report_losses(cache, cfg.protocol)}

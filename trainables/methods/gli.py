@@ -59,6 +59,8 @@ class GLI(Method):
         super().__init__(params)
         self.trace: list[dict] | None = None  # set to [] to record per-batch perturbation extent
         self.updates = 0
+        self._weights: torch.Tensor | None = None  # on CUDA: the epoch's guidance weights, on the device
+        self._alpha: torch.Tensor | None = None
 
     def draws(self, ctx: Context, gen):
         return self.pairs(ctx, gen, "rd")
@@ -71,39 +73,66 @@ class GLI(Method):
     def set_mode(self, ctx: Context, batch: Batch) -> None:
         ctx.model.train(not ctx.paper or self.updates == 0)
 
-    def perturb(self, ctx: Context, x: torch.Tensor, y: torch.Tensor, xf: torch.Tensor, w: float) -> torch.Tensor:
-        """eta after the K sign-gradient updates (under `paper` on multi-label, after K - 1)."""
+    def apply(self, ctx: Context, x, y, xf, w, alpha, capture: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """One update as tensor operations only (so that it can be captured): the K sign-gradient
+        steps of eta, then the model's step on clamp(x + eta); returns (loss, eta)."""
         def forget_logits():
-            with torch.no_grad(), engine.autocast(ctx.device):
+            with torch.no_grad(), ctx.autocast(capture):
                 return ctx.model(xf).float()
 
         target = None if ctx.paper else forget_logits()  # fair: once per batch
-        eta = torch.zeros_like(x)
-        used = eta
+        eta = used = torch.zeros_like(x)
         for _ in range(self.hp.iterations):
             used = eta
             eta = eta.detach().requires_grad_(True)
-            with engine.autocast(ctx.device):
+            with ctx.autocast(capture):
                 out = ctx.model((x + eta).clamp(0, 1)).float()
                 goal = forget_logits() if ctx.paper else target
                 loss = -w * ctx.loss(out, y) + F.mse_loss(out, goal)
             (grad,) = torch.autograd.grad(loss, eta)
-            eta = eta.detach() + self.hp.step_size * grad.sign()
+            eta = eta.detach() + alpha * grad.sign()
         if ctx.paper and ctx.family == "multilabel":
-            return used.detach()  # the notebook trains on the previous iteration's perturbed image
-        return eta.detach()
+            eta = used  # the notebook trains on the previous iteration's perturbed image
+        eta = eta.detach()
+        with ctx.autocast(capture):
+            loss = ctx.loss(ctx.model((x + eta).clamp(0, 1)), y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach(), eta
+
+    def graphed(self, ctx: Context, x, y, xf, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`apply` replayed from a CUDA graph, captured once per process for each shape and setting."""
+        key = ("gli", id(ctx.model), ctx.model.training, ctx.protocol, ctx.family, ctx.data.task, ctx.accel.precision,
+               self.hp.iterations, self.hp.lr, tuple(x.shape), x.stride(), tuple(y.shape), y.dtype)
+        alpha = self._alpha  # a device tensor, so that trials with another alpha replay the same graph
+
+        def build():
+            return engine.StepGraph(lambda *a: self.apply(ctx, *a, capture=True), [x, y, xf, w, alpha], ctx.model)
+
+        loss, eta = engine.cached_graph(key, build)(x, y, xf, w, alpha)
+        return loss.clone(), eta.clone()
+
+    def uses_graph(self, ctx: Context, x: torch.Tensor, xf: torch.Tensor) -> bool:
+        # SGD without momentum keeps no state besides the parameters the graph writes in place.
+        return (ctx.device.type == "cuda" and ctx.accel.cuda_graphs and self.hp.momentum == 0
+                and x.shape == xf.shape)
 
     def step(self, ctx: Context, batch: Batch):
         self.set_mode(ctx, batch)
         w = self.weight(batch.draw.index, batch.draw.count)
         (x, y), (xf, _) = batch.retain, batch.forget
-        eta = self.perturb(ctx, x, y, xf, w)
-        x_p = (x + eta).clamp(0, 1)
-        with engine.autocast(ctx.device):
-            loss = ctx.loss(ctx.model(x_p), y)
-        self.update(loss)
+        if self.uses_graph(ctx, x, xf):
+            if self._weights is None:  # every weight of the epoch on the device at once: no copy per step
+                self._weights = torch.tensor([self.weight(b, batch.draw.count) for b in range(batch.draw.count)],
+                                             device=ctx.device)
+                self._alpha = torch.tensor(self.hp.step_size, device=ctx.device)
+            loss, eta = self.graphed(ctx, x, y, xf, self._weights[batch.draw.index])
+        else:
+            loss, eta = self.apply(ctx, x, y, xf, w, self.hp.step_size)
         self.updates += 1
         if self.trace is not None:
+            x_p = (x + eta).clamp(0, 1)
             self.trace.append({"w": w, "eta_max": float(eta.abs().max()), "x_min": float(x_p.min()),
                                "x_max": float(x_p.max())})
         return self.record(ctx, batch, loss, w=w)

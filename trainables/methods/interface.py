@@ -88,6 +88,7 @@ class Context:
     gen: torch.Generator
     seed: int
     protocol: str = "fair"
+    accel: engine.Accel = engine.Accel()
 
     @property
     def paper(self) -> bool:
@@ -99,6 +100,9 @@ class Context:
         if self.data.task == "multilabel":
             return "multilabel"
         return "binary" if self.data.name == "mucac-binary" else "multiclass"
+
+    def autocast(self, capture: bool = False):
+        return engine.autocast(self.device, self.accel, capture)
 
     def inputs(self, split: str, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return engine.inputs(self.data[split], idx, self.device, augment=self.data.augment, gen=self.gen)
@@ -235,7 +239,7 @@ class Method:
     def step(self, ctx: Context, batch: Batch) -> Step | list[Step]:
         """One iteration: by default one update on `loss`."""
         self.set_mode(ctx, batch)
-        with engine.autocast(ctx.device):
+        with ctx.autocast():
             loss = self.loss(ctx, batch)
         self.update(loss)
         return self.record(ctx, batch, loss)

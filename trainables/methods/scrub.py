@@ -5,7 +5,6 @@ epochs, two SGD updates per pair, min then max (MUFAC: 92 updates)."""
 
 import torch
 
-from .. import engine
 from .distill import DistillationMethod, frozen_copy
 from .interface import Batch, Context, register
 
@@ -30,14 +29,14 @@ class SCRUB(DistillationMethod):
     def step(self, ctx: Context, batch: Batch):
         self.set_mode(ctx, batch)
         (xr, yr), (xf, yf) = batch.retain, batch.forget
-        with engine.autocast(ctx.device):
+        with ctx.autocast():
             with torch.no_grad():
                 teacher = self.teacher(xr)
             student = ctx.model(xr)
             retain_loss = ctx.loss(student, yr) + self.kl(ctx, student, teacher)
         self.update(retain_loss)
         steps = [self.record(ctx, batch, retain_loss, "min", reads=("retain",))]
-        with engine.autocast(ctx.device):
+        with ctx.autocast():
             with torch.no_grad():
                 teacher = self.teacher(xf)
             forget_loss = -self.kl(ctx, ctx.model(xf), teacher)

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .. import engine
 from .interface import Batch, Context, Method, register
 from .params import POSITIVE, MethodParams, Search, hp, whole
 
@@ -44,7 +43,7 @@ class UNSIR(Method):
         noise = torch.randn(x_forget.shape, generator=ctx.gen).to(ctx.device).requires_grad_(True)
         opt = torch.optim.Adam([noise], lr=self.hp.noise_lr)
         for _ in range(self.hp.noise_steps):
-            with engine.autocast(ctx.device):
+            with ctx.autocast():
                 out = ctx.model(noise).float()
                 with torch.no_grad():
                     target = ctx.model(x_forget).float()  # recomputed each update, as the notebooks do
@@ -58,7 +57,7 @@ class UNSIR(Method):
         ctx.model.train()
         (xr, yr), (xf, _) = batch.retain, batch.forget
         noise = self.noise(ctx, xf)
-        with engine.autocast(ctx.device):
+        with ctx.autocast():
             loss = ctx.loss(ctx.model(noise), yr) + ctx.loss(ctx.model(xr), yr)  # the noise carries retain labels
         self.update(loss)
         return self.record(ctx, batch, loss, "impair")
@@ -66,7 +65,7 @@ class UNSIR(Method):
     def repair(self, ctx: Context, batch: Batch):
         ctx.model.train(not (ctx.paper and ctx.family != "multilabel"))
         x, y = batch.retain
-        with engine.autocast(ctx.device):
+        with ctx.autocast():
             loss = ctx.loss(ctx.model(x), y)
         self.update(loss)
         return self.record(ctx, batch, loss, "repair")

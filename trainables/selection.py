@@ -1,0 +1,89 @@
+"""Checkpoint selection inside a run: evaluations, the best checkpoint, patience.
+
+An evaluation's forward passes run when it is asked for; its membership attack and KDE
+(tens of milliseconds of CPU work) can run on a worker thread (`background=True`, used
+on a GPU), so the next updates are already queued while it computes. Results are taken
+in order. With patience, the run may then be a few updates past an evaluation that
+turns out to stop it: those updates are discarded (the best checkpoint is restored
+and the run's length is the stopping evaluation's), so the outcome is the one a
+synchronous run gives.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import torch
+
+from .data import Dataset
+from .metrics import SELECTION_SPLITS, metrics_from, outputs
+
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="attack")
+    return _POOL
+
+
+class Diverged(FloatingPointError):
+    """The method produced a non-finite loss or metric: the run failed, retrying will not help."""
+
+
+class Selection:
+    def __init__(self, name: str, model: torch.nn.Module, data: Dataset, protocol: str, patience: int | None,
+                 select_best: bool, amp: bool, on_eval: Callable[[int, dict], None] | None = None,
+                 background: bool = False, ahead: int = 3):
+        self.name, self.model, self.data, self.protocol = name, model, data, protocol
+        self.patience, self.select_best, self.amp, self.on_eval = patience, select_best, amp, on_eval
+        self.background, self.ahead = background, ahead
+        self.pending: deque[tuple[int, Future, dict | None]] = deque()
+        self.curve: list[dict] = []
+        self.best_score, self.best_step, self.best_state, self.best_sel = -math.inf, 0, None, {}
+        self.since_best = 0
+        self.stop_step: int | None = None  # the evaluation that ended the run (patience)
+
+    def evaluate(self, step: int, finite: bool) -> bool:
+        """Evaluate the model as it is after `step` updates; returns whether the run should stop."""
+        if not finite:
+            raise Diverged(f"{self.name}: non-finite loss by step {step}")
+        test, unseen = SELECTION_SPLITS[self.protocol]
+        cache = outputs(self.model, self.data, [test, unseen, "forget"], amp=self.amp)
+        state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        work = (metrics_from, cache, self.data, test, unseen, False, 42, self.protocol)
+        if self.background:
+            future = _pool().submit(*work)
+        else:
+            future = Future()
+            future.set_result(work[0](*work[1:]))
+        self.pending.append((step, future, state))
+        self._take(block=len(self.pending) > self.ahead or not self.background)
+        return self.stop_step is not None
+
+    def finish(self) -> None:
+        """Take every pending result (the ones after a stop are dropped)."""
+        self._take(block=True)
+
+    def _take(self, block: bool) -> None:
+        while self.pending and self.stop_step is None and (block or self.pending[0][1].done()):
+            step, future, state = self.pending.popleft()
+            sel = future.result()
+            if not math.isfinite(sel["final_score"]):
+                raise Diverged(f"{self.name}: non-finite selection metrics at step {step}")
+            self.curve.append({"step": step, **sel})
+            if self.on_eval:
+                self.on_eval(step, sel)
+            if sel["final_score"] > self.best_score or not self.select_best:
+                self.best_score, self.best_step, self.best_state, self.best_sel = sel["final_score"], step, state, sel
+                self.since_best = 0
+            else:
+                self.since_best += 1
+                if self.patience is not None and self.since_best >= self.patience:
+                    self.stop_step = step
+        if self.stop_step is not None:
+            self.pending.clear()
