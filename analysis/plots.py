@@ -45,6 +45,7 @@ def plot_front(trials: pd.DataFrame, front: pd.DataFrame, references: pd.DataFra
     y_lo, y_hi = _focus(list(trials[y]) + list(refs[y]) if len(refs) else list(trials[y]) or [0.0, 1.0], anchor, 0.15)
     if len(trials):
         ax.scatter(trials[x], trials[y], s=18, color="#9ecae1", label="GLI trials", zorder=2)
+        _error_bars(ax, trials, x, y, "#9ecae1")
     if len(front):
         f = front.sort_values(x)
         ax.plot(f[x], f[y], "-o", color="#08519c", ms=5, lw=1.5, label="GLI Pareto front", zorder=3)
@@ -58,6 +59,7 @@ def plot_front(trials: pd.DataFrame, front: pd.DataFrame, references: pd.DataFra
             off_chart.append(f"{m} ({r[x]:.3f}, {r[y]:.3f})")
             continue
         marker, color, label = markers.get(m, ("D", "#555555", None))
+        _error_bars(ax, pd.DataFrame([r]), x, y, color)
         ax.scatter([r[x]], [r[y]], marker=marker, s=130 if label else 45, color=color, zorder=4,
                    edgecolor="black", linewidth=0.5, label=label)
         dy = 5
@@ -74,6 +76,15 @@ def plot_front(trials: pd.DataFrame, front: pd.DataFrame, references: pd.DataFra
     if off_chart:
         fig.text(0.01, -0.02, "below the chart (FS, accuracy): " + ", ".join(off_chart), fontsize=7)
     return _save(fig, base)
+
+
+def _error_bars(ax, points: pd.DataFrame, x: str, y: str, color: str) -> None:
+    """One standard error each way: the forgetting score's bootstrap (`sel_fs_se`) and the accuracy's binomial."""
+    xerr = points["sel_fs_se"] if "sel_fs_se" in points else None
+    yerr = points["sel_accuracy_se"] if "sel_accuracy_se" in points else None
+    if xerr is not None or yerr is not None:
+        ax.errorbar(points[x], points[y], xerr=xerr, yerr=yerr, fmt="none", ecolor=color, elinewidth=0.7,
+                    alpha=0.6, zorder=1)
 
 
 def _wrap(text: str, width: int) -> list[str]:

@@ -113,12 +113,17 @@ def build_report(study: StudyRecords, info: StudyInfo, out_dir: Path) -> tuple[p
         (out_dir / name).write_text(text)
         written.append(out_dir / name)
 
-    write("summary.md", tables.to_markdown(summary, info.title, info.dataset))
+    pairs = tables.paired(rows, summary)
+    write("summary.md", tables.to_markdown(summary, info.title, info.dataset) + "\n"
+          + tables.paired_markdown(pairs, info.title))
+    if len(pairs):
+        pairs.to_csv(out_dir / "paired.csv", index=False)
+        written.append(out_dir / "paired.csv")
     write("summary.tex", tables.to_latex(summary, info.title, info.dataset))
     tables.to_csv(summary, info.dataset).to_csv(out_dir / "summary.csv", index=False)
     written.append(out_dir / "summary.csv")
     params = [c for c in gli.columns if c.startswith("params.")] if len(gli) else []
-    keep = ["run_id", "tags.seed", "tags.trial_key"] + AXES + params
+    keep = ["run_id", "tags.seed", "tags.trial_key"] + AXES + ["sel_fs_se", "sel_accuracy_se"] + params
     trials = gli[[c for c in keep if c in gli]].copy() if len(gli) else pd.DataFrame(columns=keep)
     trials["on_front"] = trials["tags.trial_key"].isin(front["tags.trial_key"]) if len(front) else False
     trials.to_csv(out_dir / "gli_trials.csv", index=False)

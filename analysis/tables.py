@@ -1,13 +1,16 @@
-"""Result tables in the paper's layout: a row per method, mean ± standard deviation over seeds.
+"""Result tables in the paper's layout: a row per method, mean ± a 95% confidence interval over seeds.
 
-Markdown, LaTeX (booktabs) and CSV. On mufac and mucac the paper's numbers (SPEC
-section 6) stand alongside; every table states its selection protocol.
+Markdown, LaTeX (booktabs) and CSV. The interval is a t interval, or a percentile
+bootstrap of the mean with 10 seeds or more; every table says which, and states its
+protocol. On mufac and mucac the paper's numbers (SPEC section 6) stand alongside.
+`paired` compares GLI with each baseline seed by seed.
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 
 COLUMNS = [  # key, header, decimals
@@ -15,6 +18,8 @@ COLUMNS = [  # key, header, decimals
     ("final_score", "final", 4), ("jsd", "JSD", 4), ("seconds", "seconds", 1), ("rte", "RTE", 3),
 ]
 AXES = ["sel_accuracy", "sel_forgetting_score", "sel_final_score"]
+UNCERTAINTY = ["sel_accuracy_se", "sel_fs_se", "accuracy_se", "fs_se"]  # per run: binomial and bootstrap errors
+BOOTSTRAP_SEEDS = 10  # from this many seeds on, intervals are bootstrapped rather than t intervals
 ORDER = ["original", "retrain", "finetune", "cf_k", "neggrad", "advanced_neggrad", "unsir", "scrub",
          "bad_teaching", "eu_k", "gli"]
 
@@ -38,8 +43,30 @@ PAPER = {
 }
 
 
+def interval(values) -> float:
+    """Half-width of a 95% confidence interval for the mean: t with fewer than 10 values, else a
+    percentile bootstrap (half its width); nan for fewer than 2 values."""
+    x = np.asarray(pd.to_numeric(pd.Series(values), errors="coerce").dropna(), dtype=float)
+    if len(x) < 2:
+        return math.nan
+    if len(x) >= BOOTSTRAP_SEEDS:
+        means = np.random.default_rng(0).choice(x, (2000, len(x))).mean(axis=1)
+        low, high = np.percentile(means, [2.5, 97.5])
+        return float((high - low) / 2)
+    from scipy.stats import t
+
+    return float(t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
+
+
+def interval_note(seeds: int) -> str:
+    if seeds < 2:
+        return "one seed: no interval"
+    kind = "a percentile bootstrap" if seeds >= BOOTSTRAP_SEEDS else "a t interval"
+    return f"± is the half-width of a 95% confidence interval over {seeds} seeds ({kind})"
+
+
 def summarise(rows: pd.DataFrame, method_col: str = "method", setting_col: str = "setting") -> pd.DataFrame:
-    """Mean and sample standard deviation over seeds per method.
+    """Mean, sample standard deviation and 95% interval half-width (`_ci`) over seeds per method.
 
     When a method has several settings (GLI's confirmed Pareto settings), its row is the
     setting with the best mean selection final score: chosen on the selection halves,
@@ -55,11 +82,12 @@ def summarise(rows: pd.DataFrame, method_col: str = "method", setting_col: str =
         entry: dict = {"method": method, "seeds": len(group)}
         if setting_col in group:
             entry["setting"] = group[setting_col].iloc[0]
-        for col in [c for c, _, _ in COLUMNS] + AXES:
+        for col in [c for c, _, _ in COLUMNS] + AXES + UNCERTAINTY:
             if col in group:
                 values = pd.to_numeric(group[col], errors="coerce")
                 entry[col] = float(values.mean())
                 entry[f"{col}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+                entry[f"{col}_ci"] = interval(values)
         out.append(entry)
     table = pd.DataFrame(out)
     rank = {m: i for i, m in enumerate(ORDER)}
@@ -70,10 +98,16 @@ def _columns(summary: pd.DataFrame) -> list[tuple[str, str, int]]:
     return [(k, h, d) for k, h, d in COLUMNS if k in summary and summary[k].notna().any()]
 
 
-def _cell(value, std, decimals: int, sep: str = " ± ") -> str:
+def _cell(value, half, decimals: int, sep: str = " ± ") -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
-    return f"{value:.{decimals}f}{sep}{std:.{decimals}f}"
+    if half is None or (isinstance(half, float) and math.isnan(half)):
+        return f"{value:.{decimals}f}"
+    return f"{value:.{decimals}f}{sep}{half:.{decimals}f}"
+
+
+def _seeds(summary: pd.DataFrame) -> int:
+    return int(summary["seeds"].max()) if len(summary) else 0
 
 
 def paper_columns(dataset: str) -> list[tuple[int, str]]:
@@ -86,9 +120,10 @@ def paper_columns(dataset: str) -> list[tuple[int, str]]:
 def to_markdown(summary: pd.DataFrame, title: str, dataset: str) -> str:
     cols, paper = _columns(summary), paper_columns(dataset)
     header = ["method", "seeds"] + [h for _, h, _ in cols] + [h for _, h in paper]
-    lines = [f"**{title}**", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = [f"**{title}**", "", f"Mean over seeds; {interval_note(_seeds(summary))}.", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, r in summary.iterrows():
-        cells = [r["method"], str(int(r["seeds"]))] + [_cell(r.get(k), r.get(f"{k}_std", 0.0), d) for k, _, d in cols]
+        cells = [r["method"], str(int(r["seeds"]))] + [_cell(r.get(k), r.get(f"{k}_ci"), d) for k, _, d in cols]
         ref = PAPER.get(dataset, {}).get(r["method"])
         cells += [("-" if ref is None or ref[i] is None else f"{ref[i]:.4f}") for i, _ in paper]
         lines.append("| " + " | ".join(cells) + " |")
@@ -102,11 +137,11 @@ def _tex(text: str) -> str:
 def to_latex(summary: pd.DataFrame, title: str, dataset: str) -> str:
     cols, paper = _columns(summary), paper_columns(dataset)
     header = ["Method"] + [h for _, h, _ in cols] + [h for _, h in paper]
-    lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{_tex(title)}}}",
+    lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{_tex(title + '. Mean over seeds; ' + interval_note(_seeds(summary)))}}}",
              r"\begin{tabular}{l" + "r" * (len(header) - 1) + "}", r"\toprule",
              " & ".join(_tex(h) for h in header) + r" \\", r"\midrule"]
     for _, r in summary.iterrows():
-        cells = [_tex(r["method"])] + [_cell(r.get(k), r.get(f"{k}_std", 0.0), d, r" $\pm$ ") for k, _, d in cols]
+        cells = [_tex(r["method"])] + [_cell(r.get(k), r.get(f"{k}_ci"), d, r" $\pm$ ") for k, _, d in cols]
         ref = PAPER.get(dataset, {}).get(r["method"])
         cells += [("-" if ref is None or ref[i] is None else f"{ref[i]:.4f}") for i, _ in paper]
         lines.append(" & ".join(cells) + r" \\")
@@ -121,3 +156,43 @@ def to_csv(summary: pd.DataFrame, dataset: str) -> pd.DataFrame:
         out[header.replace(" ", "_").replace("-", "")] = [
             (PAPER[dataset].get(m) or (None,) * 4)[i] for m in out["method"]]
     return out
+
+
+def paired(rows: pd.DataFrame, summary: pd.DataFrame, method: str = "gli") -> pd.DataFrame:
+    """`method` minus each other unlearning method, seed by seed (each at its table row's setting):
+    mean difference of the final score and of the forgetting score, 95% interval, whether it excludes 0."""
+    if len(rows) == 0 or method not in set(summary["method"]):
+        return pd.DataFrame()
+    chosen = dict(zip(summary["method"], summary.get("setting", pd.Series([""] * len(summary)))))
+    def per_seed(name):
+        group = rows[(rows["method"] == name) & (rows["setting"] == chosen.get(name, ""))]
+        return group.set_index(pd.to_numeric(group["tags.seed"]))
+    ours, out = per_seed(method), []
+    for other in summary["method"]:
+        if other in (method, "original", "retrain"):
+            continue
+        theirs = per_seed(other)
+        seeds = sorted(set(ours.index) & set(theirs.index))
+        entry = {"method": method, "versus": other, "seeds": len(seeds)}
+        for col in ("final_score", "forgetting_score"):
+            diff = (pd.to_numeric(ours.loc[seeds, col]) - pd.to_numeric(theirs.loc[seeds, col])).to_numpy()
+            mean, half = (float(diff.mean()) if len(diff) else math.nan), interval(diff)
+            entry.update({f"{col}_diff": mean, f"{col}_ci": half,
+                          f"{col}_excludes_0": bool(not math.isnan(half) and abs(mean) > half)})
+        out.append(entry)
+    return pd.DataFrame(out)
+
+
+def paired_markdown(table: pd.DataFrame, title: str) -> str:
+    if len(table) == 0:
+        return ""
+    seeds = int(table["seeds"].max())
+    lines = [f"**{title}: GLI minus each baseline, seed by seed**", "",
+             f"Mean difference; {interval_note(seeds)}; 'yes' where the interval excludes 0.", "",
+             "| versus | seeds | final score | excludes 0 | forgetting score | excludes 0 |", "|---|---|---|---|---|---|"]
+    for _, r in table.iterrows():
+        lines.append(f"| {r['versus']} | {r['seeds']} | {_cell(r['final_score_diff'], r['final_score_ci'], 4)} | "
+                     f"{'yes' if r['final_score_excludes_0'] else 'no'} | "
+                     f"{_cell(r['forgetting_score_diff'], r['forgetting_score_ci'], 4)} | "
+                     f"{'yes' if r['forgetting_score_excludes_0'] else 'no'} |")
+    return "\n".join(lines) + "\n"

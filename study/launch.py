@@ -160,7 +160,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     preparing.join()
-    from analysis import tables
     from analysis.report import StudyInfo, build_report
     from analysis.results import StudyRecords
     from trainables.metrics import PROTOCOL_LABEL
@@ -203,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         for path in written:
             tracker.log_artifact(path, "summary")
         status = "FINISHED"
-        print(tables.to_markdown(summary, info.title, cfg.dataset))
+        print((results / "summary.md").read_text())  # the table, and GLI against each baseline seed by seed
         print(f"GLI: {len(tracker.children('gli'))} trials finished, {len(front)} setting(s) confirmed "
               f"(front.csv, front.png). Wall time {time.time() - start:.0f}s.")
         print(f"Results: {results}\nMLflow:  {cfg.tracking_uri} (experiment {cfg.experiment_name})")

@@ -125,3 +125,25 @@ def test_evaluate_multilabel_per_attribute():
     per_attr = [m["accuracy_Male"], m["accuracy_Smiling"], m["accuracy_Young"]]
     assert m["accuracy"] == pytest.approx(sum(per_attr) / 3, abs=1e-6)
     assert "top2_accuracy" not in m
+
+
+def test_bootstrap_refits_the_attack_as_scikit_learn_does():
+    """The vectorised refit finds scikit-learn's solution: on the original table its 10-split accuracy is M."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedShuffleSplit
+
+    from trainables.metrics import _logistic_fit, bootstrap_fs_se
+
+    rng = np.random.default_rng(4)
+    for n, shift in ((60, 0.2), (200, 0.0), (400, 0.6)):
+        x = np.concatenate([rng.exponential(0.5, n), rng.exponential(0.5 + shift, n)])
+        y = np.concatenate([np.ones(n), np.zeros(n)])
+        for train, test in StratifiedShuffleSplit(n_splits=10, random_state=0).split(x[:, None], y):
+            ours_w, ours_b = _logistic_fit(x[None, train], y[train])
+            fit = LogisticRegression().fit(x[train, None], y[train])
+            assert ours_w[0] == pytest.approx(fit.coef_[0, 0], abs=1e-3) and ours_b[0] == pytest.approx(fit.intercept_[0], abs=1e-3)
+            assert np.array_equal((ours_w[0] * x[test] + ours_b[0]) > 0, fit.predict(x[test, None]) == 1)
+    small, large = (forgetting_score(rng.exponential(0.5, n), rng.exponential(0.7, n), bootstrap=100)["fs_se"]
+                    for n in (60, 600))
+    assert 0 < large < small  # ten times the data: about a third of the standard error
+    assert bootstrap_fs_se(x, y, 50) == bootstrap_fs_se(x, y, 50)  # seeded

@@ -7,6 +7,8 @@ membership attack, the JSD and the loss plots.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -23,6 +25,7 @@ from .data.augment import to_float
 SELECTION_SPLITS = {"fair": ("val", "unseen_val"), "paper": ("test", "unseen")}
 REPORT_SPLITS = {"fair": ("test_report", "unseen_report"), "paper": ("test", "unseen")}
 _trapezoid = getattr(np, "trapezoid", None) or np.trapz  # numpy 2 renamed trapz
+BOOTSTRAP = 200  # resamples behind each evaluation's fs_se
 
 PROTOCOL_LABEL = {
     "fair": "protocol=fair: every method selected on held-out halves (val, unseen_val), reported on test_report, "
@@ -83,13 +86,15 @@ def top2_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return float((top2 == labels[:, None]).any(1).float().mean())
 
 
-def forgetting_score(forget_losses, unseen_losses, seed: int = 42, protocol: str = "fair") -> dict[str, float]:
+def forgetting_score(forget_losses, unseen_losses, seed: int = 42, protocol: str = "fair",
+                     bootstrap: int = 0) -> dict[str, float]:
     """Membership-inference accuracy M of a loss-only logistic regression and FS = |0.5 - M|.
 
     Balancing (SPEC section 2): `fair` subsamples the larger side with a seeded generator;
     `paper` does what the notebooks do, numpy's global generator seeded 42, the forget
     losses shuffled and cut to the unseen count (nothing cut when forget is the smaller),
-    unseen losses first in the attack's table.
+    unseen losses first in the attack's table. With `bootstrap` > 0, `fs_se` is FS's
+    standard error over that many resamples of the attack's table (`bootstrap_fs_se`).
     """
     forget = np.asarray(forget_losses, dtype=np.float64).ravel()
     unseen = np.asarray(unseen_losses, dtype=np.float64).ravel()
@@ -113,7 +118,52 @@ def forgetting_score(forget_losses, unseen_losses, seed: int = 42, protocol: str
     cv = StratifiedShuffleSplit(n_splits=10, random_state=0)
     with single_blas_thread():
         m = float(np.mean(cross_val_score(LogisticRegression(), x, y, cv=cv, scoring="accuracy")))
-    return {"mia": m, "forgetting_score": abs(0.5 - m)}
+        out = {"mia": m, "forgetting_score": abs(0.5 - m)}
+        if bootstrap:
+            out["fs_se"] = bootstrap_fs_se(x[:, 0], y, bootstrap, seed)
+    return out
+
+
+def bootstrap_fs_se(x: np.ndarray, y: np.ndarray, resamples: int = 200, seed: int = 42) -> float:
+    """FS's standard error: each class of the attack's table resampled with replacement (class sizes
+    kept), the attack refit on every resample (the same 10 stratified splits; a vectorised Newton
+    solver of scikit-learn's objective, C = 1 with an unpenalised intercept), std of |0.5 - M|."""
+    rng = np.random.default_rng(seed + 1)
+    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    rows = np.concatenate([rng.choice(pos, (resamples, len(pos))), rng.choice(neg, (resamples, len(neg)))], axis=1)
+    xb = x[rows]  # [resamples, n]; every row has the labels below
+    yb = np.concatenate([np.ones(len(pos)), np.zeros(len(neg))])
+    splits = list(StratifiedShuffleSplit(n_splits=10, random_state=0).split(np.zeros(len(yb)), yb))
+    train = np.stack([t for t, _ in splits])  # [splits, n_train]: every split's train set has the same size
+    test = np.stack([t for _, t in splits])
+    # one solve for every (split, resample) pair: rows are split-major
+    x_train = xb[:, train].transpose(1, 0, 2).reshape(len(splits) * resamples, -1)
+    y_train = np.repeat(yb[train], resamples, axis=0)
+    w0, b0 = _logistic_fit(x[None, :], y)  # the whole table's fit: every resample's starts next to it
+    w, b = _logistic_fit(x_train, y_train, float(w0[0]), float(b0[0]))
+    x_test = xb[:, test].transpose(1, 0, 2).reshape(len(splits) * resamples, -1)
+    correct = ((w[:, None] * x_test + b[:, None] > 0) == (np.repeat(yb[test], resamples, axis=0) == 1)).mean(axis=1)
+    fs = np.abs(0.5 - correct.reshape(len(splits), resamples).mean(axis=0))
+    return float(fs.std(ddof=1))
+
+
+def _logistic_fit(x: np.ndarray, y: np.ndarray, w0: float = 0.0, b0: float = 0.0,
+                  iterations: int = 50) -> tuple[np.ndarray, np.ndarray]:
+    """Minimise 0.5 w^2 + sum of log-losses of (w x + b) for every row of x at once (Newton's method)."""
+    from scipy.special import expit
+
+    w, b = np.full(len(x), w0), np.full(len(x), b0)
+    for _ in range(iterations):
+        p = expit(w[:, None] * x + b[:, None])
+        r, s = p - y, p * (1 - p)
+        gw, gb = w + (r * x).sum(1), r.sum(1)
+        hww, hwb, hbb = 1 + (s * x * x).sum(1), (s * x).sum(1), s.sum(1) + 1e-12
+        det = hww * hbb - hwb * hwb
+        dw, db = (hbb * gw - hwb * gb) / det, (hww * gb - hwb * gw) / det
+        w, b = w - dw, b - db
+        if max(np.abs(dw).max(), np.abs(db).max()) < 1e-7:
+            break
+    return w, b
 
 
 def single_blas_thread():
@@ -168,7 +218,7 @@ def outputs(model: torch.nn.Module, data: Dataset, names, device: torch.device |
 
 
 def metrics_from(cache: dict, data: Dataset, test: str = "test", unseen: str = "unseen", retain: bool = True,
-                 seed: int = 42, protocol: str = "fair") -> dict[str, float]:
+                 seed: int = 42, protocol: str = "fair", bootstrap: int = BOOTSTRAP) -> dict[str, float]:
     """Every SPEC section 2 metric from the forward passes in `cache` (CPU only: safe on a worker thread)."""
     (test_logits, _), (unseen_logits, unseen_losses) = cache[test], cache[unseen]
     forget_logits, forget_losses = cache["forget"]
@@ -183,7 +233,8 @@ def metrics_from(cache: dict, data: Dataset, test: str = "test", unseen: str = "
     result["unseen_accuracy"] = accuracy(unseen_logits, data[unseen].labels.cpu(), data.task)
     if retain:
         result["retain_accuracy"] = accuracy(cache["retain"][0], data["retain"].labels.cpu(), data.task)
-    result.update(forgetting_score(forget_losses.numpy(), unseen_losses.numpy(), seed=seed, protocol=protocol))
+    result.update(forgetting_score(forget_losses.numpy(), unseen_losses.numpy(), seed, protocol, bootstrap))
+    result["accuracy_se"] = math.sqrt(result["accuracy"] * (1 - result["accuracy"]) / max(1, len(test_labels)))
     result["final_score"] = final_score(result["accuracy"], result["forgetting_score"])
     result["jsd"] = loss_jsd(forget_losses.numpy(), unseen_losses.numpy())
     result["forget_loss"] = float(forget_losses.mean())
@@ -202,6 +253,7 @@ def evaluate(
     cache: dict | None = None,
     protocol: str = "fair",
     amp: bool = True,
+    bootstrap: int = BOOTSTRAP,
 ) -> dict[str, float]:
     """Every SPEC section 2 metric on (`test`, `unseen`, forget[, retain]) in one pass per split.
 
@@ -210,4 +262,4 @@ def evaluate(
     """
     names = [test, unseen, "forget"] + (["retain"] if retain else [])
     cache = outputs(model, data, names, device, cache, amp)
-    return metrics_from(cache, data, test, unseen, retain, seed, protocol)
+    return metrics_from(cache, data, test, unseen, retain, seed, protocol, bootstrap)

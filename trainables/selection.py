@@ -38,10 +38,10 @@ class Diverged(FloatingPointError):
 class Selection:
     def __init__(self, name: str, model: torch.nn.Module, data: Dataset, protocol: str, patience: int | None,
                  select_best: bool, amp: bool, on_eval: Callable[[int, dict], None] | None = None,
-                 background: bool = False, ahead: int = 3):
+                 bootstrap: int = 0, background: bool = False, ahead: int = 3):
         self.name, self.model, self.data, self.protocol = name, model, data, protocol
         self.patience, self.select_best, self.amp, self.on_eval = patience, select_best, amp, on_eval
-        self.background, self.ahead = background, ahead
+        self.background, self.ahead, self.bootstrap = background, ahead, bootstrap
         self.pending: deque[tuple[int, Future, dict | None]] = deque()
         self.curve: list[dict] = []
         self.best_score, self.best_step, self.best_state, self.best_sel = -math.inf, 0, None, {}
@@ -55,7 +55,7 @@ class Selection:
         test, unseen = SELECTION_SPLITS[self.protocol]
         cache = outputs(self.model, self.data, [test, unseen, "forget"], amp=self.amp)
         state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        work = (metrics_from, cache, self.data, test, unseen, False, 42, self.protocol)
+        work = (metrics_from, cache, self.data, test, unseen, False, 42, self.protocol, self.bootstrap)
         if self.background:
             future = _pool().submit(*work)
         else:

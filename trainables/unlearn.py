@@ -27,7 +27,7 @@ from . import engine
 from .data import Dataset
 from .methods import Context, Method
 from .methods.interface import PROTOCOLS, Step
-from .metrics import REPORT_SPLITS, SELECTION_SPLITS, evaluate
+from .metrics import BOOTSTRAP, REPORT_SPLITS, SELECTION_SPLITS, evaluate
 from .selection import Diverged, Selection
 
 EvalCallback = Callable[[int, dict], None]
@@ -42,6 +42,7 @@ class EvalConfig:
     protocol: str = "fair"
     eval_every: int | None = None  # updates between evaluations; None: the protocol's
     patience: int | None = None  # stop after this many evaluations without improvement; None: the protocol's
+    bootstrap: int = BOOTSTRAP  # resamples behind each evaluation's fs_se (0: none)
 
     def validate(self) -> None:
         if self.protocol not in PROTOCOLS:
@@ -73,14 +74,18 @@ def _on_device(data: Dataset, device: torch.device) -> Dataset:
     return dataclasses.replace(data, splits=splits)
 
 
-def selection_metrics(model, data: Dataset, protocol: str, cache: dict | None = None, amp: bool = True) -> dict:
+def selection_metrics(model, data: Dataset, protocol: str, cache: dict | None = None, amp: bool = True,
+                      bootstrap: int = BOOTSTRAP) -> dict:
     test, unseen = SELECTION_SPLITS[protocol]
-    return evaluate(model, data, test=test, unseen=unseen, retain=False, cache=cache, protocol=protocol, amp=amp)
+    return evaluate(model, data, test=test, unseen=unseen, retain=False, cache=cache, protocol=protocol, amp=amp,
+                    bootstrap=bootstrap)
 
 
-def report_metrics(model, data: Dataset, protocol: str, cache: dict | None = None, amp: bool = True) -> dict:
+def report_metrics(model, data: Dataset, protocol: str, cache: dict | None = None, amp: bool = True,
+                   bootstrap: int = BOOTSTRAP) -> dict:
     test, unseen = REPORT_SPLITS[protocol]
-    return evaluate(model, data, test=test, unseen=unseen, retain=True, cache=cache, protocol=protocol, amp=amp)
+    return evaluate(model, data, test=test, unseen=unseen, retain=True, cache=cache, protocol=protocol, amp=amp,
+                    bootstrap=bootstrap)
 
 
 def report_losses(cache: dict, protocol: str) -> dict:
@@ -132,7 +137,7 @@ def unlearn(
                   gen=engine.generator(seed), seed=seed, protocol=cfg.protocol, accel=accel)
     every, patience, select_best = cfg.schedule(method, ctx)
     selection = Selection(method.name, model, data, cfg.protocol, patience, select_best, accel.precision == "bf16",
-                          on_eval, background=device.type == "cuda" if accel.async_attack is None else accel.async_attack)
+                          on_eval, cfg.bootstrap, background=device.type == "cuda" if accel.async_attack is None else accel.async_attack)
     steps, seconds, last_eval = 0, 0.0, -1
     finite = torch.ones((), dtype=torch.bool, device=device)
 
@@ -164,7 +169,7 @@ def unlearn(
     steps = selection.stop_step or steps  # updates made past the stopping evaluation do not count
     model.load_state_dict(selection.best_state)
     cache: dict = {}
-    metrics = report_metrics(model, data, cfg.protocol, cache, amp=accel.precision == "bf16")
+    metrics = report_metrics(model, data, cfg.protocol, cache, amp=accel.precision == "bf16", bootstrap=cfg.bootstrap)
     metrics.update({f"sel_{k}": v for k, v in selection.best_sel.items()})
     metrics.update(seconds=seconds, steps=steps, best_step=selection.best_step, evaluations=len(selection.curve))
     if retrain_seconds:

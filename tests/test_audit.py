@@ -1,0 +1,100 @@
+"""The challenge's forgetting quality (trainables/audit.py) on hand-made distributions, and against a
+brute-force evaluation of the same definition that compares every score with every threshold."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from trainables.audit import (BUFFER, DELTA, EPSILON_CAP, _torch_linspace, bucket_points, forget_quality,
+                              logit_scaled_confidence)
+
+
+def _brute_epsilon(pos: np.ndarray, neg: np.ndarray) -> float:
+    """Every threshold of both decision-rule families, every model's score compared with each."""
+    k = len(pos)
+    pr, nr = pos.max() - pos.min(), neg.max() - neg.min()
+    largest, smallest = (pr, nr) if pr > nr else (nr, pr)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if smallest / largest < 0.01:
+            return EPSILON_CAP
+    peaky, other = (neg, pos) if pr >= nr else (pos, neg)  # the double family's 'positive' is the peakier one
+    lo, hi = peaky.min() + smallest - BUFFER, peaky.max() + BUFFER
+    right = np.linspace(lo, hi, num=int(np.ceil((hi - lo) * 100)))
+    left = np.concatenate([np.linspace(r - smallest - BUFFER, r - smallest + BUFFER, num=400) for r in right])
+    right = np.repeat(right, 400)
+    inside = lambda c: ((left[None] <= c[:, None]) & (c[:, None] <= right[None])).mean(0, dtype=np.float32)  # noqa: E731
+    tpr_d, fpr_d = inside(peaky), inside(other)
+    both = np.concatenate([pos, neg])
+    t = _torch_linspace(both.min(), both.max(), int(np.ceil((both.max() - both.min()) * 100)))
+    tpr_s = (pos[:, None] >= t[None]).mean(0, dtype=np.float32)
+    fpr_s = (neg[:, None] >= t[None]).mean(0, dtype=np.float32)
+    tpr, fpr = np.concatenate([tpr_d, tpr_s]), np.concatenate([fpr_d, fpr_s])
+    fnr, tnr = np.float32(1) - tpr, np.float32(1) - fpr
+    eps = []
+    for a, b, c, d in zip(tpr, fnr, fpr, tnr):
+        if c + b == 0 and a + d == 2:
+            eps.append(math.inf)
+        elif c * b != 0:
+            with np.errstate(invalid="ignore"):
+                pair = [np.log(np.float32(1 - DELTA) - c) - np.log(b), np.log(np.float32(1 - DELTA) - b) - np.log(c)]
+            if not np.isnan(pair).all():
+                eps.append(max(float(np.nanmax(pair)), 0.0))
+    return min(max(eps), EPSILON_CAP) if eps else math.nan
+
+
+def _brute_quality(unlearned: np.ndarray, retrained: np.ndarray) -> float:
+    k, n = retrained.shape
+    positive = np.median(retrained, 0) > np.median(unlearned, 0)
+    score = 0.0
+    for i in range(n):
+        pos, neg = (retrained[:, i], unlearned[:, i]) if positive[i] else (unlearned[:, i], retrained[:, i])
+        e = _brute_epsilon(pos, neg)
+        score += next((p for start, p in bucket_points(k) if e < start + 0.5), 0.0)
+    return score / n
+
+
+def test_identical_scores_forget_perfectly():
+    rng = np.random.default_rng(0)
+    scores = rng.normal(0, 1, (16, 30))
+    out = forget_quality(scores, scores.copy())
+    assert out["forget_quality"] == 1.0 and np.all(out["epsilons"] == 0)
+
+
+def test_separated_scores_get_the_lowest_bucket():
+    rng = np.random.default_rng(1)
+    retrained = rng.normal(0, 1, (16, 20))
+    unlearned = retrained + 50.0  # every unlearned model far above every retrained one
+    out = forget_quality(unlearned, retrained)
+    assert out["forget_quality"] == 0.0  # epsilon past the last bucket (ceil(ln 15) = 3): no points
+    assert np.all(out["epsilons"] > 3)
+
+
+def test_two_models_and_constant_scores_do_not_crash():
+    out = forget_quality(np.array([[1.0, 2.0], [1.5, 2.5]]), np.array([[1.2, 2.1], [0.9, 2.4]]))
+    assert out["forget_quality"] == 0.0  # K = 2: ceil(ln 1) = 0, no bucket earns points
+    constant = forget_quality(np.ones((8, 5)), np.ones((8, 5)))
+    assert np.isfinite(constant["forget_quality"]) and constant["epsilons"].shape == (5,)
+    peaky = forget_quality(np.ones((8, 3)), np.random.default_rng(2).normal(0, 1, (8, 3)))
+    assert np.all(peaky["epsilons"] == EPSILON_CAP)  # one distribution far peakier than the other
+
+
+@pytest.mark.parametrize("k,shift", [(8, 0.0), (16, 0.3), (32, 1.0), (64, 0.5)])
+def test_equals_the_brute_force_evaluation(k, shift):
+    rng = np.random.default_rng(k)
+    n = 12 if k < 64 else 3  # the brute force compares k scores with ~160,000 thresholds per example
+    retrained = rng.normal(0, 1, (k, n))
+    unlearned = rng.normal(shift, rng.uniform(0.5, 1.5, n), (k, n))
+    ours = forget_quality(unlearned, retrained)["forget_quality"]
+    assert abs(ours - _brute_quality(unlearned, retrained)) < 1e-6
+
+
+def test_logit_scaled_confidence_is_finite_and_exact():
+    logits = np.array([[1000.0, 0.0, 0.0], [0.0, 1000.0, 0.0], [2.0, 1.0, 0.5]])
+    conf = logit_scaled_confidence(logits, [0, 0, 0])
+    assert np.all(np.isfinite(conf))  # p_y = 1 and p_y = 0 in float64, still finite
+    assert conf[0] == pytest.approx(1000 - math.log(2)) and conf[1] == pytest.approx(-1000 - 0.0, abs=1e-9)
+    p = np.exp(2.0) / np.exp([2.0, 1.0, 0.5]).sum()
+    assert conf[2] == pytest.approx(math.log(p) - math.log(1 - p))

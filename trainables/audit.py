@@ -1,0 +1,161 @@
+"""The many-model privacy audit of the NeurIPS 2023 unlearning challenge (Triantafillou et al. 2024).
+
+Per forget example, a score under each of K unlearned and K retrained models; per
+example, the privacy loss epsilon (at delta 1e-5) of the best distinguishing test among
+two families of decision rules; the forgetting quality F is the mean over examples of
+the points of epsilon's 0.5-wide bucket (1, 1/2, 1/4, ... up to ceil(ln(K - 1))).
+
+The arithmetic is the challenge's published code's (google-deepmind/unlearning_evaluation,
+`metric.py`), computed differently: that code compares every model's score with every one
+of about 160,000 threshold pairs per example; here each distribution is sorted once and
+counted with binary searches, and epsilon, a function of the two counts alone, is
+evaluated once per distinct pair of counts. The thresholds themselves are built with
+the same numpy calls, and the rates and epsilons in the same float32 arithmetic, so the
+results agree (tests/test_audit.py runs a CPU port of the published code beside this).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+DELTA = 1e-5
+EPSILON_CAP = 50.0
+THRESHOLDS_PER_UNIT = 100
+BUFFER = 2.0  # the double-threshold family's slack around the peakier distribution
+
+
+def logit_scaled_confidence(logits, targets) -> np.ndarray:
+    """log p_y - log(1 - p_y) per example, computed stably (finite for p_y of 0 and 1 alike).
+
+    With z the logits and y the target, log p_y = z_y - logsumexp(z) and
+    log(1 - p_y) = logsumexp(z without z_y) - logsumexp(z), so the score is
+    z_y - logsumexp(z without z_y): no probability is ever rounded to 0 or 1.
+    """
+    z = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(targets).astype(np.int64).ravel()
+    rows = np.arange(len(y))
+    correct = z[rows, y]
+    others = z.copy()
+    others[rows, y] = -np.inf
+    top = others.max(axis=1, keepdims=True)
+    rest = top[:, 0] + np.log(np.exp(others - top).sum(axis=1))
+    return correct - rest
+
+
+def _rates(inside_pos: np.ndarray, inside_neg: np.ndarray, k: int) -> tuple[np.ndarray, ...]:
+    """tpr, fnr, fpr, tnr as the published code's float32 means over k models."""
+    k32 = np.float32(k)
+    tpr = inside_pos.astype(np.float32) / k32
+    fpr = inside_neg.astype(np.float32) / k32
+    return tpr, (k - inside_pos).astype(np.float32) / k32, fpr, (k - inside_neg).astype(np.float32) / k32
+
+
+def _epsilon(tpr, fnr, fpr, tnr) -> float:
+    """The largest epsilon over the thresholds' rates (nan-discarding, inf on perfect separation)."""
+    perfect = (fpr + fnr == 0) & (tpr + tnr == 2)
+    if perfect.any():
+        return math.inf
+    keep = fpr * fnr != 0
+    if not keep.any():
+        return math.nan
+    fpr, fnr = fpr[keep], fnr[keep]
+    with np.errstate(divide="ignore", invalid="ignore"):  # log of a negative (a rate of 1) is nan: ignored
+        eps = np.fmax(np.log(1 - DELTA - fpr) - np.log(fnr), np.log(1 - DELTA - fnr) - np.log(fpr))
+    eps = np.clip(eps, 0, None)
+    return float(np.nanmax(eps)) if not np.isnan(eps).all() else math.nan
+
+
+def _double_counts(pos: np.ndarray, neg: np.ndarray, k: int) -> np.ndarray:
+    """Distinct (pos inside, neg inside) counts over the double-threshold family, as codes a * (k + 1) + b."""
+    pos_range, neg_range = pos.max() - pos.min(), neg.max() - neg.min()
+    smallest = neg_range if pos_range > neg_range else pos_range
+    if pos_range >= neg_range:  # 'positive' is the peakier distribution
+        pos, neg = neg, pos
+    low = pos.min() + smallest - BUFFER
+    high = pos.max() + BUFFER
+    right = np.linspace(low, high, num=int(np.ceil((high - low) * THRESHOLDS_PER_UNIT)))
+    n_left = int(np.ceil(2 * BUFFER * THRESHOLDS_PER_UNIT))
+    left = np.linspace(right - smallest - BUFFER, right - smallest + BUFFER, num=n_left, axis=1)  # [right, left]
+    codes = np.zeros((k + 1) ** 2, dtype=bool)
+    pos_sorted, neg_sorted = np.sort(pos), np.sort(neg)
+    # inside [l, r]: #(c <= r) - #(c < l)
+    p_le = np.searchsorted(pos_sorted, right, side="right")[:, None]
+    n_le = np.searchsorted(neg_sorted, right, side="right")[:, None]
+    p_in = p_le - np.searchsorted(pos_sorted, left, side="left")
+    n_in = n_le - np.searchsorted(neg_sorted, left, side="left")
+    codes[(np.maximum(p_in, 0) * (k + 1) + np.maximum(n_in, 0)).ravel()] = True
+    return np.flatnonzero(codes)
+
+
+def _torch_linspace(start: float, end: float, steps: int) -> np.ndarray:
+    """torch.linspace's float64 values (the published code's single thresholds): the first half counted
+    up from `start`, the second half down from `end`."""
+    if steps <= 1:
+        return np.full(steps, start, dtype=np.float64)
+    step = (end - start) / (steps - 1)
+    idx = np.arange(steps, dtype=np.float64)
+    return np.where(idx < steps // 2, start + step * idx, end - step * (steps - idx - 1))
+
+
+def _single_counts(pos: np.ndarray, neg: np.ndarray, k: int) -> np.ndarray:
+    both = np.concatenate([pos, neg])
+    low, high = both.min(), both.max()
+    thresholds = _torch_linspace(low, high, int(np.ceil((high - low) * THRESHOLDS_PER_UNIT)))
+    p_ge = k - np.searchsorted(np.sort(pos), thresholds, side="left")
+    n_ge = k - np.searchsorted(np.sort(neg), thresholds, side="left")
+    codes = np.zeros((k + 1) ** 2, dtype=bool)
+    codes[p_ge * (k + 1) + n_ge] = True
+    return np.flatnonzero(codes)
+
+
+def example_epsilon(pos: np.ndarray, neg: np.ndarray) -> float:
+    """Epsilon of one forget example from its K positive-class and K negative-class scores."""
+    k = len(pos)
+    pos_range, neg_range = np.max(pos) - np.min(pos), np.max(neg) - np.min(neg)
+    largest = pos_range if pos_range > neg_range else neg_range
+    smallest = neg_range if pos_range > neg_range else pos_range
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if smallest / largest < 0.01:  # one distribution is very peaky: the worst epsilon
+            return EPSILON_CAP
+    codes = np.union1d(_double_counts(pos, neg, k), _single_counts(pos, neg, k))
+    inside_pos, inside_neg = codes // (k + 1), codes % (k + 1)
+    eps = _epsilon(*_rates(inside_pos, inside_neg, k))
+    return min(max(eps, 0.0), EPSILON_CAP) if not math.isnan(eps) else math.nan
+
+
+def bucket_points(k: int) -> list[tuple[float, float]]:
+    """(bucket start, points) for epsilon's 0.5-wide buckets up to ceil(ln(K - 1))."""
+    top = math.ceil(math.log(k - 1)) if k > 2 else 0
+    out, start, points = [], 0.0, 1.0
+    while start + 0.5 <= top:
+        out.append((start, points))
+        start, points = start + 0.5, points / 2
+    return out
+
+
+def forget_quality(unlearned, retrained) -> dict:
+    """F from [models, examples] scores under K unlearned and K retrained models.
+
+    Returns {"forget_quality": F, "epsilons": one per example}. The positive class of an
+    example is whichever of the two has the larger median score there.
+    """
+    unlearned = np.asarray(unlearned, dtype=np.float64)
+    retrained = np.asarray(retrained, dtype=np.float64)
+    if unlearned.shape != retrained.shape or unlearned.ndim != 2:
+        raise ValueError(f"need two [models, examples] arrays of one shape, got {unlearned.shape} and {retrained.shape}")
+    k, n = retrained.shape
+    retrain_positive = np.median(retrained, axis=0) > np.median(unlearned, axis=0)
+    pos = np.where(retrain_positive, retrained, unlearned)
+    neg = np.where(retrain_positive, unlearned, retrained)
+    eps = np.array([example_epsilon(pos[:, i], neg[:, i]) for i in range(n)])
+    eps = np.clip(eps, 0, EPSILON_CAP)
+    buckets = bucket_points(k)
+    score = 0.0
+    for e in eps:
+        for start, points in buckets:
+            if e < start + 0.5:
+                score += points
+                break
+    return {"forget_quality": score / n, "epsilons": eps}
