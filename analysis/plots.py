@@ -66,7 +66,9 @@ def plot_front(trials: pd.DataFrame, front: pd.DataFrame, references: pd.DataFra
         while any(abs(px - r[x]) < 0.18 * x_span and abs(py - dy) < 9 for px, py in placed):  # about a label's width
             dy -= 10  # stack labels of neighbouring points instead of printing them on top of each other
         placed.append((r[x], dy))
-        ax.annotate(m, (r[x], r[y]), textcoords="offset points", xytext=(6, dy), fontsize=8)
+        quality = r.get("forget_quality")
+        text = m if quality is None or quality != quality else f"{m} (F {quality:.2f})"  # F beside FS, when audited
+        ax.annotate(text, (r[x], r[y]), textcoords="offset points", xytext=(6, dy), fontsize=8)
     ax.set_ylim(y_lo, y_hi)
     ax.set_xlabel("forgetting score |0.5 - MIA|  (lower is better)")
     ax.set_ylabel("accuracy  (higher is better)")

@@ -18,6 +18,8 @@ from trainables.metrics import PROTOCOL_LABEL
 from trainables.records import CONFIRM_LIMIT, journal_path, optuna_study_name, setting_of
 
 from . import plots, tables
+from .audit import audit_table, plot_epsilons
+from .audit import to_markdown as audit_markdown
 from .pareto import pareto_front
 from .results import StudyRecords
 
@@ -107,6 +109,10 @@ def build_report(study: StudyRecords, info: StudyInfo, out_dir: Path) -> tuple[p
     front = gli_front(gli, info.objective)
     rows = method_rows(children, info.tune_baselines)
     summary = tables.summarise(rows)
+    audit, epsilons = audit_table(study)
+    if len(audit) and len(summary):
+        quality = {(r["method"], r["setting"]): r["forget_quality"] for _, r in audit.iterrows()}
+        summary["forget_quality"] = [quality.get((m, s)) for m, s in zip(summary["method"], summary["setting"])]
     written: list[Path] = []
 
     def write(name: str, text: str) -> None:
@@ -115,7 +121,10 @@ def build_report(study: StudyRecords, info: StudyInfo, out_dir: Path) -> tuple[p
 
     pairs = tables.paired(rows, summary)
     write("summary.md", tables.to_markdown(summary, info.title, info.dataset) + "\n"
-          + tables.paired_markdown(pairs, info.title))
+          + tables.paired_markdown(pairs, info.title) + "\n" + audit_markdown(audit, info.title))
+    if len(audit):
+        audit.to_csv(out_dir / "audit.csv", index=False)
+        written.append(out_dir / "audit.csv")
     if len(pairs):
         pairs.to_csv(out_dir / "paired.csv", index=False)
         written.append(out_dir / "paired.csv")
@@ -138,6 +147,8 @@ def build_report(study: StudyRecords, info: StudyInfo, out_dir: Path) -> tuple[p
         written += plots.plot_front(gli, front if info.objective == "pareto" else front.head(0), refs,
                                     f"GLI vs baselines, selection splits; {info.title}", out_dir / "front")
         written += plots.plot_losses(_losses(study, rows, summary), info.title, out_dir / "losses")
+        if epsilons:
+            written += plot_epsilons(epsilons, info.title, out_dir / "audit_epsilons")
         search = load_optuna(info)
         if search is not None:
             written += plots.plot_optuna(search, info.title, out_dir)

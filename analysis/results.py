@@ -32,6 +32,10 @@ class StudyRecords:
     def load_losses(self, run_id: str):
         return records.load_losses(self.client, run_id)
 
+    def load_scores(self, run_id: str):
+        arrays = records.load_arrays(self.client, run_id, records.SCORES_ARTIFACT)
+        return None if arrays is None else arrays["forget"]
+
 
 def open_study(experiment: str, tracking_uri: str | None) -> tuple[StudyRecords, dict, dict]:
     """The experiment's most recent study (a finished one first); returns (records, decoded params, tags)."""

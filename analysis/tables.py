@@ -16,6 +16,7 @@ import pandas as pd
 COLUMNS = [  # key, header, decimals
     ("accuracy", "acc", 4), ("top2_accuracy", "top-2", 4), ("forgetting_score", "FS", 4),
     ("final_score", "final", 4), ("jsd", "JSD", 4), ("seconds", "seconds", 1), ("rte", "RTE", 3),
+    ("forget_quality", "F (audit)", 4),  # per setting, from the privacy audit (analysis/audit.py), when run
 ]
 AXES = ["sel_accuracy", "sel_forgetting_score", "sel_final_score"]
 UNCERTAINTY = ["sel_accuracy_se", "sel_fs_se", "accuracy_se", "fs_se"]  # per run: binomial and bootstrap errors

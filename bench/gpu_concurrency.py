@@ -59,6 +59,7 @@ class Runner:
         from trainables.models import ModelConfig, build_model
 
         torch.set_num_threads(max(1, conf["threads"]))
+        self.bootstrap = conf["bootstrap"]  # resamples behind each evaluation's fs_se
         self.torch, self.engine = torch, engine
         self.device = engine.pick_device()
         self.data = synthetic_mufac(conf["sizes"], conf["image_size"], seed=seed)
@@ -77,7 +78,7 @@ class Runner:
             torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
         result = unlearn(create("gli", "mufac"), self.original, self.data, seed, self.device,
-                         EvalConfig(protocol=protocol, patience=patience),
+                         EvalConfig(protocol=protocol, patience=patience, bootstrap=self.bootstrap),
                          accel=engine.Accel(precision, graphs, False if attack_inline else None, benchmark))
         if cuda:
             torch.cuda.synchronize()
@@ -134,6 +135,8 @@ def profile(runner: Runner) -> dict:
 def single(conf: dict, queue) -> None:
     runner = Runner(conf)
     for name, protocol, precision, graphs, patience, seed, inline, benchmark in VARIANTS:
+        if conf["variants"] and not any(v in name for v in conf["variants"]):
+            continue
         if benchmark and "first" in name:
             runner.engine._GRAPHS.clear()  # recapture with the kernels cuDNN picks by timing
         try:
@@ -191,7 +194,9 @@ def check() -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8], help="trials at once on the GPU")
+    parser.add_argument("--concurrency", type=int, nargs="*", default=[1, 2, 4, 8], help="trials at once on the GPU")
+    parser.add_argument("--bootstrap", type=int, default=200, help="resamples behind each evaluation's fs_se")
+    parser.add_argument("--variants", nargs="*", default=[], help="run only the single-trial variants naming these")
     parser.add_argument("--small", action="store_true", help="tiny sizes, for checking the script on a CPU")
     parser.add_argument("--check", action="store_true", help="run the CUDA tests first")
     parser.add_argument("--out", help="write the JSON results here too")
@@ -202,7 +207,8 @@ def main() -> int:
     if args.small:
         sizes, image_size = {"forget": 128, "retain": 256, "test": 96, "unseen": 96}, 32
     cpus = os.cpu_count() or 2
-    conf = {"sizes": sizes, "image_size": image_size, "threads": cpus, "cpus": cpus}
+    conf = {"sizes": sizes, "image_size": image_size, "threads": cpus, "cpus": cpus, "bootstrap": args.bootstrap,
+            "variants": args.variants}
     import torch
 
     info: dict = {"device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",

@@ -60,6 +60,8 @@ class StudyConfig:
     attribute: str | None = None  # mucac-binary: the attribute predicted (default Young)
     method_epochs: int | None = None  # override every method's epochs (the smoke test uses 1)
     max_failures: int = 2  # retries of a trial whose worker died (a diverging trial is never retried)
+    audit: int = 0  # models per setting in the privacy audit after confirm (0: no audit; trainables/audit.py)
+    bootstrap: int = 200  # resamples behind each evaluation's fs_se, the forgetting score's standard error (0: none)
     gli_space: dict[str, list[float]] = field(default_factory=lambda: get("gli").Params.bounds())  # as declared
     cache_dir: str | None = None  # decoded-image cache (default ~/.cache/gli-study)
     method_hparams: dict[str, dict] = field(default_factory=dict)  # per-method overrides of the paper's settings
@@ -81,6 +83,10 @@ class StudyConfig:
         unknown = sorted(set(self.baselines) - set(BASELINES))
         if unknown:
             raise ConfigError(f"unknown baseline method(s) {', '.join(unknown)}; known: {', '.join(BASELINES)}")
+        if int(self.bootstrap) != self.bootstrap or self.bootstrap < 0 or self.bootstrap == 1:
+            raise ConfigError(f"--bootstrap must be 0 (none) or a whole number >= 2, got {self.bootstrap}")
+        if self.audit and (int(self.audit) != self.audit or self.audit < 2):
+            raise ConfigError(f"--audit needs at least 2 models per setting (the challenge used 512), got {self.audit}")
         for name, value, low in [("--gli-trials", self.gli_trials, 1), ("--seeds", self.seeds, 1),
                                  ("--max-failures", self.max_failures, 0)]:
             if int(value) != value or value < low:

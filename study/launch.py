@@ -23,7 +23,9 @@ from typing import TYPE_CHECKING
 
 from trainables.data import DataConfig, DataError, load_dataset
 from trainables.methods import REFERENCE_ROWS
-from trainables.records import CONFIRM_LIMIT, SETTINGS_PARAM
+from trainables.records import AUDIT_STAGE, CONFIRM_LIMIT, SETTINGS_PARAM
+
+AUDIT_SETTINGS = 3  # GLI's confirmed settings audited, best mean selection final score first
 
 from .cluster import connect, preflight, slots
 from .config import FIELDS, ConfigError, StudyConfig, load_yaml, resolve, write_resolved
@@ -40,7 +42,8 @@ os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")  # Ctrl-C reaches the 
 # Settings that say where and on what a study runs, not what it computes: a rerun that
 # changes only these resumes the same study.
 PLACEMENT = {"num_gpus", "num_cpus", "gpus_per_trial", "cpus_per_trial", "address", "storage_path", "tracking_uri",
-             "results_dir", "allow_cpu", "max_failures", "gli_trials", "cache_dir", "fault_injection"}
+             "results_dir", "allow_cpu", "max_failures", "gli_trials", "cache_dir", "fault_injection",
+             "audit"}  # an audit adds a stage; it changes nothing the other stages compute
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     a("--patience", type=int, help="evaluations without improvement before a trial stops")
     a("--sampler-seed", type=int, help="seed of Optuna's sampler (default 0)")
     a("--max-failures", type=int, help="retries of a trial whose worker died (default 2)")
+    a("--bootstrap", type=int, help="resamples behind each evaluation's fs_se, the forgetting score's standard "
+      "error (default 200; 0: none, faster)")
+    a("--audit", type=int, metavar="K", help="after confirm, audit GLI's best settings, each baseline and the original "
+      "with K unlearning runs each against K retrained models (the unlearning challenge's forgetting quality)")
     a("--dashboard", action="store_true", help="start Ray's dashboard on the local instance (off by default)")
     return p
 
@@ -138,7 +145,31 @@ def run_study(ctx: StudyContext) -> None:
         return runs
 
     confirm = ctx.grid("confirm", confirm_runs, tuple(s.label for s in searches), needs)
-    ctx.run([base, *searches, confirm, *grid])
+    audit = [ctx.grid(AUDIT_STAGE, lambda: audit_runs(ctx, searches), ("confirm",))] if cfg.audit else []
+    ctx.run([base, *searches, confirm, *grid, *audit])
+
+
+def audit_runs(ctx: StudyContext, searches) -> list[dict]:
+    """The audit's trials, built once confirm has ended: K retrained models, the original as a control,
+    and K runs (seeds 0..K-1, all from seed 0's original) of GLI's best confirmed settings and of each
+    baseline's chosen setting."""
+    from trainables.records import hparams_of
+
+    cfg, k = ctx.cfg, ctx.cfg.audit
+    runs = [{"method": "retrain", "seed": s, "hparams": {}} for s in range(k)]
+    runs.append({"method": "original", "seed": 0, "hparams": {}})  # deterministic: one run stands for all K
+    settings = []
+    confirmed = ctx.tracker.children("confirm")
+    if len(confirmed):
+        gli = confirmed[confirmed["tags.method"] == "gli"].copy()
+        gli["setting"] = gli["tags.trial_key"].str.split("/").str[-1]
+        best = gli.groupby("setting")["sel_final_score"].mean().sort_values(ascending=False).head(AUDIT_SETTINGS)
+        settings += [("gli", hparams_of(gli[gli["setting"] == s].iloc[0])) for s in best.index]
+    tuned = {s.method: s for s in searches[1:]}
+    for method in cfg.baselines:
+        chosen = tuned[method].chosen(1) if method in tuned else [{}]
+        settings += [(method, {**ctx.fixed_hparams(method), **c}) for c in chosen[:1]]
+    return runs + [{"method": m, "seed": s, "hparams": h} for m, h in settings for s in range(k)]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -144,7 +144,8 @@ class StudyContext:
 
     def __post_init__(self):
         model_cfg, recipe = default_configs(self.data.name, self.cfg.width, self.cfg.base_epochs)
-        evaluation = EvalConfig(protocol=self.cfg.protocol, eval_every=self.cfg.eval_every, patience=self.cfg.patience)
+        evaluation = EvalConfig(protocol=self.cfg.protocol, eval_every=self.cfg.eval_every, patience=self.cfg.patience,
+                                bootstrap=self.cfg.bootstrap)
         self.settings = TrialSettings(models_dir=self.cfg.models_dir, model=model_cfg, train=recipe,
                                       evaluation=evaluation, threads=max(1, int(self.cfg.cpus_per_trial)),
                                       fault_injection=self.cfg.fault_injection)

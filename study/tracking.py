@@ -123,8 +123,8 @@ class Tracker:
         self.known[key] = run.info.run_id
         return run.info.run_id
 
-    def log_losses(self, run_id: str, forget, unseen) -> None:
-        records.save_losses(self.client, run_id, forget, unseen)
+    def log_arrays(self, run_id: str, name: str, **arrays) -> None:
+        records.save_arrays(self.client, run_id, name, **arrays)
 
     def log_metrics(self, run_id: str, metrics: dict, step: int) -> None:
         now = int(time.time() * 1000)
@@ -180,7 +180,10 @@ class TrackingCallback(tune.Callback):
         else:
             self.tracker.log_metrics(run_id, metrics, int(result.get("steps", 0)))
             if "forget_losses" in result:
-                self.tracker.log_losses(run_id, result["forget_losses"], result.get("unseen_losses", []))
+                self.tracker.log_arrays(run_id, records.LOSSES_ARTIFACT, forget=result["forget_losses"],
+                                        unseen=result.get("unseen_losses", []))
+            if "forget_scores" in result:
+                self.tracker.log_arrays(run_id, records.SCORES_ARTIFACT, forget=result["forget_scores"])
             self.tracker.client.set_terminated(run_id, status="FINISHED")
         if self.on_done:
             self.on_done(trial, ok=result.get("final") == 1.0)

@@ -174,6 +174,29 @@ def test_export_then_reproduce_agrees(smoke, tmp_path, capsys):
     assert "warning: the data set's fingerprint is" in capsys.readouterr().err
 
 
+def test_audit_of_a_finished_study_then_resumed(smoke, capsys):
+    """`study.audit` adds the audit stage; a second audit reruns nothing and trains no retrained model."""
+    from study.audit import main as audit_main
+
+    results, uri = smoke
+    assert audit_main(["--experiment", "gli-digits-smoke", "--tracking-uri", uri, "--models", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "Privacy audit" in out and "| original |" in out
+    client, _, children = _runs(uri, "gli-digits-smoke")
+    audit = [c for c in children if c.data.tags["stage"] == "audit"]
+    methods = [c.data.tags["method"] for c in audit]
+    assert methods.count("retrain") == 4 and methods.count("original") == 1 and methods.count("scrub") == 4
+    assert {"scores.npz"} <= {a.path for a in client.list_artifacts(audit[0].info.run_id)}
+    table = (results / "audit.csv").read_text()
+    assert "forget_quality" in table and "challenge_score" in table
+    stamps = {p.name: p.stat().st_mtime_ns for p in (results / "ray" / "models").iterdir()}
+    assert audit_main(["--experiment", "gli-digits-smoke", "--tracking-uri", uri, "--models", "4"]) == 0
+    assert "stage audit: " in capsys.readouterr().err
+    assert {p.name: p.stat().st_mtime_ns for p in (results / "ray" / "models").iterdir()} == stamps
+    _, _, again = _runs(uri, "gli-digits-smoke")
+    assert len(again) == len(children)  # nothing ran twice
+
+
 def test_export_and_reproduce_errors(smoke, tmp_path, capsys):
     from mlflow.tracking import MlflowClient
 

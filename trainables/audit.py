@@ -26,6 +26,19 @@ THRESHOLDS_PER_UNIT = 100
 BUFFER = 2.0  # the double-threshold family's slack around the peakier distribution
 
 
+def audit_scores(model, data, device) -> np.ndarray:
+    """Each forget example's score under `model`: its logit-scaled confidence (single-label), or its
+    negative loss (multi-label, where one example has several targets)."""
+    from .metrics import per_example_loss, predict
+
+    split = data["forget"]
+    logits = predict(model, split, device)
+    labels = split.labels.cpu()
+    if data.task == "multilabel":
+        return -per_example_loss(logits, labels, data.task).numpy().astype(np.float64)
+    return logit_scaled_confidence(logits.numpy(), labels.numpy())
+
+
 def logit_scaled_confidence(logits, targets) -> np.ndarray:
     """log p_y - log(1 - p_y) per example, computed stably (finite for p_y of 0 and 1 alike).
 

@@ -148,20 +148,22 @@ def bootstrap_fs_se(x: np.ndarray, y: np.ndarray, resamples: int = 200, seed: in
 
 
 def _logistic_fit(x: np.ndarray, y: np.ndarray, w0: float = 0.0, b0: float = 0.0,
-                  iterations: int = 50) -> tuple[np.ndarray, np.ndarray]:
+                  iterations: int = 50, tol: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
     """Minimise 0.5 w^2 + sum of log-losses of (w x + b) for every row of x at once (Newton's method)."""
     from scipy.special import expit
 
     w, b = np.full(len(x), w0), np.full(len(x), b0)
+    x2 = x * x
     for _ in range(iterations):
         p = expit(w[:, None] * x + b[:, None])
-        r, s = p - y, p * (1 - p)
-        gw, gb = w + (r * x).sum(1), r.sum(1)
-        hww, hwb, hbb = 1 + (s * x * x).sum(1), (s * x).sum(1), s.sum(1) + 1e-12
+        r = p - y
+        s = p * (1 - p)
+        gw, gb = w + np.einsum("ij,ij->i", r, x), r.sum(1)
+        hww, hwb, hbb = 1 + np.einsum("ij,ij->i", s, x2), np.einsum("ij,ij->i", s, x), s.sum(1) + 1e-12
         det = hww * hbb - hwb * hwb
         dw, db = (hbb * gw - hwb * gb) / det, (hww * gb - hwb * gw) / det
         w, b = w - dw, b - db
-        if max(np.abs(dw).max(), np.abs(db).max()) < 1e-7:
+        if max(np.abs(dw).max(), np.abs(db).max()) < tol:
             break
     return w, b
 

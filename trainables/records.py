@@ -23,6 +23,8 @@ STUDY_KEY_TAG = "study_key"  # on the parent run: what the study computes, so a 
 CHILD_TAGS = ("method", "stage", "seed", "trial_key", "trial_id")  # on every trial's run
 SETTINGS_PARAM = "trial_settings"  # on the parent run: the settings every trial shared (JSON)
 LOSSES_ARTIFACT = "losses.npz"  # on a trial's run: its per-example forget and unseen report losses
+SCORES_ARTIFACT = "scores.npz"  # on an audit run: per forget example, the audit's score (see trainables.audit)
+AUDIT_STAGE = "audit"  # its runs start from seed 0's original model; their seed seeds the run
 EXPORT_KIND = "gli-study-export"  # the `kind` of a file written by analysis.export
 CONFIRM_LIMIT = 5  # Pareto-optimal GLI settings confirmed over every seed, best selection final score first
 
@@ -94,22 +96,29 @@ def child_runs(client, experiment_id: str, parent_id: str, stage: str | None = N
     return pd.DataFrame(rows)
 
 
-def save_losses(client, run_id: str, forget, unseen) -> None:
+def save_arrays(client, run_id: str, name: str, **arrays) -> None:
+    """Float arrays as one compressed .npz artifact `name` of the run."""
     import numpy as np
 
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / LOSSES_ARTIFACT
-        np.savez_compressed(path, forget=np.asarray(forget, dtype=np.float32), unseen=np.asarray(unseen, dtype=np.float32))
+        path = Path(tmp) / name
+        np.savez_compressed(path, **{k: np.asarray(v, dtype=np.float32) for k, v in arrays.items()})
         client.log_artifact(run_id, str(path))
 
 
-def load_losses(client, run_id: str):
-    """(forget, unseen) report losses of a trial, or None when it has none."""
+def load_arrays(client, run_id: str, name: str) -> dict | None:
+    """The arrays of artifact `name`, or None when the run has none."""
     import numpy as np
 
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            with np.load(client.download_artifacts(run_id, LOSSES_ARTIFACT, tmp)) as z:
-                return z["forget"], z["unseen"]
+            with np.load(client.download_artifacts(run_id, name, tmp)) as z:
+                return {k: z[k] for k in z.files}
     except Exception:  # a run without the artifact (or an unreachable artifact store)
         return None
+
+
+def load_losses(client, run_id: str):
+    """(forget, unseen) report losses of a trial, or None when it has none."""
+    arrays = load_arrays(client, run_id, LOSSES_ARTIFACT)
+    return None if arrays is None else (arrays["forget"], arrays["unseen"])

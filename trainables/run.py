@@ -142,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--width", type=int, help="use the width-reduced ResNet-18 at this width (small CPU runs)")
     a("--base-epochs", type=int, help="train the base models for this many epochs (default: the data set's recipe)")
     a("--trace", metavar="FILE", help="write one JSON line per optimiser update and per evaluation")
+    a("--bootstrap", type=int, default=200, help="resamples behind each evaluation's fs_se (0: none)")
     a("--cache-dir", help="cache for decoded images and base checkpoints")
     a("--json", action="store_true", help="print one JSON object per row (the last line is one)")
     return parser
@@ -167,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
                 accepted = set(get(name).Params.names())
                 overrides[name] = {k: v for k, v in hparams.items() if k in accepted} if args.method == "all" else hparams
                 create(name, args.dataset, **overrides[name])
-        evaluation = EvalConfig(protocol=protocol, eval_every=args.eval_every, patience=args.patience)
+        evaluation = EvalConfig(protocol=protocol, eval_every=args.eval_every, patience=args.patience,
+                                bootstrap=args.bootstrap)
         evaluation.validate()
         given = {k: getattr(args, k) for k in ("image_size", "attribute", "forget_count", "test_max_id",
                                                  "retain_max_id", "forget_max_id") if getattr(args, k) is not None}

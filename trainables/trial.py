@@ -15,7 +15,7 @@ import math
 import os
 import resource
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,9 @@ from ray import tune
 from . import engine
 from .base_models import BaseRecipe, base_model
 from .data import Dataset
+from .audit import audit_scores
 from .methods import REFERENCE_ROWS, create
+from .records import AUDIT_STAGE
 from .models import ModelConfig
 from .unlearn import Diverged, EvalConfig, reference_row, unlearn
 
@@ -103,18 +105,24 @@ def run_trial(spec: TrialSpec, settings: TrialSettings, data: Dataset) -> None:
     torch.set_num_threads(max(1, settings.threads))
     device = engine.pick_device()
     models_dir = Path(settings.models_dir)
+    audit = spec.stage == AUDIT_STAGE
+    evaluation = replace(settings.evaluation, bootstrap=0) if audit else settings.evaluation
+    # An audit's unlearning runs all start from seed 0's original (the challenge's setup); its
+    # retrained models are one per seed. Elsewhere a trial's seed is its base models' seed.
+    base_seed = 0 if audit and spec.method != "retrain" else spec.seed
     kinds = (spec.method,) if spec.method in REFERENCE_ROWS else REFERENCE_ROWS  # a base trial trains only its own
-    bases = {kind: base_model(data, kind, settings.model, settings.train, spec.seed, device, models_dir)
+    bases = {kind: base_model(data, kind, settings.model, settings.train, base_seed, device, models_dir)
              for kind in kinds}
     if spec.method in REFERENCE_ROWS:
         model, seconds, cached = bases[spec.method]
         losses: dict = {}
-        row = reference_row(model, data, settings.evaluation.protocol, seconds, losses)
+        row = reference_row(model, data, evaluation.protocol, seconds, losses, evaluation.bootstrap)
         row.update(cached=float(cached), trial_seconds=time.perf_counter() - start, final=1.0, ended_at=time.time(),
                    **placement)
         if spec.method == "retrain":
             row["rte"] = 1.0
-        tune.report({**_numbers(row), **_loss_lists(losses)})
+        scores = {"forget_scores": audit_scores(model, data, device).tolist()} if audit else {}
+        tune.report({**_numbers(row), **_loss_lists(losses), **scores})
         return
     method = create(spec.method, data.name, **spec.hparams)
     _inject_fault(settings, spec.method)
@@ -124,7 +132,7 @@ def run_trial(spec: TrialSpec, settings: TrialSettings, data: Dataset) -> None:
         tune.report({**{f"sel_{k}": v for k, v in _numbers(sel).items()}, "step": float(step), "final": 0.0})
 
     try:
-        result = unlearn(method, bases["original"][0], data, spec.seed, device, settings.evaluation,
+        result = unlearn(method, bases["original"][0], data, spec.seed, device, evaluation,
                          retrain_seconds=bases["retrain"][1], on_eval=report_eval, accel=settings.accel)
         row = _numbers(result["metrics"])
         bad = [k for k in ("sel_accuracy", "sel_forgetting_score", "accuracy", "forgetting_score")
@@ -140,4 +148,5 @@ def run_trial(spec: TrialSpec, settings: TrialSettings, data: Dataset) -> None:
         return
     row.update(final=1.0, startup_seconds=startup, trial_seconds=time.perf_counter() - start,
                pid=float(os.getpid()), ended_at=time.time(), peak_rss_mb=_peak_rss_mb(), **placement)
-    tune.report({**row, **_loss_lists(result["losses"])})
+    scores = {"forget_scores": audit_scores(result["model"], data, device).tolist()} if audit else {}
+    tune.report({**row, **_loss_lists(result["losses"]), **scores})

@@ -51,6 +51,8 @@ class EvalConfig:
             raise ValueError(f"eval_every must be >= 1, got {self.eval_every}")
         if self.patience is not None and self.patience < 1:
             raise ValueError(f"patience must be >= 1, got {self.patience}")
+        if self.bootstrap < 0 or self.bootstrap == 1:
+            raise ValueError(f"bootstrap must be 0 (none) or >= 2 resamples, got {self.bootstrap}")
 
     def schedule(self, method: Method, ctx: Context) -> tuple[int | None, int | None, bool]:
         """(updates between evaluations or None for the end only, patience, keep the best checkpoint)."""
@@ -94,11 +96,12 @@ def report_losses(cache: dict, protocol: str) -> dict:
     return {"forget": cache["forget"][1].numpy(), "unseen": cache[unseen][1].numpy()}
 
 
-def reference_row(model, data: Dataset, protocol: str, seconds: float, losses_out: dict | None = None) -> dict:
+def reference_row(model, data: Dataset, protocol: str, seconds: float, losses_out: dict | None = None,
+                  bootstrap: int = BOOTSTRAP) -> dict:
     """Metrics of a base model (original or retrain) in the same layout as a method run."""
     cache: dict = {}
-    sel = selection_metrics(model, data, protocol, cache)
-    out = report_metrics(model, data, protocol, cache)
+    sel = selection_metrics(model, data, protocol, cache, bootstrap=bootstrap)
+    out = report_metrics(model, data, protocol, cache, bootstrap=bootstrap)
     out.update({f"sel_{k}": v for k, v in sel.items()})
     out["seconds"] = seconds
     if losses_out is not None:

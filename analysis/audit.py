@@ -1,0 +1,104 @@
+"""The privacy audit's results: per audited setting, the unlearning challenge's forgetting quality.
+
+Reads the audit stage's runs (`stage=audit`): each holds its forget examples' scores
+(`scores.npz`). Per setting, the K unlearning runs' scores are compared with the K
+retrained models' (`trainables.audit.forget_quality`); the original model, run once (it
+is the same model K times), is the control. The challenge score is F times the retain
+and test accuracy ratios, unlearned over retrained, accuracies averaged over the runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from trainables.audit import forget_quality
+from trainables.records import AUDIT_STAGE, setting_of
+
+COLUMNS = [("forget_quality", "F", 4), ("challenge_score", "challenge score", 4), ("epsilon_median", "eps median", 2),
+           ("epsilon_p90", "eps p90", 2), ("models", "models", 0)]
+
+
+def _scores(study, runs: pd.DataFrame) -> np.ndarray | None:
+    arrays = [study.load_scores(r["run_id"]) for _, r in runs.sort_values("tags.seed", key=pd.to_numeric).iterrows()]
+    arrays = [a for a in arrays if a is not None]
+    return np.stack(arrays) if arrays else None
+
+
+def audit_table(study) -> tuple[pd.DataFrame, dict]:
+    """(one row per audited setting, {method/setting: epsilons}); empty when the study has no audit."""
+    runs = study.children(AUDIT_STAGE)
+    if len(runs) == 0:
+        return pd.DataFrame(), {}
+    runs = runs.assign(method=runs["tags.method"], setting=runs["tags.trial_key"].map(setting_of))
+    retrained = _scores(study, runs[runs["method"] == "retrain"])
+    if retrained is None or len(retrained) < 2:
+        return pd.DataFrame(), {}
+    k = len(retrained)
+    base = runs[runs["method"] == "retrain"]
+    rows, epsilons = [], {}
+    for (method, setting), group in runs[runs["method"] != "retrain"].groupby(["method", "setting"], sort=False):
+        unlearned = _scores(study, group)
+        if unlearned is None:
+            continue
+        if method == "original":
+            unlearned = np.repeat(unlearned[:1], k, axis=0)  # one deterministic model stands for K copies
+        n = min(len(unlearned), k)
+        quality = forget_quality(unlearned[:n], retrained[:n])
+        eps = quality["epsilons"]
+        ratio = 1.0
+        for col in ("retain_accuracy", "accuracy"):
+            if col in group and col in base:
+                ratio *= float(pd.to_numeric(group[col]).mean() / pd.to_numeric(base[col]).mean())
+        rows.append({"method": method, "setting": setting, "models": n, "forget_quality": quality["forget_quality"],
+                     "challenge_score": quality["forget_quality"] * ratio,
+                     "epsilon_median": float(np.nanmedian(eps)), "epsilon_p90": float(np.nanpercentile(eps, 90))})
+        epsilons[f"{method}/{setting}"] = eps
+    table = pd.DataFrame(rows)
+    if len(table):
+        table = table.sort_values("forget_quality", ascending=False).reset_index(drop=True)
+    return table, epsilons
+
+
+def to_markdown(table: pd.DataFrame, title: str) -> str:
+    if len(table) == 0:
+        return ""
+    lines = [f"**Privacy audit (the unlearning challenge's forgetting quality F, delta 1e-5); {title}**", "",
+             f"{int(table['models'].max())} unlearning runs per setting against as many retrained models; "
+             "the original model is the control. F: 1 is indistinguishable from retraining.", "",
+             "| method | setting | " + " | ".join(h for _, h, _ in COLUMNS) + " |", "|---|---|" + "---|" * len(COLUMNS)]
+    for _, r in table.iterrows():
+        cells = [f"{r[k]:.{d}f}" if d else str(int(r[k])) for k, _, d in COLUMNS]
+        lines.append(f"| {r['method']} | {r['setting'][:8]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_epsilons(epsilons: dict, title: str, base: Path) -> list[Path]:
+    """Each audited setting's distribution of per-example epsilon, the original's drawn in every panel."""
+    import math
+
+    from .plots import _save, _wrap, plt
+
+    names = [n for n in epsilons if not n.startswith("original/")]
+    control = next((v for n, v in epsilons.items() if n.startswith("original/")), None)
+    if not names:
+        return []
+    cols = min(4, len(names))
+    fig, axes = plt.subplots(math.ceil(len(names) / cols), cols, figsize=(3.0 * cols, 2.4 * math.ceil(len(names) / cols)),
+                             squeeze=False)
+    bins = np.linspace(0, 6, 25)
+    for ax, name in zip(axes.flat, names):
+        if control is not None:
+            ax.hist(np.clip(control, 0, 6), bins=bins, color="#d62728", alpha=0.4, label="original", density=True)
+        ax.hist(np.clip(epsilons[name], 0, 6), bins=bins, color="#1f77b4", alpha=0.6, label="unlearned", density=True)
+        ax.set_title(name.split("/")[0] + " " + name.split("/")[1][:6], fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle("\n".join(_wrap(f"per-example epsilon (clipped at 6); {title}", 110)), fontsize=9)
+    fig.supxlabel("epsilon", fontsize=8)
+    fig.tight_layout()
+    return _save(fig, base)
