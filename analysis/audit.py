@@ -77,28 +77,17 @@ def to_markdown(table: pd.DataFrame, title: str) -> str:
 
 def plot_epsilons(epsilons: dict, title: str, base: Path) -> list[Path]:
     """Each audited setting's distribution of per-example epsilon, the original's drawn in every panel."""
-    import math
-
-    from .plots import _save, _wrap, plt
+    from .plots import panels
 
     names = [n for n in epsilons if not n.startswith("original/")]
     control = next((v for n, v in epsilons.items() if n.startswith("original/")), None)
-    if not names:
-        return []
-    cols = min(4, len(names))
-    fig, axes = plt.subplots(math.ceil(len(names) / cols), cols, figsize=(3.0 * cols, 2.4 * math.ceil(len(names) / cols)),
-                             squeeze=False)
     bins = np.linspace(0, 6, 25)
-    for ax, name in zip(axes.flat, names):
+
+    def draw(ax, name):
         if control is not None:
             ax.hist(np.clip(control, 0, 6), bins=bins, color="#d62728", alpha=0.4, label="original", density=True)
         ax.hist(np.clip(epsilons[name], 0, 6), bins=bins, color="#1f77b4", alpha=0.6, label="unlearned", density=True)
-        ax.set_title(name.split("/")[0] + " " + name.split("/")[1][:6], fontsize=8)
-        ax.tick_params(labelsize=7)
-    for ax in list(axes.flat)[len(names):]:
-        ax.axis("off")
-    axes.flat[0].legend(fontsize=7)
-    fig.suptitle("\n".join(_wrap(f"per-example epsilon (clipped at 6); {title}", 110)), fontsize=9)
-    fig.supxlabel("epsilon", fontsize=8)
-    fig.tight_layout()
-    return _save(fig, base)
+        method, setting = name.split("/")
+        ax.set_title(f"{method} {setting[:6]}", fontsize=8)
+
+    return panels(names, draw, f"per-example epsilon (clipped at 6); {title}", "epsilon", base, size=(3.0, 2.4))

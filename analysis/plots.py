@@ -95,15 +95,28 @@ def _wrap(text: str, width: int) -> list[str]:
     return textwrap.wrap(text, width)
 
 
-def plot_losses(losses: dict[str, tuple[np.ndarray, np.ndarray]], title: str, base: Path) -> list[Path]:
-    """Per method, histograms of the forget and unseen per-example losses on shared bins."""
-    names = list(losses)
+def panels(names: list[str], draw, title: str, xlabel: str, base: Path, size=(3.2, 2.6)) -> list[Path]:
+    """A grid of small histograms, four to a row: `draw(ax, name)` fills each; saved as PNG and PDF."""
     if not names:
         return []
     cols = min(4, len(names))
     rows = math.ceil(len(names) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(size[0] * cols, size[1] * rows), squeeze=False)
     for ax, name in zip(axes.flat, names):
+        draw(ax, name)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle("\n".join(_wrap(title, 120)), fontsize=9)
+    fig.supxlabel(xlabel, fontsize=8)
+    fig.tight_layout()
+    return _save(fig, base)
+
+
+def plot_losses(losses: dict[str, tuple[np.ndarray, np.ndarray]], title: str, base: Path) -> list[Path]:
+    """Per method, histograms of the forget and unseen per-example losses on shared bins."""
+    def draw(ax, name):
         forget, unseen = (np.asarray(v, dtype=float) for v in losses[name])
         both = np.concatenate([forget, unseen])
         both = both[np.isfinite(both)]
@@ -115,14 +128,9 @@ def plot_losses(losses: dict[str, tuple[np.ndarray, np.ndarray]], title: str, ba
         ax.hist(np.clip(forget, 0, hi), bins=bins, alpha=0.55, density=True, color="#1f77b4", label="forget",
                 histtype="stepfilled")
         ax.set_title(name, fontsize=9)
-        ax.tick_params(labelsize=7)
-    for ax in list(axes.flat)[len(names):]:
-        ax.axis("off")
-    axes.flat[0].legend(fontsize=7)
-    fig.suptitle("\n".join(_wrap(f"per-example loss, forget vs unseen; {title}", 120)), fontsize=9)
-    fig.supxlabel("loss (clipped at the 99th percentile)", fontsize=8)
-    fig.tight_layout()
-    return _save(fig, base)
+
+    return panels(list(losses), draw, f"per-example loss, forget vs unseen; {title}",
+                  "loss (clipped at the 99th percentile)", base)
 
 
 def plot_optuna(study, title: str, out_dir: Path) -> list[Path]:

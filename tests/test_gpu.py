@@ -37,9 +37,11 @@ def _setup(size: int = 64, n: int = 256):
     return data, model, batches
 
 
-def _run(data, model, batches, accel: engine.Accel, protocol: str = "fair") -> torch.nn.Module:
-    method = create("gli", "mufac", iterations=3, step_size=0.02)
-    work = copy.deepcopy(model)
+def _run(data, model, batches, accel: engine.Accel = engine.Accel(), protocol: str = "fair",
+         work: torch.nn.Module | None = None, **hparams) -> torch.nn.Module:
+    """GLI's updates on the given batches, from `model`'s weights (in `work` when given, else a copy)."""
+    method = create("gli", "mufac", **(hparams or {"iterations": 3, "step_size": 0.02}))
+    work = copy.deepcopy(model) if work is None else work
     ctx = Context(model=work, original=model, data=data, device=CUDA, gen=torch.Generator().manual_seed(1), seed=1,
                   protocol=protocol, accel=accel)
     method.setup(ctx)
@@ -102,20 +104,8 @@ def test_trials_reuse_the_working_model_and_its_graph():
     data, model, batches = _setup()
     first = engine.working_copy(model, CUDA)
     assert engine.working_copy(model, CUDA) is first  # one module per architecture in a process
-    _run_in_place(data, model, batches)  # captures, unless an earlier test already did for these settings
+    _run(data, model, batches, work=engine.working_copy(model, CUDA), iterations=2)  # captures (or an earlier test did)
     assert any(key[1] == id(first) for key in engine._GRAPHS)  # a graph bound to the working model
     captured = engine.capture_seconds
-    _run_in_place(data, model, batches)  # a second trial with the same settings captures nothing new
+    _run(data, model, batches, work=engine.working_copy(model, CUDA), iterations=2)  # a second trial: nothing new
     assert engine.capture_seconds == captured
-
-
-def _run_in_place(data, model, batches) -> None:
-    method = create("gli", "mufac", iterations=2)
-    work = engine.working_copy(model, CUDA)
-    ctx = Context(model=work, original=model, data=data, device=CUDA, gen=torch.Generator().manual_seed(1), seed=1)
-    method.setup(ctx)
-    for b, (x, y, xf) in enumerate(batches):
-        x = x.to(CUDA).contiguous(memory_format=torch.channels_last)
-        xf = xf.to(CUDA).contiguous(memory_format=torch.channels_last)
-        method.step(ctx, Batch.of(retain=(x, y.to(CUDA)), forget=(xf, y.to(CUDA)), index=b, count=len(batches)))
-    torch.cuda.synchronize()
