@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from trainables.data import DATASETS
+from trainables.data import DATASETS, NEEDS_FOLDER
 from trainables.methods import HyperParameterError, available, get
 from trainables.methods.interface import PROTOCOLS
 from trainables.records import default_results_dir, default_tracking_uri
@@ -70,7 +70,7 @@ class StudyConfig:
     def validate(self) -> None:
         if self.dataset not in DATASETS:
             raise ConfigError(f"unknown data set {self.dataset!r}; known: {', '.join(DATASETS)}")
-        if self.dataset != "digits" and not self.data_dir:
+        if self.dataset in NEEDS_FOLDER and not self.data_dir:
             raise ConfigError(f"data set {self.dataset!r} needs --data-dir")
         if self.protocol not in PROTOCOLS:
             raise ConfigError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {self.protocol!r}")

@@ -86,3 +86,38 @@ def make_mucac(root: Path, identities: int = 40, per_identity: int = 3, seed: in
 
 
 MUCAC_THRESHOLDS = {"test_max_id": 10, "retain_max_id": 20, "forget_max_id": 30}
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """An IDX file (the MNIST format), gzip-compressed: magic (0, 0, ubyte, dims), big-endian sizes, bytes."""
+    import gzip
+
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
+    path.write_bytes(gzip.compress(header + array.astype(np.uint8).tobytes()))
+
+
+def make_fashion(root: Path, train: int = 300, test: int = 100, seed: int = 0) -> Path:
+    """The four Fashion-MNIST files with random 28x28 images and balanced labels."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    for prefix, n in (("train", train), ("t10k", test)):
+        write_idx(root / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
+        write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+    return root
+
+
+def make_folder(root: Path, people: int = 30, per_person: int = 2, columns: str = "path,label", seed: int = 0) -> Path:
+    """A labelled image folder: PNGs of a few sizes and a manifest.csv with the given columns."""
+    rng = np.random.default_rng(seed)
+    (root / "img").mkdir(parents=True, exist_ok=True)
+    rows = [columns]
+    for person in range(people):
+        for k in range(per_person):
+            name = f"img/p{person:03d}_{k}.png"
+            label = ["cat", "dog", "bird"][(person + k) % 3]
+            Image.fromarray(rng.integers(0, 256, (20 + k, 24, 3), dtype=np.uint8)).save(root / name)
+            values = {"path": name, "label": label, "identity": f"p{person:03d}",
+                      "split": "", "forget": ""}
+            rows.append(",".join(values[c] for c in columns.split(",")))
+    (root / "manifest.csv").write_text("\n".join(rows) + "\n")
+    return root

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -213,3 +214,83 @@ def test_augment_batch_per_sample_and_seeded():
     assert not torch.allclose(a[0], a[1])  # per-sample parameters: identical inputs come out different
     plain = augment_batch(images, torch.Generator().manual_seed(0), shear_deg=0, scale=(1, 1), jitter=0, flip=False)
     assert torch.allclose(plain, images.float() / 255, atol=1e-5)  # the identity transform is exact
+
+
+def test_fashion_mnist_from_idx_files(tmp_path):
+    from tests.fixtures import make_fashion
+
+    root = make_fashion(tmp_path / "fm")
+    cfg = dict(dataset="fashion-mnist", data_dir=str(root), train_count=120, forget_count=20, unseen_count=60,
+               test_count=50)
+    ds = load_dataset(DataConfig(**cfg))
+    _check_structure(ds)
+    assert ds.sizes()["forget"] == 20 and ds.sizes()["retain"] == 100 and ds.sizes()["unseen"] == 60
+    assert ds.sizes()["test"] == 50 and ds.num_outputs == 10 and ds.in_channels == 1 and ds.image_size == 28
+    again = load_dataset(DataConfig(**cfg))
+    assert torch.equal(ds["forget"].images, again["forget"].images) and ds.fingerprint == again.fingerprint
+    other = load_dataset(DataConfig(**cfg, split_seed=1))
+    assert not torch.equal(ds["forget"].images, other["forget"].images)  # seeded
+    with pytest.raises(DataError, match="apt-get install dataset-fashion-mnist"):
+        load_dataset(DataConfig(dataset="fashion-mnist", data_dir=str(tmp_path / "nowhere")))
+    with pytest.raises(DataError, match="must fit in the 300 training images"):
+        load_dataset(DataConfig(**{**cfg, "train_count": 280}))
+
+
+def test_the_debian_fashion_mnist_files():
+    from trainables.data.folder import FASHION_DIR, FASHION_FILES, _read_idx
+
+    folder = Path(FASHION_DIR)
+    if not (folder / FASHION_FILES["train"][1]).is_file():
+        pytest.skip(f"{FASHION_DIR} not installed (apt-get install dataset-fashion-mnist)")
+    for part, count in (("train", 60000), ("test", 10000)):
+        labels = _read_idx(folder / FASHION_FILES[part][1])
+        assert len(labels) == count and torch.bincount(labels.long()).tolist() == [count // 10] * 10
+        assert tuple(_read_idx(folder / FASHION_FILES[part][0]).shape) == (count, 28, 28)
+
+
+def test_image_folder_with_a_two_column_manifest(tmp_path):
+    from tests.fixtures import make_folder
+
+    root = make_folder(tmp_path / "mine", people=30)
+    ds = load_dataset(DataConfig(dataset="folder", data_dir=str(root), image_size=16, cache_dir=str(tmp_path / "c")))
+    _check_structure(ds)
+    assert ds.output_names == ["bird", "cat", "dog"] and ds.image_size == 16
+    sizes = ds.sizes()
+    assert sizes["forget"] + sizes["retain"] == 36 and sizes["test"] == 12 and sizes["unseen"] == 12  # 60/20/20 of files
+    assert sizes["forget"] == 4  # a tenth of the train identities (each file its own identity here)
+    full = make_folder(tmp_path / "full", people=30, columns="path,label,identity")
+    grouped = load_dataset(DataConfig(dataset="folder", data_dir=str(full), image_size=16, cache_dir=str(tmp_path / "c")))
+    assert grouped.sizes()["forget"] == 4 and grouped.audit["identity_overlap"] == {"train/test": 0, "train/unseen": 0,
+                                                                                   "test/unseen": 0}
+
+
+@pytest.mark.parametrize("case,message", [
+    ("no label column", "missing column 'label'"),
+    ("empty label", "empty label"),
+    ("outside path", "is not a file inside"),
+    ("corrupt image", "corrupt or unsupported image"),
+    ("empty split", "the test split is empty"),
+    ("bad split", "split 'validation' is not one of"),
+])
+def test_image_folder_bad_input_one_line(tmp_path, case, message):
+    from tests.fixtures import make_folder
+
+    root = make_folder(tmp_path / "mine", people=12)
+    manifest = root / "manifest.csv"
+    lines = manifest.read_text().splitlines()
+    if case == "no label column":
+        manifest.write_text("\n".join(["path"] + [line.split(",")[0] for line in lines[1:]]) + "\n")
+    elif case == "empty label":
+        lines[3] = lines[3].split(",")[0] + ","
+        manifest.write_text("\n".join(lines) + "\n")
+    elif case == "outside path":
+        lines[2] = "../elsewhere.png,cat"
+        (tmp_path / "elsewhere.png").write_bytes(b"x")
+        manifest.write_text("\n".join(lines) + "\n")
+    elif case == "corrupt image":
+        (root / lines[1].split(",")[0]).write_bytes(b"not an image")
+    elif case in ("empty split", "bad split"):
+        value = "train" if case == "empty split" else "validation"
+        manifest.write_text("\n".join(["path,label,split"] + [f"{line},{value}" for line in lines[1:]]) + "\n")
+    with pytest.raises(DataError, match=message):
+        load_dataset(DataConfig(dataset="folder", data_dir=str(root), image_size=16, cache_dir=str(tmp_path / "c")))

@@ -19,14 +19,16 @@ import torch
 from . import audit as audit_lib
 from .augment import augment_batch
 from .cache import default_cache_dir, load_images
+from .folder import FASHION_CLASSES, FASHION_SIZES, fashion_mnist, read_manifest
 from .sources import MUCAC_ATTRIBUTES, Record, read_mucac, read_mufac
 from .splits import SPLIT_NAMES, DataError, Dataset, Split, assemble
 
-DATASETS = ("digits", "mufac", "mucac", "mucac-binary")
+DATASETS = ("digits", "mufac", "mucac", "mucac-binary", "fashion-mnist", "folder")
+NEEDS_FOLDER = ("mufac", "mucac", "mucac-binary", "folder")
 DEFAULT_FORGET_COUNT = {"digits": 200, "mufac": 1500}
 
 __all__ = [
-    "DATASETS", "SPLIT_NAMES", "DataConfig", "DataError", "Dataset", "Split",
+    "DATASETS", "NEEDS_FOLDER", "SPLIT_NAMES", "DataConfig", "DataError", "Dataset", "Split",
     "augment_batch", "load_dataset",
 ]
 
@@ -36,7 +38,10 @@ class DataConfig:
     dataset: str = "digits"
     data_dir: str | None = None  # required for mufac / mucac
     image_size: int = 128  # faces are resized to this once, at decode time; digits stay 8x8
-    forget_count: int | None = None  # digits and mufac: None means the default (200 / 1,500)
+    forget_count: int | None = None  # digits, mufac, fashion-mnist: None means the default (200 / 1,500 / 200)
+    train_count: int | None = None  # fashion-mnist: training images drawn from the 60,000 (default 2,000)
+    unseen_count: int | None = None  # fashion-mnist: further training images never trained on (default 1,000)
+    test_count: int | None = None  # fashion-mnist: images drawn from the 10,000 test images (default 1,000)
     test_max_id: int = 190  # mucac identity thresholds (the paper's)
     retain_max_id: int = 1970
     forget_max_id: int = 4855
@@ -48,7 +53,7 @@ class DataConfig:
     def validate(self) -> None:
         if self.dataset not in DATASETS:
             raise DataError(f"unknown data set {self.dataset!r}; known: {', '.join(DATASETS)}")
-        if self.dataset != "digits" and not self.data_dir:
+        if self.dataset in NEEDS_FOLDER and not self.data_dir:
             raise DataError(f"data set {self.dataset!r} needs a data folder (--data-dir)")
         if self.forget_count is not None and self.forget_count < 1:
             raise DataError(f"forget count must be at least 1, got {self.forget_count}")
@@ -93,7 +98,27 @@ def _digits(cfg: DataConfig) -> Dataset:
     return ds
 
 
+def _fashion(cfg: DataConfig) -> Dataset:
+    sizes = {k: getattr(cfg, f"{k}_count") or v for k, v in FASHION_SIZES.items()}
+    parts, fingerprint = fashion_mnist(cfg.data_dir, sizes, cfg.split_seed)
+    first, splits = 0, {}
+    for name, (images, labels) in parts.items():  # each image its own identity
+        splits[name] = Split(images, labels, torch.arange(first, first + len(labels)))
+        first += len(labels)
+    ds = assemble("fashion-mnist", "multiclass", FASHION_CLASSES, splits, fingerprint, False, cfg.split_seed)
+    ds.audit = {
+        "dataset": "fashion-mnist", "sizes": ds.sizes(), "fingerprint": fingerprint,
+        "identity_overlap": audit_lib.identity_overlap({k: set(map(str, p.identities.tolist())) for k, p in splits.items()}),
+        "duplicates": {"cross_split_pairs": 0, "within_split_pairs": 0, "examples": [], "dropped": 0,
+                       "note": "IDX images have no files; duplicates are not checked"},
+    }
+    return ds
+
+
 def _records(cfg: DataConfig, data_dir: Path) -> tuple[list[Record], str, list[str]]:
+    if cfg.dataset == "folder":
+        records, classes = read_manifest(data_dir, cfg.split_seed)
+        return records, "multiclass", classes
     if cfg.dataset == "mufac":
         records = read_mufac(data_dir, cfg.forget_count or DEFAULT_FORGET_COUNT["mufac"])
         return records, "multiclass", [f"age_{c}" for c in "abcdefgh"]
@@ -165,7 +190,8 @@ def _from_folder(cfg: DataConfig) -> Dataset:
 def load_dataset(cfg: DataConfig, for_training: bool = True) -> Dataset:
     """Load, split and audit. With `for_training`, identity leakage between splits is refused."""
     cfg.validate()
-    ds = _digits(cfg) if cfg.dataset == "digits" else _from_folder(cfg)
+    loaders = {"digits": _digits, "fashion-mnist": _fashion}
+    ds = loaders.get(cfg.dataset, _from_folder)(cfg)
     message = audit_lib.leakage_message(ds.audit["identity_overlap"], cfg.data_dir or cfg.dataset)
     if message and for_training:
         raise DataError(message)
