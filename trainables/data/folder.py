@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from .sources import Record
+from .sources import Record, read_table
 from .splits import DataError
 
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
@@ -84,15 +84,7 @@ def read_manifest(data_dir: Path, seed: int) -> tuple[list[Record], list[str]]:
     manifest = data_dir / "manifest.csv"
     if not manifest.is_file():
         raise DataError(f"{data_dir}: missing manifest.csv (columns path and label; optional identity, split, forget)")
-    try:
-        table = pd.read_csv(manifest, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise DataError(f"{manifest}: not a readable CSV ({str(exc).splitlines()[0]})") from None
-    for column in ("path", "label"):
-        if column not in table.columns:
-            raise DataError(f"{manifest}: missing column {column!r} (columns are {list(table.columns)})")
-    if len(table) == 0:
-        raise DataError(f"{manifest}: no rows")
+    table = read_table(manifest, ("path", "label"), "the data set")
     root = data_dir.resolve()
     paths = []
     for number, name in enumerate(table["path"], start=2):

@@ -44,6 +44,20 @@ def _require_file(path: Path, what: str) -> None:
         raise DataError(f"{path}: missing {what}")
 
 
+def read_table(path: Path, columns: tuple[str, ...], what: str) -> pd.DataFrame:
+    """A CSV of strings with the required columns and at least one row; one-line errors otherwise."""
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: not a readable CSV ({str(exc).splitlines()[0]})") from None
+    for column in columns:
+        if column not in table.columns:
+            raise DataError(f"{path}: missing column {column!r} (columns are {list(table.columns)})")
+    if len(table) == 0:
+        raise DataError(f"{path}: no rows; {what} would be empty")
+    return table
+
+
 def read_mufac(data_dir: Path, forget_count: int) -> list[Record]:
     """MUFAC: three CSVs with image folders; forget = the first `forget_count` train rows."""
     _require_dir(data_dir, "MUFAC data folder")
@@ -53,15 +67,7 @@ def read_mufac(data_dir: Path, forget_count: int) -> list[Record]:
     records: list[Record] = []
     for part, (csv_name, folder_name) in MUFAC_FILES.items():
         csv_path, folder = data_dir / csv_name, data_dir / folder_name
-        try:
-            table = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-            raise DataError(f"{csv_path}: not a readable CSV ({str(exc).splitlines()[0]})") from None
-        for column in ("image_path", "age_class"):
-            if column not in table.columns:
-                raise DataError(f"{csv_path}: missing column {column!r} (columns are {list(table.columns)})")
-        if len(table) == 0:
-            raise DataError(f"{csv_path}: no rows; the {part} split would be empty")
+        table = read_table(csv_path, ("image_path", "age_class"), f"the {part} split")
         if part == "train" and not 0 < forget_count < len(table):
             raise DataError(f"{csv_path}: forget count {forget_count} must be between 1 and {len(table) - 1}")
         for row_number, (name, age) in enumerate(zip(table["image_path"], table["age_class"])):
