@@ -153,7 +153,7 @@ def audit_runs(ctx: StudyContext, searches) -> list[dict]:
     """The audit's trials, built once confirm has ended: K retrained models, the original as a control,
     and K runs (seeds 0..K-1, all from seed 0's original) of GLI's best confirmed settings and of each
     baseline's chosen setting."""
-    from trainables.records import hparams_of
+    from trainables.records import hparams_of, setting_of
 
     cfg, k = ctx.cfg, ctx.cfg.audit
     runs = [{"method": "retrain", "seed": s, "hparams": {}} for s in range(k)]
@@ -162,7 +162,7 @@ def audit_runs(ctx: StudyContext, searches) -> list[dict]:
     confirmed = ctx.tracker.children("confirm")
     if len(confirmed):
         gli = confirmed[confirmed["tags.method"] == "gli"].copy()
-        gli["setting"] = gli["tags.trial_key"].str.split("/").str[-1]
+        gli["setting"] = gli["tags.trial_key"].map(setting_of)
         best = gli.groupby("setting")["sel_final_score"].mean().sort_values(ascending=False).head(AUDIT_SETTINGS)
         settings += [("gli", hparams_of(gli[gli["setting"] == s].iloc[0])) for s in best.index]
     tuned = {s.method: s for s in searches[1:]}

@@ -9,7 +9,6 @@ Names and encodings come from `trainables.records`, which the analysis reads wit
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import subprocess
 import time

@@ -14,7 +14,6 @@ from trainables.audit import (BUFFER, DELTA, EPSILON_CAP, _torch_linspace, bucke
 
 def _brute_epsilon(pos: np.ndarray, neg: np.ndarray) -> float:
     """Every threshold of both decision-rule families, every model's score compared with each."""
-    k = len(pos)
     pr, nr = pos.max() - pos.min(), neg.max() - neg.min()
     largest, smallest = (pr, nr) if pr > nr else (nr, pr)
     with np.errstate(divide="ignore", invalid="ignore"):

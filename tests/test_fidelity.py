@@ -17,7 +17,6 @@ import torch
 import torch.nn.functional as F
 
 from tests.fixtures import make_mucac, make_mufac
-from trainables import engine
 from trainables.data.splits import Split, assemble
 from trainables.methods import Context, available, create
 from trainables.methods.distill import distill_kl

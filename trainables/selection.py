@@ -54,7 +54,9 @@ class Selection:
             raise Diverged(f"{self.name}: non-finite loss by step {step}")
         test, unseen = SELECTION_SPLITS[self.protocol]
         cache = outputs(self.model, self.data, [test, unseen, "forget"], amp=self.amp)
-        state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        # A background result arrives after later updates, so it needs its own copy of the weights; a
+        # synchronous one is taken at once, and the model is copied only if it is the best so far.
+        state = self._copy() if self.background else None
         work = (metrics_from, cache, self.data, test, unseen, False, 42, self.protocol, self.bootstrap)
         if self.background:
             future = _pool().submit(*work)
@@ -64,6 +66,9 @@ class Selection:
         self.pending.append((step, future, state))
         self._take(block=len(self.pending) > self.ahead or not self.background)
         return self.stop_step is not None
+
+    def _copy(self) -> dict:
+        return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
 
     def finish(self) -> None:
         """Take every pending result (the ones after a stop are dropped)."""
@@ -79,6 +84,7 @@ class Selection:
             if self.on_eval:
                 self.on_eval(step, sel)
             if sel["final_score"] > self.best_score or not self.select_best:
+                state = state if state is not None else self._copy()
                 self.best_score, self.best_step, self.best_state, self.best_sel = sel["final_score"], step, state, sel
                 self.since_best = 0
             else:

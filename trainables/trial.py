@@ -29,7 +29,8 @@ from .audit import audit_scores
 from .methods import REFERENCE_ROWS, create
 from .records import AUDIT_STAGE
 from .models import ModelConfig
-from .unlearn import Diverged, EvalConfig, reference_row, unlearn
+from .selection import Diverged
+from .unlearn import EvalConfig, reference_row, unlearn
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,6 @@ The protocol decides the evaluation (SPEC section 5.1):
 from __future__ import annotations
 
 import dataclasses
-import math
 import sys
 import time
 from collections.abc import Callable
@@ -28,7 +27,7 @@ from .data import Dataset
 from .methods import Context, Method
 from .methods.interface import PROTOCOLS, Step
 from .metrics import BOOTSTRAP, REPORT_SPLITS, SELECTION_SPLITS, evaluate
-from .selection import Diverged, Selection
+from .selection import Selection
 
 EvalCallback = Callable[[int, dict], None]
 StepCallback = Callable[[int, Step], None]

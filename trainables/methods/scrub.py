@@ -28,7 +28,7 @@ class SCRUB(DistillationMethod):
 
     def step(self, ctx: Context, batch: Batch):
         self.set_mode(ctx, batch)
-        (xr, yr), (xf, yf) = batch.retain, batch.forget
+        (xr, yr), (xf, _) = batch.retain, batch.forget
         with ctx.autocast():
             with torch.no_grad():
                 teacher = self.teacher(xr)
