@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from trainables.data import OPTIONAL_SETTINGS
 from trainables.records import EXPORT_KIND, REFERENCE_ROWS, SETTINGS_PARAM, hparams_of, setting_of
 
 from .report import AXES, StudyInfo, build_report, method_rows
@@ -49,8 +50,7 @@ def export_config(method: str, group: pd.DataFrame, params: dict, tags: dict, in
         "method": method,
         "hparams": hparams_of(first) if method not in REFERENCE_ROWS else {},
         "data": {"dataset": params["dataset"], "data_dir": params.get("data_dir"),
-                 "forget_count": params.get("forget_count"), "image_size": params.get("image_size"),
-                 "attribute": params.get("attribute"), "fingerprint": tags.get("data_fingerprint")},
+                 **{k: params.get(k) for k in OPTIONAL_SETTINGS}, "fingerprint": tags.get("data_fingerprint")},
         "model": settings["model"],
         "train": settings["train"],
         "evaluation": settings["evaluation"],

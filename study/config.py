@@ -33,6 +33,9 @@ class StudyConfig:
     dataset: str = "digits"
     data_dir: str | None = None
     forget_count: int | None = None
+    train_count: int | None = None  # fashion-mnist split sizes (None: the data set's defaults)
+    unseen_count: int | None = None
+    test_count: int | None = None
     results_dir: str | None = None  # default ./results/<experiment_name>
     experiment_name: str | None = None  # default gli-<dataset>
     num_gpus: float = 0

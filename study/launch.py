@@ -21,7 +21,7 @@ import time
 from dataclasses import asdict
 from typing import TYPE_CHECKING
 
-from trainables.data import DataConfig, DataError, load_dataset
+from trainables.data import OPTIONAL_SETTINGS, DataConfig, DataError, load_dataset
 from trainables.methods import REFERENCE_ROWS
 from trainables.records import AUDIT_STAGE, CONFIRM_LIMIT, SETTINGS_PARAM
 
@@ -51,9 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter, argument_default=None)
     a = p.add_argument
     a("--config", help="YAML file of settings (names as below, with _ or -); flags override it")
-    a("--dataset", help="digits (embedded, default), mufac, mucac or mucac-binary")
-    a("--data-dir", help="the data folder for mufac / mucac")
-    a("--forget-count", type=int, help="forget-set size (digits, mufac)")
+    a("--dataset", help="digits (embedded, default), fashion-mnist, mufac, mucac, mucac-binary or folder")
+    a("--data-dir", help="the data folder (mufac, mucac, folder; fashion-mnist: default the Debian package's)")
+    a("--forget-count", type=int, help="forget-set size (digits, mufac, fashion-mnist)")
+    for split, default in (("train", "1,000"), ("unseen", "1,000"), ("test", "1,000")):
+        a(f"--{split}-count", type=int, help=f"fashion-mnist: {split} images (default {default})")
     a("--results-dir", help="where results go (default ./results/<experiment>)")
     a("--experiment-name", help="MLflow experiment and results folder name (default gli-<dataset>)")
     a("--num-gpus", type=float, help="GPUs the study uses (0: CPU only)")
@@ -95,9 +97,8 @@ def study_key(cfg: StudyConfig, fingerprint: str) -> str:
 
 def data_config(cfg: StudyConfig) -> DataConfig:
     """The data settings of a study (unset ones keep `DataConfig`'s defaults)."""
-    given = {k: getattr(cfg, k) for k in ("image_size", "attribute") if getattr(cfg, k) is not None}
-    return DataConfig(dataset=cfg.dataset, data_dir=cfg.data_dir, forget_count=cfg.forget_count,
-                      cache_dir=cfg.cache_dir, **given)
+    given = {k: getattr(cfg, k) for k in OPTIONAL_SETTINGS if getattr(cfg, k) is not None}
+    return DataConfig(dataset=cfg.dataset, data_dir=cfg.data_dir, cache_dir=cfg.cache_dir, **given)
 
 
 def _setup(argv: list[str] | None):

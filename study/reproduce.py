@@ -20,7 +20,7 @@ import yaml
 
 from trainables import engine
 from trainables.base_models import BaseRecipe, base_model
-from trainables.data import DataConfig, DataError, load_dataset
+from trainables.data import OPTIONAL_SETTINGS, DataConfig, DataError, load_dataset
 from trainables.metrics import PROTOCOL_LABEL
 from trainables.models import ModelConfig
 from trainables.records import EXPORT_KIND, REFERENCE_ROWS
@@ -52,9 +52,8 @@ def load_export(path: str) -> dict:
 def reproduce(spec: dict, seeds: list[int], data_dir: str | None = None, models_dir: str | None = None,
               protocol: str | None = None) -> dict:
     data_cfg = spec["data"]
-    given = {k: data_cfg[k] for k in ("image_size", "attribute") if data_cfg.get(k) is not None}
-    data = load_dataset(DataConfig(dataset=data_cfg["dataset"], data_dir=data_dir or data_cfg.get("data_dir"),
-                                   forget_count=data_cfg.get("forget_count"), **given))
+    given = {k: data_cfg[k] for k in OPTIONAL_SETTINGS if data_cfg.get(k) is not None}
+    data = load_dataset(DataConfig(dataset=data_cfg["dataset"], data_dir=data_dir or data_cfg.get("data_dir"), **given))
     if data_cfg.get("fingerprint") and data.fingerprint != data_cfg["fingerprint"]:
         print(f"warning: the data set's fingerprint is {data.fingerprint}, the study's was {data_cfg['fingerprint']}: "
               "numbers may differ", file=sys.stderr)

@@ -56,3 +56,18 @@ def test_bad_yaml(tmp_path, text, message):
 def test_bad_values(values, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         resolve(values, {})
+
+
+def test_fashion_mnist_sizes_reach_the_data(tmp_path):
+    from study.launch import build_parser, data_config
+
+    args = build_parser().parse_args(["--dataset", "fashion-mnist", "--train-count", "500", "--unseen-count", "300",
+                                      "--test-count", "200", "--forget-count", "50",
+                                      "--results-dir", str(tmp_path)])
+    from study.config import FIELDS
+
+    cfg = resolve({}, {k: v for k, v in vars(args).items() if k in FIELDS})
+    data = data_config(cfg)
+    assert (data.train_count, data.unseen_count, data.test_count, data.forget_count) == (500, 300, 200, 50)
+    assert cfg.experiment_name == "gli-fashion-mnist"
+    assert data_config(resolve({}, {"dataset": "fashion-mnist", "results_dir": str(tmp_path)})).train_count is None

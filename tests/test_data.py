@@ -7,6 +7,7 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -234,6 +235,26 @@ def test_fashion_mnist_from_idx_files(tmp_path):
         load_dataset(DataConfig(dataset="fashion-mnist", data_dir=str(tmp_path / "nowhere")))
     with pytest.raises(DataError, match="must fit in the 300 training images"):
         load_dataset(DataConfig(**{**cfg, "train_count": 280}))
+
+
+def test_fashion_mnist_idx_decoded_once_and_rebuilt_when_torn_or_changed(tmp_path, capsys):
+    from tests.fixtures import make_fashion, write_idx
+
+    root, cache = make_fashion(tmp_path / "fm"), tmp_path / "cache"
+    cfg = dict(dataset="fashion-mnist", data_dir=str(root), train_count=120, forget_count=20, unseen_count=60,
+               test_count=50, cache_dir=str(cache))
+    first = load_dataset(DataConfig(**cfg))
+    assert capsys.readouterr().err.count("decoding the IDX files") == 1
+    [stored] = list(cache.glob("fashion-mnist-*.pt"))
+    again = load_dataset(DataConfig(**cfg))
+    assert "decoding" not in capsys.readouterr().err and again.fingerprint == first.fingerprint
+    stored.write_bytes(stored.read_bytes()[:100])  # a crash mid-write: rebuilt, never a traceback
+    torn = load_dataset(DataConfig(**cfg))
+    assert "unreadable" in capsys.readouterr().err and torn.fingerprint == first.fingerprint
+    write_idx(root / "t10k-labels-idx1-ubyte.gz", (np.arange(100) + 1) % 10)  # new files: a new key
+    changed = load_dataset(DataConfig(**cfg))
+    assert capsys.readouterr().err.count("decoding the IDX files") == 1 and changed.fingerprint != first.fingerprint
+    assert not list(cache.glob("*.tmp"))
 
 
 def test_the_debian_fashion_mnist_files():

@@ -32,3 +32,24 @@ def test_errors_are_one_line(capsys):
     assert "key=value" in capsys.readouterr().err
     assert main(["--method", "finetune", "--set", "k=2"]) == 2
     assert "unknown hyper-parameter(s) k" in capsys.readouterr().err
+
+
+def test_fashion_mnist_and_a_manifest_folder_run_end_to_end(tmp_path, capsys):
+    """The two user-data paths, each through the command line: sizes from the flags, a GLI run, metrics."""
+    from tests.fixtures import make_fashion, make_folder
+
+    fashion = make_fashion(tmp_path / "fm", train=200, test=60)
+    args = ["--method", "gli", "--dataset", "fashion-mnist", "--data-dir", str(fashion), "--train-count", "120",
+            "--forget-count", "30", "--unseen-count", "60", "--test-count", "60", "--base-epochs", "1",
+            "--set", "iterations=2", "--json"]
+    assert main(args) == 0
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert last["method"] == "gli" and 0 <= last["accuracy"] <= 1 and last["forgetting_score"] >= 0
+    folder = make_folder(tmp_path / "pngs", people=200, per_person=1)  # two columns: path, label
+    assert main(["--method", "finetune", "--dataset", "folder", "--data-dir", str(folder), "--image-size", "16",
+                 "--base-epochs", "1", "--json"]) == 0
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert last["method"] == "finetune" and 0 <= last["accuracy"] <= 1
+    assert main(["--method", "gli", "--dataset", "fashion-mnist", "--data-dir", str(fashion),
+                 "--train-count", "190", "--unseen-count", "60"]) == 2
+    assert "must fit in the 200 training images" in capsys.readouterr().err

@@ -21,7 +21,7 @@ import yaml
 
 from . import engine
 from .base_models import BASE_KINDS, base_model, default_configs
-from .data import DATASETS, DataConfig, DataError, Dataset, load_dataset
+from .data import DATASETS, OPTIONAL_SETTINGS, DataConfig, DataError, Dataset, load_dataset
 from .methods import REFERENCE_ROWS, HyperParameterError, available, create, get
 from .methods.interface import PROTOCOLS
 from .metrics import PROTOCOL_LABEL
@@ -129,7 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--dataset", default="digits", choices=DATASETS, help="data set (default: the embedded digits)")
     a("--data-dir", help="data folder for mufac / mucac")
     a("--attribute", help="mucac-binary: the attribute predicted as two classes (default Young)")
-    a("--forget-count", type=int, help="forget-set size (digits, mufac: the first N train rows)")
+    a("--forget-count", type=int, help="forget-set size (digits, mufac: the first N train rows; fashion-mnist)")
+    for split in ("train", "unseen", "test"):
+        a(f"--{split}-count", type=int, help=f"fashion-mnist: {split} images (default 1,000)")
     for name, what in (("test-max-id", "test"), ("retain-max-id", "retain"), ("forget-max-id", "forget")):
         a(f"--{name}", type=int, help=f"mucac: identity ids below this (and above the previous threshold) are {what}")
     a("--seed", type=int, default=0, help="seed of the base models and of the method run")
@@ -171,8 +173,8 @@ def main(argv: list[str] | None = None) -> int:
         evaluation = EvalConfig(protocol=protocol, eval_every=args.eval_every, patience=args.patience,
                                 bootstrap=args.bootstrap)
         evaluation.validate()
-        given = {k: getattr(args, k) for k in ("image_size", "attribute", "forget_count", "test_max_id",
-                                                 "retain_max_id", "forget_max_id") if getattr(args, k) is not None}
+        given = {k: getattr(args, k) for k in OPTIONAL_SETTINGS + ("test_max_id", "retain_max_id", "forget_max_id")
+                 if getattr(args, k) is not None}
         data_cfg = DataConfig(dataset=args.dataset, data_dir=args.data_dir, cache_dir=args.cache_dir, **given)
         data = load_dataset(data_cfg)
     except (KeyError, ValueError, DataError) as exc:

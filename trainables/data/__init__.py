@@ -26,9 +26,12 @@ from .splits import SPLIT_NAMES, DataError, Dataset, Split, assemble
 DATASETS = ("digits", "mufac", "mucac", "mucac-binary", "fashion-mnist", "folder")
 NEEDS_FOLDER = ("mufac", "mucac", "mucac-binary", "folder")
 DEFAULT_FORGET_COUNT = {"digits": 200, "mufac": 1500}
+# Optional data settings a study, an export and the command lines pass through (None: the default).
+SIZE_SETTINGS = ("forget_count", "train_count", "unseen_count", "test_count")
+OPTIONAL_SETTINGS = SIZE_SETTINGS + ("image_size", "attribute")
 
 __all__ = [
-    "DATASETS", "NEEDS_FOLDER", "SPLIT_NAMES", "DataConfig", "DataError", "Dataset", "Split",
+    "DATASETS", "NEEDS_FOLDER", "OPTIONAL_SETTINGS", "SIZE_SETTINGS", "SPLIT_NAMES", "DataConfig", "DataError", "Dataset", "Split",
     "augment_batch", "load_dataset",
 ]
 
@@ -39,7 +42,7 @@ class DataConfig:
     data_dir: str | None = None  # required for mufac / mucac
     image_size: int = 128  # faces are resized to this once, at decode time; digits stay 8x8
     forget_count: int | None = None  # digits, mufac, fashion-mnist: None means the default (200 / 1,500 / 200)
-    train_count: int | None = None  # fashion-mnist: training images drawn from the 60,000 (default 2,000)
+    train_count: int | None = None  # fashion-mnist: training images drawn from the 60,000 (default 1,000)
     unseen_count: int | None = None  # fashion-mnist: further training images never trained on (default 1,000)
     test_count: int | None = None  # fashion-mnist: images drawn from the 10,000 test images (default 1,000)
     test_max_id: int = 190  # mucac identity thresholds (the paper's)
@@ -55,8 +58,10 @@ class DataConfig:
             raise DataError(f"unknown data set {self.dataset!r}; known: {', '.join(DATASETS)}")
         if self.dataset in NEEDS_FOLDER and not self.data_dir:
             raise DataError(f"data set {self.dataset!r} needs a data folder (--data-dir)")
-        if self.forget_count is not None and self.forget_count < 1:
-            raise DataError(f"forget count must be at least 1, got {self.forget_count}")
+        for name in SIZE_SETTINGS:
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise DataError(f"{name.replace('_', ' ')} must be at least 1, got {value}")
         if self.dataset == "mucac-binary" and self.attribute not in MUCAC_ATTRIBUTES:
             raise DataError(f"mucac-binary attribute must be one of {MUCAC_ATTRIBUTES}, got {self.attribute!r}")
 
@@ -100,7 +105,8 @@ def _digits(cfg: DataConfig) -> Dataset:
 
 def _fashion(cfg: DataConfig) -> Dataset:
     sizes = {k: getattr(cfg, f"{k}_count") or v for k, v in FASHION_SIZES.items()}
-    parts, fingerprint = fashion_mnist(cfg.data_dir, sizes, cfg.split_seed)
+    cache_dir = Path(cfg.cache_dir).expanduser().resolve() if cfg.cache_dir else default_cache_dir()
+    parts, fingerprint = fashion_mnist(cfg.data_dir, sizes, cfg.split_seed, cache_dir)
     first, splits = 0, {}
     for name, (images, labels) in parts.items():  # each image its own identity
         splits[name] = Split(images, labels, torch.arange(first, first + len(labels)))

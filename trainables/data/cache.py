@@ -73,6 +73,23 @@ def decode_files(files: list[Path], image_size: int, workers: int = 4) -> tuple[
     return out, hashes
 
 
+def cached(path: Path, build, what: str) -> tuple[dict, bool]:
+    """`torch.load(path)` when it reads, else `build()` saved under a temporary name and renamed, so a
+    crash never leaves a half-written cache under the final name. Returns (the tensors, whether it was a hit)."""
+    if path.exists():
+        try:
+            return torch.load(path, weights_only=True), True
+        except Exception as exc:  # a torn write from a crash: rebuild rather than fail
+            print(f"[data] cache {path} unreadable ({exc}); rebuilding", file=sys.stderr)
+    print(f"[data] decoding {what} into {path}", file=sys.stderr, flush=True)
+    value = build()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    torch.save(value, tmp)
+    os.replace(tmp, path)
+    return value, False
+
+
 def load_images(
     dataset: str, data_dir: Path, files: list[Path], image_size: int, cache_dir: Path | None
 ) -> tuple[torch.Tensor, list[str], Path | None, bool]:
@@ -83,17 +100,11 @@ def load_images(
     if cache_dir is None:
         images, hashes = decode_files(files, image_size)
         return images, hashes, None, False
-    cache_dir.mkdir(parents=True, exist_ok=True)
     path = cache_dir / f"{dataset}-{cache_key(dataset, data_dir, image_size, files)}.pt"
-    if path.exists():
-        try:
-            cached = torch.load(path, weights_only=True)
-            return cached["images"], list(cached["hashes"]), path, True
-        except Exception as exc:  # a torn write from a crash: rebuild rather than fail
-            print(f"[data] cache {path} unreadable ({exc}); rebuilding", file=sys.stderr)
-    print(f"[data] decoding {len(files)} images from {data_dir} into {path}", file=sys.stderr, flush=True)
-    images, hashes = decode_files(files, image_size)
-    tmp = path.with_suffix(".tmp")
-    torch.save({"images": images, "hashes": hashes}, tmp)
-    os.replace(tmp, path)  # atomic: a crash never leaves a half-written cache behind
-    return images, hashes, path, False
+
+    def build() -> dict:
+        images, hashes = decode_files(files, image_size)
+        return {"images": images, "hashes": hashes}
+
+    value, hit = cached(path, build, f"{len(files)} images from {data_dir}")
+    return value["images"], list(value["hashes"]), path, hit
