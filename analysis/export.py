@@ -18,7 +18,7 @@ import pandas as pd
 import yaml
 
 from trainables.data import OPTIONAL_SETTINGS
-from trainables.records import EXPORT_KIND, REFERENCE_ROWS, SETTINGS_PARAM, hparams_of, setting_of
+from trainables.records import EXPORT_KIND, REFERENCE_ROWS, SETTINGS_PARAM, hparams_of, setting_of, write_atomic
 
 from .report import AXES, StudyInfo, build_report, method_rows
 from .results import ResultsError, open_study
@@ -75,7 +75,7 @@ def export(experiment: str, tracking_uri: str | None, out: Path) -> list[Path]:
     for _, r in summary.iterrows():
         group = rows[(rows["method"] == r["method"]) & (rows["setting"] == r["setting"])]
         path = out / f"{r['method']}.yaml"
-        path.write_text(yaml.safe_dump(export_config(r["method"], group, params, tags, info), sort_keys=False))
+        write_atomic(path, yaml.safe_dump(export_config(r["method"], group, params, tags, info), sort_keys=False))
         written.append(path)
     confirm = rows[rows["method"] == "gli"]
     pareto = []
@@ -87,7 +87,7 @@ def export(experiment: str, tracking_uri: str | None, out: Path) -> list[Path]:
             entry["confirmed"] = _metrics(group)
         pareto.append(entry)
     path = out / "gli-pareto.yaml"
-    path.write_text(yaml.safe_dump({"kind": EXPORT_KIND + "-pareto", "experiment": info.experiment,
+    write_atomic(path, yaml.safe_dump({"kind": EXPORT_KIND + "-pareto", "experiment": info.experiment,
                                     "protocol": info.protocol, "protocol_label": info.label, "objective": info.objective,
                                     "settings": pareto}, sort_keys=False))
     return written + [path]

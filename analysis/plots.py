@@ -15,12 +15,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from trainables.records import write_atomic  # noqa: E402
+
 
 def _save(fig, base: Path) -> list[Path]:
     base.parent.mkdir(parents=True, exist_ok=True)
     paths = [base.with_suffix(".png"), base.with_suffix(".pdf")]
-    fig.savefig(paths[0], dpi=150, bbox_inches="tight")
-    fig.savefig(paths[1], bbox_inches="tight")
+    write_atomic(paths[0], writer=lambda tmp: fig.savefig(tmp, dpi=150, bbox_inches="tight"))
+    write_atomic(paths[1], writer=lambda tmp: fig.savefig(tmp, bbox_inches="tight"))
     plt.close(fig)
     return paths
 

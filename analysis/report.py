@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from trainables.metrics import PROTOCOL_LABEL
-from trainables.records import CONFIRM_LIMIT, journal_path, optuna_study_name, setting_of
+from trainables.records import CONFIRM_LIMIT, journal_path, optuna_study_name, setting_of, write_atomic
 
 from . import plots, tables
 from .audit import audit_table, plot_epsilons
@@ -116,33 +116,28 @@ def build_report(study: StudyRecords, info: StudyInfo, out_dir: Path) -> tuple[p
     written: list[Path] = []
 
     def write(name: str, text: str) -> None:
-        (out_dir / name).write_text(text)
-        written.append(out_dir / name)
+        written.append(write_atomic(out_dir / name, text))
 
     pairs = tables.paired(rows, summary)
     write("summary.md", tables.to_markdown(summary, info.title, info.dataset) + "\n"
           + tables.paired_markdown(pairs, info.title) + "\n" + audit_markdown(audit, info.title))
     if len(audit):
-        audit.to_csv(out_dir / "audit.csv", index=False)
-        written.append(out_dir / "audit.csv")
+        write("audit.csv", audit.to_csv(index=False))
     if len(pairs):
-        pairs.to_csv(out_dir / "paired.csv", index=False)
-        written.append(out_dir / "paired.csv")
+        write("paired.csv", pairs.to_csv(index=False))
     write("summary.tex", tables.to_latex(summary, info.title, info.dataset))
-    tables.to_csv(summary, info.dataset).to_csv(out_dir / "summary.csv", index=False)
-    written.append(out_dir / "summary.csv")
+    write("summary.csv", tables.to_csv(summary, info.dataset).to_csv(index=False))
     params = [c for c in gli.columns if c.startswith("params.")] if len(gli) else []
     keep = ["run_id", "tags.seed", "tags.trial_key"] + AXES + ["sel_fs_se", "sel_accuracy_se"] + params
     trials = gli[[c for c in keep if c in gli]].copy() if len(gli) else pd.DataFrame(columns=keep)
     trials["on_front"] = trials["tags.trial_key"].isin(front["tags.trial_key"]) if len(front) else False
-    trials.to_csv(out_dir / "gli_trials.csv", index=False)
+    write("gli_trials.csv", trials.to_csv(index=False))
     refs = summary[summary["method"] != "gli"] if len(summary) else summary
     points = [trials[trials["on_front"]].assign(kind="gli_front", method="gli")]
     if len(refs):
         points.append(refs[["method"] + [a for a in AXES if a in refs]].assign(
             kind=["reference" if m in ("original", "retrain") else "baseline" for m in refs["method"]]))
-    pd.concat(points, ignore_index=True).to_csv(out_dir / "front.csv", index=False)
-    written += [out_dir / "gli_trials.csv", out_dir / "front.csv"]
+    write("front.csv", pd.concat(points, ignore_index=True).to_csv(index=False))
     try:
         written += plots.plot_front(gli, front if info.objective == "pareto" else front.head(0), refs,
                                     f"GLI vs baselines, selection splits; {info.title}", out_dir / "front")

@@ -7,7 +7,6 @@ tracking URI, storage path); `ConfigError` carries one line for the user.
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,7 +17,7 @@ import yaml
 from trainables.data import DATASETS, NEEDS_FOLDER
 from trainables.methods import HyperParameterError, available, get
 from trainables.methods.interface import PROTOCOLS
-from trainables.records import default_results_dir, default_tracking_uri
+from trainables.records import default_results_dir, default_tracking_uri, write_atomic
 
 BASELINES = [m for m in available() if m != "gli"]
 SELECTION_ALIAS = {"val": "fair", "test": "paper"}  # the deprecated --selection values
@@ -197,7 +196,4 @@ def resolve(file_values: dict[str, Any], flag_values: dict[str, Any]) -> StudyCo
 
 
 def write_resolved(cfg: StudyConfig, path: Path, extra: dict | None = None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(yaml.safe_dump({**asdict(cfg), **(extra or {})}, sort_keys=True))
-    os.replace(tmp, path)
+    write_atomic(path, yaml.safe_dump({**asdict(cfg), **(extra or {})}, sort_keys=True))

@@ -107,6 +107,10 @@ def _setup(argv: list[str] | None):
     cfg = resolve(load_yaml(args.config) if args.config else {}, flags)
     preflight(cfg)
     data = load_dataset(data_config(cfg))
+    from trainables.metrics import split_size_problem
+
+    if problem := split_size_problem(data, cfg.protocol):
+        raise DataError(problem)
     return args, cfg, data
 
 
@@ -122,7 +126,7 @@ def _prepare(cfg: StudyConfig, out: dict) -> None:
         out["error"] = exc
 
 
-def run_study(ctx: StudyContext) -> None:
+def run_study(ctx: StudyContext) -> list:
     """Base models first; each seed's trials as soon as its base models exist; GLI's search before the
     baselines (they fill the slots while the search's last trials run); confirm once the searches end."""
     cfg, seeds = ctx.cfg, list(range(ctx.cfg.seeds))
@@ -147,7 +151,20 @@ def run_study(ctx: StudyContext) -> None:
 
     confirm = ctx.grid("confirm", confirm_runs, tuple(s.label for s in searches), needs)
     audit = [ctx.grid(AUDIT_STAGE, lambda: audit_runs(ctx, searches), ("confirm",))] if cfg.audit else []
-    ctx.run([base, *searches, confirm, *grid, *audit])
+    stages = [base, *searches, confirm, *grid, *audit]
+    ctx.run(stages)
+    return stages
+
+
+def failed_stage_message(stages) -> str | None:
+    """One line when every trial of some stage failed: the study's numbers would mean nothing."""
+    failed = [s for s in stages if s.all_failed]
+    if not failed:
+        return None
+    s = failed[0]
+    names = ", ".join(f"{f.label} ({f.failed})" for f in failed)
+    return (f"every trial of stage(s) {names} failed; the first: {s.first_error} "
+            "(each failed run's `error` tag in MLflow says why; fix it and run the same command again to resume)")
 
 
 def audit_runs(ctx: StudyContext, searches) -> list[dict]:
@@ -222,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     status = "FAILED"
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops cleanly, like Ctrl-C
     try:
-        run_study(ctx)
+        failure = failed_stage_message(run_study(ctx))
         if started_ray:  # the trials are over: Ray stops while the report is built
             stopping = threading.Thread(target=_stop_ray, daemon=True)
             stopping.start()
@@ -233,12 +250,15 @@ def main(argv: list[str] | None = None) -> int:
         tracker.log_artifact(results / "config.yaml")
         for path in written:
             tracker.log_artifact(path, "summary")
-        status = "FINISHED"
         print((results / "summary.md").read_text())  # the table, and GLI against each baseline seed by seed
         print(f"GLI: {len(tracker.children('gli'))} trials finished, {len(front)} setting(s) confirmed "
               f"(front.csv, front.png). Wall time {time.time() - start:.0f}s.")
         print(f"Results: {results}\nMLflow:  {cfg.tracking_uri} (experiment {cfg.experiment_name})")
         print(f"Browse:  mlflow ui --backend-store-uri {cfg.tracking_uri} --host 127.0.0.1 --port 5000")
+        if failure:  # the report holds what did finish; the study as a whole did not
+            print(f"error: {failure}", file=sys.stderr)
+            return 1
+        status = "FINISHED"
         return 0
     except KeyboardInterrupt:
         status = "KILLED"

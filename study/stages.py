@@ -21,7 +21,7 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from trainables.metrics import final_score
-from trainables.records import journal_path, optuna_study_name
+from trainables.records import journal_path, optuna_study_name, repair_journal
 from trainables.trial import TrialSpec
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -67,6 +67,7 @@ class Stage:
         self.active = False
         self.planned = self.issued = self.done = self.failed = 0
         self.live: dict[str, int] = {}  # trial id -> seed
+        self.first_error: str | None = None
         self.best, self.started = -math.inf, 0.0
 
     @property
@@ -92,12 +93,19 @@ class Stage:
         """Progress, once the trial is recorded in MLflow."""
         self.done += 1
         self.failed += not ok
+        if not ok and self.first_error is None:
+            reason = (trial.last_result or {}).get("error") or getattr(trial, "error_msg", None) or "no final report"
+            self.first_error = str(reason).strip().splitlines()[-1][:300]
         score = (trial.last_result or {}).get("sel_final_score", -math.inf) if ok else -math.inf
         self.best = max(self.best, score if math.isfinite(score) else -math.inf)
         best = f"; best selection final score {self.best:.4f}" if math.isfinite(self.best) else ""
         failed = f" ({self.failed} failed)" if self.failed else ""
         print(f"[study] {self.label}: {self.done}/{self.planned} done{failed}{best} [{time.time() - self.started:.0f}s]",
               file=sys.stderr, flush=True)
+
+    @property
+    def all_failed(self) -> bool:
+        return self.done > 0 and self.failed == self.done
 
     def _plan(self) -> int:
         raise NotImplementedError
@@ -152,7 +160,11 @@ class SearchStage(Stage):
     def _plan(self) -> int:
         cfg = self.ctx.cfg
         metric, mode = OBJECTIVES[cfg.objective]
-        storage = JournalStorage(JournalFileBackend(str(journal_path(cfg.results_dir))))
+        journal = journal_path(cfg.results_dir)
+        if dropped := repair_journal(journal):
+            print(f"[study] {journal}: dropped a torn last line ({dropped} bytes, a write cut short by a crash)",
+                  file=sys.stderr, flush=True)
+        storage = JournalStorage(JournalFileBackend(str(journal)))
         study_name = optuna_study_name(cfg.experiment_name, self.method, cfg.protocol, cfg.objective)
         directions = ["maximize", "minimize"] if isinstance(mode, list) else ["maximize"]
         study = optuna.create_study(study_name=study_name, storage=storage, load_if_exists=True, directions=directions)

@@ -68,3 +68,28 @@ def test_command_prints_both_models(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "original" in out and "retrain" in out
     assert main(["--dataset", "mufac", "--data-dir", str(tmp_path / "missing")]) == 2
+
+
+def test_cut_short_or_altered_checkpoint_is_retrained_not_loaded(tmp_path, capsys):
+    data = load_dataset(DataConfig())
+    model_cfg, recipe = default_configs("digits", base_epochs=1)
+    device = engine.pick_device("cpu")
+    first, _, _ = base_model(data, "original", model_cfg, recipe, 0, device, tmp_path)
+    path = checkpoint_path(data, "original", model_cfg, recipe["original"], 0, tmp_path)
+    assert not list(path.parent.glob("*.tmp"))  # written under a temporary name, then renamed
+    whole = path.read_bytes()
+    path.write_bytes(whole[: len(whole) // 2])  # a crash mid-copy: the zip's directory is gone
+    capsys.readouterr()
+    again, _, cached = base_model(data, "original", model_cfg, recipe, 0, device, tmp_path)
+    err = capsys.readouterr().err
+    assert not cached and "unreadable" in err and "retraining" in err
+    for a, b in zip(first.state_dict().values(), again.state_dict().values()):
+        assert torch.equal(a, b)  # retrained to the same weights (same seed, same machine)
+    assert path.read_bytes() != whole[: len(whole) // 2]
+    state = torch.load(path, weights_only=True)  # altered weights under an intact zip and the old digest
+    state["state_dict"]["fc.weight"] += 1.0
+    torch.save(state, path)
+    _, _, cached = base_model(data, "original", model_cfg, recipe, 0, device, tmp_path)
+    assert not cached and "do not match the checkpoint's digest" in capsys.readouterr().err
+    _, _, cached = base_model(data, "original", model_cfg, recipe, 0, device, tmp_path)
+    assert cached  # the rewritten checkpoint verifies

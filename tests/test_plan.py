@@ -128,3 +128,34 @@ def test_wait_for_plan_gives_up_after_its_limit(tmp_path):
     start = time.monotonic()
     wait_for_plan(str(tmp_path / "never-written.plan"), 0, limit_s=0.3)
     assert 0.3 <= time.monotonic() - start < 5
+
+
+def test_a_torn_journal_line_does_not_stop_the_resume(tmp_path):
+    """A kill during a journal write leaves half a line; Optuna alone then fails on the next append."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    from trainables.records import repair_journal
+
+    path = tmp_path / "optuna.journal"
+
+    def study():
+        return optuna.create_study(study_name="s", storage=JournalStorage(JournalFileBackend(str(path))),
+                                   directions=["maximize", "minimize"], load_if_exists=True)
+
+    first = study()
+    for _ in range(3):
+        t = first.ask()
+        first.tell(t, [t.suggest_float("x", 0, 1), 0.5])
+    whole = path.read_bytes()
+    assert repair_journal(path) == 0 and path.read_bytes() == whole  # an intact journal is left alone
+    torn = b'{"op_code": 5, "worker_id": "ab'
+    path.write_bytes(whole + torn)
+    assert repair_journal(path) == len(torn) and path.read_bytes() == whole
+    resumed = study()
+    t = resumed.ask()
+    resumed.tell(t, [t.suggest_float("x", 0, 1), 0.1])
+    assert [s.state.name for s in study().trials] == ["COMPLETE"] * 4  # appended after the cut, replayable
+    path.write_bytes(b'{"op_code"')  # a journal that is nothing but a torn line
+    assert repair_journal(path) == 10 and path.read_bytes() == b""

@@ -123,14 +123,18 @@ def ray_instance():
     ray.shutdown()
 
 
-def test_diverging_trials_fail_without_stopping_the_study(ray_instance, tmp_path):
+def test_diverging_trials_fail_without_stopping_the_study(ray_instance, tmp_path, capsys):
     config = tmp_path / "study.yaml"
     config.write_text(yaml.safe_dump({"baselines": ["finetune", "neggrad"], "gli_trials": 2,
                                       "method_hparams": {"neggrad": {"lr": 1.0e8}, "gli": {"lr": 1.0e8}}}))
     uri = f"sqlite:///{tmp_path}/store.db"
+    # Every GLI trial diverges: the study finishes what it can, then exits 1 with one line saying why.
     assert launch(["--smoke-test", "--config", str(config), "--results-dir", str(tmp_path / "r"),
-                   "--tracking-uri", uri]) == 0
-    _, children = _runs(uri, "gli-digits-smoke")
+                   "--tracking-uri", uri]) == 1
+    error = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and "every trial of stage(s) gli (2) failed" in error[0] and "non-finite" in error[0]
+    parents, children = _runs(uri, "gli-digits-smoke")
+    assert [p.info.status for p in parents] == ["FAILED"]
     by = {(c.data.tags["stage"], c.data.tags["method"]): c for c in children}
     neggrad = by[("baseline", "neggrad")]
     assert neggrad.info.status == "FAILED" and "non-finite" in neggrad.data.tags["error"]

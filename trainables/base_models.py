@@ -139,15 +139,48 @@ def base_model(
     path = checkpoint_path(data, kind, model_cfg, cfg, seed, cache_dir)
     model = engine.prepare_model(build_model(model_cfg, data.in_channels, data.num_outputs), device)
     if path.exists():
-        state = torch.load(path, map_location=device, weights_only=True)
-        model.load_state_dict(state["state_dict"])
-        return model, float(state["seconds"]), True
+        try:
+            state = read_checkpoint(path)
+            model.load_state_dict(state["state_dict"])
+            return model, float(state["seconds"]), True
+        except (CheckpointError, RuntimeError) as exc:  # cut short or altered: retrain, never train on it
+            print(f"[base] {path.name}: {exc}; retraining", file=sys.stderr, flush=True)
     model, seconds = train_model(data, BASE_KINDS[kind], model_cfg, cfg, seed, device)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save({"state_dict": model.state_dict(), "seconds": seconds}, tmp)
-    os.replace(tmp, path)  # never a half-written checkpoint after a crash
+    state_dict = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: two writers never share a file
+    torch.save({"state_dict": state_dict, "seconds": seconds, "digest": state_digest(state_dict)}, tmp)
+    os.replace(tmp, path)  # never a half-written checkpoint under the final name after a crash
     return model, seconds, False
+
+
+class CheckpointError(RuntimeError):
+    """A base-model checkpoint that cannot be trusted: unreadable, or its weights not those written."""
+
+
+def state_digest(state_dict: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over every tensor's name, shape, dtype and bytes (CPU tensors)."""
+    h = hashlib.sha256()
+    for name in sorted(state_dict):
+        t = state_dict[name].detach().contiguous()
+        h.update(f"{name}\0{tuple(t.shape)}\0{t.dtype}\n".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def read_checkpoint(path: Path) -> dict:
+    """A base-model checkpoint, checked: it must load and its weights must match the digest written with them."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a truncated zip: PytorchStreamReader, EOF, unpickling errors
+        raise CheckpointError(f"unreadable ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})") from None
+    if not isinstance(state, dict) or "state_dict" not in state or "seconds" not in state:
+        raise CheckpointError("not a base-model checkpoint")
+    if "digest" not in state:
+        raise CheckpointError("no digest (written by an older version)")
+    if state_digest(state["state_dict"]) != state["digest"]:
+        raise CheckpointError("weights do not match the checkpoint's digest")
+    return state
 
 
 def main(argv: list[str] | None = None) -> int:

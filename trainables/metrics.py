@@ -26,6 +26,9 @@ SELECTION_SPLITS = {"fair": ("val", "unseen_val"), "paper": ("test", "unseen")}
 REPORT_SPLITS = {"fair": ("test_report", "unseen_report"), "paper": ("test", "unseen")}
 _trapezoid = getattr(np, "trapezoid", None) or np.trapz  # numpy 2 renamed trapz
 BOOTSTRAP = 200  # resamples behind each evaluation's fs_se
+# The attack's 10 stratified splits hold out a tenth of its table: with m examples a side, ceil(0.2 m)
+# held out must leave both classes on each side of every split, which needs m >= 6.
+ATTACK_MIN = 6
 
 PROTOCOL_LABEL = {
     "fair": "protocol=fair: every method selected on held-out halves (val, unseen_val), reported on test_report, "
@@ -86,6 +89,22 @@ def top2_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return float((top2 == labels[:, None]).any(1).float().mean())
 
 
+def split_size_problem(data: Dataset, protocol: str) -> str | None:
+    """One line when a split is too small to evaluate under `protocol` (checked before any training):
+    the attack needs ATTACK_MIN examples on each side, accuracy at least one test image."""
+    (sel_test, sel_unseen), (rep_test, rep_unseen) = SELECTION_SPLITS[protocol], REPORT_SPLITS[protocol]
+    small = [f"{name} has {len(data[name])}" for name in dict.fromkeys(("forget", sel_unseen, rep_unseen))
+             if len(data[name]) < ATTACK_MIN]
+    if small:
+        return (f"{data.name}: too small for the membership attack's cross-validation, which needs at least "
+                f"{ATTACK_MIN} examples in the forget set and in each unseen split it compares against "
+                f"(protocol {protocol}): {', '.join(small)}")
+    empty = [name for name in dict.fromkeys(("retain", sel_test, rep_test)) if len(data[name]) == 0]
+    if empty:
+        return f"{data.name}: empty split(s) {', '.join(empty)} (protocol {protocol})"
+    return None
+
+
 def forgetting_score(forget_losses, unseen_losses, seed: int = 42, protocol: str = "fair",
                      bootstrap: int = 0) -> dict[str, float]:
     """Membership-inference accuracy M of a loss-only logistic regression and FS = |0.5 - M|.
@@ -98,7 +117,7 @@ def forgetting_score(forget_losses, unseen_losses, seed: int = 42, protocol: str
     """
     forget = np.asarray(forget_losses, dtype=np.float64).ravel()
     unseen = np.asarray(unseen_losses, dtype=np.float64).ravel()
-    if not (np.isfinite(forget).all() and np.isfinite(unseen).all()) or min(len(forget), len(unseen)) < 10:
+    if not (np.isfinite(forget).all() and np.isfinite(unseen).all()) or min(len(forget), len(unseen)) < ATTACK_MIN:
         return {"mia": float("nan"), "forgetting_score": float("nan")}
     if protocol == "paper":
         forget = forget.copy()

@@ -37,9 +37,62 @@ def default_tracking_uri(results_dir: str | Path) -> str:
     return f"sqlite:///{Path(results_dir).resolve() / 'mlflow.db'}"
 
 
+def write_atomic(path: str | Path, data: str | bytes | None = None, writer=None) -> Path:
+    """Write `data` (or call `writer(tmp_path)`) to a temporary name beside `path`, then rename it:
+    a crash leaves the old file or the new one, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix}")  # keeps the suffix writers key on
+    try:
+        if writer is not None:
+            writer(tmp)
+        elif isinstance(data, bytes):
+            tmp.write_bytes(data)
+        else:
+            tmp.write_text(data or "")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
 def journal_path(results_dir: str | Path) -> Path:
     """The Optuna journal of every search of a study."""
     return Path(results_dir) / "optuna.journal"
+
+
+def repair_journal(path: Path) -> int:
+    """Drop a torn last line (a kill during a write) from an Optuna journal; returns the bytes dropped.
+
+    Every complete journal line ends with a newline. Optuna replays a torn last line as an
+    error, and its next append would glue a new record onto it, so the journal is cut back
+    to its last complete line before it is opened.
+    """
+    if not path.exists():
+        return 0
+    with open(path, "rb+") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size == 0:
+            return 0
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return 0
+        keep = 0
+        block = 1 << 16
+        position = size
+        while position > 0:  # scan back for the last newline
+            start = max(0, position - block)
+            f.seek(start)
+            chunk = f.read(position - start)
+            cut = chunk.rfind(b"\n")
+            if cut >= 0:
+                keep = start + cut + 1
+                break
+            position = start
+        f.truncate(keep)
+        f.flush()
+        os.fsync(f.fileno())
+    return size - keep
 
 
 def optuna_study_name(experiment: str, method: str, protocol: str, objective: str) -> str:

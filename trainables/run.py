@@ -24,7 +24,7 @@ from .base_models import BASE_KINDS, base_model, default_configs
 from .data import DATASETS, OPTIONAL_SETTINGS, DataConfig, DataError, Dataset, load_dataset
 from .methods import REFERENCE_ROWS, HyperParameterError, available, create, get
 from .methods.interface import PROTOCOLS
-from .metrics import PROTOCOL_LABEL
+from .metrics import PROTOCOL_LABEL, split_size_problem
 from .unlearn import EvalConfig, reference_row, unlearn
 
 COLUMNS = [("accuracy", "acc"), ("top2_accuracy", "top2"), ("forgetting_score", "FS"), ("final_score", "final"),
@@ -177,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
                  if getattr(args, k) is not None}
         data_cfg = DataConfig(dataset=args.dataset, data_dir=args.data_dir, cache_dir=args.cache_dir, **given)
         data = load_dataset(data_cfg)
+        if problem := split_size_problem(data, protocol):
+            raise DataError(problem)
     except (KeyError, ValueError, DataError) as exc:
         print(f"error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
         return 2

@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 
 from .cache import cache_key, cached
-from .sources import Record, read_table
+from .sources import Record, inside, read_table
 from .splits import DataError
 
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
@@ -98,9 +98,7 @@ def read_manifest(data_dir: Path, seed: int) -> tuple[list[Record], list[str]]:
     root = data_dir.resolve()
     paths = []
     for number, name in enumerate(table["path"], start=2):
-        path = (data_dir / name.strip()).resolve()
-        if not name.strip() or root not in path.parents:
-            raise DataError(f"{manifest}: row {number}: path {name!r} is not a file inside {data_dir}")
+        path = inside(root, name, f"{manifest}: row {number}")
         if not path.is_file():
             raise DataError(f"{path}: missing image listed in {manifest.name} row {number}")
         paths.append(path)

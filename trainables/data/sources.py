@@ -44,6 +44,18 @@ def _require_file(path: Path, what: str) -> None:
         raise DataError(f"{path}: missing {what}")
 
 
+def inside(root: Path, name: str, where: str) -> Path:
+    """The file `name` names under `root`, resolved. A name that leaves `root` (`..`, an absolute
+    path, a symlink pointing out of it) is refused: a data folder from elsewhere must not make
+    the study read files the user did not give it."""
+    name = name.strip()
+    path = (root / name).resolve()
+    if not name or root.resolve() not in path.parents:
+        raise DataError(f"{where}: path {name!r} is not a file inside {root} "
+                        "(.., absolute paths and symlinks out of the folder are refused)")
+    return path
+
+
 def read_table(path: Path, columns: tuple[str, ...], what: str) -> pd.DataFrame:
     """A CSV of strings with the required columns and at least one row; one-line errors otherwise."""
     try:
@@ -74,7 +86,7 @@ def read_mufac(data_dir: Path, forget_count: int) -> list[Record]:
             age = age.strip().lower()
             if len(age) != 1 or age not in AGE_LETTERS:
                 raise DataError(f"{csv_path}: row {row_number + 2}: unknown age class {age!r} (expected one of a-h)")
-            image = folder / name.strip()
+            image = inside(folder, name, f"{csv_path}: row {row_number + 2}")
             if not image.is_file():
                 raise DataError(f"{image}: missing image listed in {csv_path.name} row {row_number + 2}")
             if part == "train":
@@ -153,6 +165,7 @@ def read_mucac(
         raise DataError(f"{image_dir}: no images")
     records: list[Record] = []
     for image in images:
+        inside(image_dir, image.name, str(image))  # a symlink out of the image folder is refused
         if image.name not in identities:
             raise DataError(f"{image}: no identity line in {identity_file.name}")
         if image.name not in labels:

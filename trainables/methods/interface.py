@@ -13,6 +13,7 @@ model mode, learning rate), which is what the runner evaluates between and what
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -205,8 +206,27 @@ class Method:
         """A loop over retain and forget: `rd`, `zip` or `cycle` (see `loops.py`)."""
         n_r, n_f, size = len(ctx.data["retain"]), len(ctx.data["forget"]), self.hp.batch_size
         epochs = self.hp.epochs if epochs is None else epochs
+        if self.small_forget(ctx):  # batches of the forget set's size, so the forget batch is the whole set
+            size = n_f
         make = {"rd": loops.retain_driven, "zip": loops.zipped, "cycle": loops.cycled}[loop]
         return make(n_r, n_f, size, epochs, gen, **options)
+
+    def small_forget(self, ctx: Context) -> bool:
+        """A forget set smaller than one batch under `fair` (one person's photos): the paired loops draw
+        batches of the forget set's size, so every forget batch is the whole set (reshuffled) and no
+        pair is skipped for mismatched sizes. Under `paper` the notebooks' loops run as they are,
+        skips and all (possibly no update at all, which `unlearn` says in one line)."""
+        small = not ctx.paper and len(ctx.data["forget"]) < self.hp.batch_size
+        if small and not getattr(self, "_said_small", False):
+            self._said_small = True
+            print(f"[unlearn] {self.name}: the forget set ({len(ctx.data['forget'])}) is smaller than a batch of "
+                  f"{self.hp.batch_size}: paired batches of {len(ctx.data['forget'])}, the forget set whole in "
+                  "each, reshuffled (protocol fair)",
+                  file=sys.stderr, flush=True)
+        return small
+
+    def forget_batch_size(self, ctx: Context) -> int:
+        return len(ctx.data["forget"]) if self.small_forget(ctx) else self.hp.batch_size
 
     def setup(self, ctx: Context) -> None:
         """Prepare before the first step: by default an SGD optimiser over the trainable parameters."""

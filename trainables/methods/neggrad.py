@@ -14,7 +14,7 @@ class NegGrad(Method):
 
     def draws(self, ctx: Context, gen):
         if ctx.family == "multilabel":
-            return loops.forget_only(len(ctx.data["forget"]), self.hp.batch_size, self.hp.epochs, gen)
+            return loops.forget_only(len(ctx.data["forget"]), self.forget_batch_size(ctx), self.hp.epochs, gen)
         return self.pairs(ctx, gen, "rd")
 
     def loss(self, ctx: Context, batch: Batch):
