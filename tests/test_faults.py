@@ -144,3 +144,17 @@ def test_splits_too_small_for_the_attack_are_refused_before_training(tmp_path, c
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and f"needs at least {ATTACK_MIN} examples" in err[0]
     assert not (tmp_path / "r" / "mlflow.db").exists()
+
+
+def test_a_manifest_is_read_row_by_row_keeping_only_its_columns(tmp_path):
+    from tests.fixtures import make_folder
+    from trainables.data.sources import read_columns
+
+    root = make_folder(tmp_path / "mine", people=12)
+    lines = (root / "manifest.csv").read_text().splitlines()
+    rows = ["path,label,note,identity"] + [f'{line},"free text, with a comma",p{i % 4}' for i, line in enumerate(lines[1:])]
+    rows[2] = lines[2] + ","  # trailing fields left out: empty
+    (root / "manifest.csv").write_text("\n".join(rows) + "\n")
+    table = read_columns(root / "manifest.csv", ("path", "label"), ("identity", "split"), "the data set")
+    assert set(table) == {"path", "label", "identity"}  # the note column is never held; split is absent
+    assert len(table["path"]) == 12 and table["identity"][1] == "" and table["identity"][2] == "p2"

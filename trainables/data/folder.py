@@ -19,11 +19,10 @@ import hashlib
 import tempfile
 from pathlib import Path
 
-import pandas as pd
 import torch
 
 from .cache import cache_key, cached
-from .sources import Record, inside, read_table
+from .sources import Record, inside, read_columns
 from .splits import DataError
 
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
@@ -94,7 +93,7 @@ def read_manifest(data_dir: Path, seed: int) -> tuple[list[Record], list[str]]:
     manifest = data_dir / "manifest.csv"
     if not manifest.is_file():
         raise DataError(f"{data_dir}: missing manifest.csv (columns path and label; optional identity, split, forget)")
-    table = read_table(manifest, ("path", "label"), "the data set")
+    table = read_columns(manifest, ("path", "label"), ("identity", "split", "forget"), "the data set")
     root = data_dir.resolve()
     paths = []
     for number, name in enumerate(table["path"], start=2):
@@ -109,7 +108,7 @@ def read_manifest(data_dir: Path, seed: int) -> tuple[list[Record], list[str]]:
     return [Record(p, (label,), ident, part) for p, label, ident, part in zip(paths, labels, identities, parts)], classes
 
 
-def _labels(column: pd.Series, manifest: Path) -> tuple[list[int], list[str]]:
+def _labels(column: list[str], manifest: Path) -> tuple[list[int], list[str]]:
     values = [v.strip() for v in column]
     for number, value in enumerate(values, start=2):
         if not value:
@@ -124,7 +123,7 @@ def _labels(column: pd.Series, manifest: Path) -> tuple[list[int], list[str]]:
     return [classes.index(v) for v in values], classes
 
 
-def _parts(table: pd.DataFrame, identities: list[str], manifest: Path, seed: int) -> list[str]:
+def _parts(table: dict[str, list[str]], identities: list[str], manifest: Path, seed: int) -> list[str]:
     """forget, retain, test or unseen per row: given by the split and forget columns, else drawn by identity."""
     people = sorted(set(identities))
     gen = torch.Generator().manual_seed(seed)
@@ -133,7 +132,7 @@ def _parts(table: pd.DataFrame, identities: list[str], manifest: Path, seed: int
     drawn = {p: ("train" if i < n_train else "test" if i < n_train + n_test else "unseen")
              for i, p in enumerate(shuffled)}
     splits = []
-    for number, (value, person) in enumerate(zip(table["split"] if "split" in table else [""] * len(table),
+    for number, (value, person) in enumerate(zip(table["split"] if "split" in table else [""] * len(identities),
                                                  identities), start=2):
         value = value.strip().lower() or drawn[person]
         if value not in SPLITS:
@@ -144,7 +143,7 @@ def _parts(table: pd.DataFrame, identities: list[str], manifest: Path, seed: int
     drawn_forget = set(train_people[: max(1, round(FORGET_FRACTION * len(train_people)))])
     parts = []
     for number, (split, person) in enumerate(zip(splits, identities), start=2):
-        flag = table["forget"].iloc[number - 2].strip() if "forget" in table else ""
+        flag = table["forget"][number - 2].strip() if "forget" in table else ""
         if flag not in ("", "0", "1"):
             raise DataError(f"{manifest}: row {number}: forget must be 0 or 1, got {flag!r}")
         if flag == "1" and split != "train":

@@ -7,10 +7,9 @@ problem becomes a `DataError` naming the file and what is wrong with it.
 
 from __future__ import annotations
 
+import csv
 from dataclasses import dataclass
 from pathlib import Path
-
-import pandas as pd
 
 from .splits import DataError
 
@@ -56,18 +55,29 @@ def inside(root: Path, name: str, where: str) -> Path:
     return path
 
 
-def read_table(path: Path, columns: tuple[str, ...], what: str) -> pd.DataFrame:
-    """A CSV of strings with the required columns and at least one row; one-line errors otherwise."""
+def read_columns(path: Path, required: tuple[str, ...], optional: tuple[str, ...], what: str
+                 ) -> dict[str, list[str]]:
+    """The named columns of a CSV as lists of strings, read row by row (other columns are never held):
+    a manifest of millions of rows costs its wanted columns once, not a table and a copy."""
     try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = csv.reader(f)
+            header = [h.strip() for h in next(rows, [])]
+            for column in required:
+                if column not in header:
+                    raise DataError(f"{path}: missing column {column!r} (columns are {header})")
+            wanted = {c: header.index(c) for c in (*required, *optional) if c in header}
+            columns: dict[str, list[str]] = {c: [] for c in wanted}
+            for row in rows:
+                if not row:
+                    continue
+                for c, i in wanted.items():
+                    columns[c].append(row[i] if i < len(row) else "")  # trailing empty fields may be left out
+    except (UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"{path}: not a readable CSV ({str(exc).splitlines()[0]})") from None
-    for column in columns:
-        if column not in table.columns:
-            raise DataError(f"{path}: missing column {column!r} (columns are {list(table.columns)})")
-    if len(table) == 0:
+    if not columns[required[0]]:
         raise DataError(f"{path}: no rows; {what} would be empty")
-    return table
+    return columns
 
 
 def read_mufac(data_dir: Path, forget_count: int) -> list[Record]:
@@ -79,9 +89,10 @@ def read_mufac(data_dir: Path, forget_count: int) -> list[Record]:
     records: list[Record] = []
     for part, (csv_name, folder_name) in MUFAC_FILES.items():
         csv_path, folder = data_dir / csv_name, data_dir / folder_name
-        table = read_table(csv_path, ("image_path", "age_class"), f"the {part} split")
-        if part == "train" and not 0 < forget_count < len(table):
-            raise DataError(f"{csv_path}: forget count {forget_count} must be between 1 and {len(table) - 1}")
+        table = read_columns(csv_path, ("image_path", "age_class"), (), f"the {part} split")
+        rows = len(table["image_path"])
+        if part == "train" and not 0 < forget_count < rows:
+            raise DataError(f"{csv_path}: forget count {forget_count} must be between 1 and {rows - 1}")
         for row_number, (name, age) in enumerate(zip(table["image_path"], table["age_class"])):
             age = age.strip().lower()
             if len(age) != 1 or age not in AGE_LETTERS:
