@@ -157,4 +157,4 @@ def test_a_manifest_is_read_row_by_row_keeping_only_its_columns(tmp_path):
     (root / "manifest.csv").write_text("\n".join(rows) + "\n")
     table = read_columns(root / "manifest.csv", ("path", "label"), ("identity", "split"), "the data set")
     assert set(table) == {"path", "label", "identity"}  # the note column is never held; split is absent
-    assert len(table["path"]) == 12 and table["identity"][1] == "" and table["identity"][2] == "p2"
+    assert len(table["path"]) == 24 and table["identity"][1] == "" and table["identity"][2] == "p2"
