@@ -44,6 +44,7 @@ class StudyConfig:
     address: str | None = None  # join this Ray cluster instead of starting one
     storage_path: str | None = None  # shared storage for multi-node runs; default <results_dir>/ray
     tracking_uri: str | None = None  # default sqlite:///<results_dir>/mlflow.db
+    tracking_outage: float = 300.0  # seconds the store may be unreachable (writes queued, retried) before stopping
     gli_trials: int = 24
     seeds: int = 3
     protocol: str = "fair"  # fair: one honest selection rule; paper: the reference notebooks step for step
@@ -93,6 +94,8 @@ class StudyConfig:
                                  ("--max-failures", self.max_failures, 0)]:
             if int(value) != value or value < low:
                 raise ConfigError(f"{name} must be a whole number >= {low}, got {value}")
+        if not self.tracking_outage > 0:
+            raise ConfigError(f"--tracking-outage must be a positive number of seconds, got {self.tracking_outage}")
         if self.num_gpus < 0 or self.cpus_per_trial <= 0 or (self.num_cpus is not None and self.num_cpus < 1):
             raise ConfigError("--num-gpus must be >= 0, --num-cpus >= 1 and --cpus-per-trial > 0")
         if self.num_gpus > 0 and not 0 < self.gpus_per_trial <= max(1.0, self.num_gpus):

@@ -42,6 +42,7 @@ os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")  # Ctrl-C reaches the 
 # Settings that say where and on what a study runs, not what it computes: a rerun that
 # changes only these resumes the same study.
 PLACEMENT = {"num_gpus", "num_cpus", "gpus_per_trial", "cpus_per_trial", "address", "storage_path", "tracking_uri",
+             "tracking_outage",
              "results_dir", "allow_cpu", "max_failures", "gli_trials", "cache_dir", "fault_injection",
              "audit"}  # an audit adds a stage; it changes nothing the other stages compute
 
@@ -65,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--address", help="join this running Ray cluster (e.g. ray://head:10001 or auto) instead of starting one")
     a("--storage-path", help="Ray storage shared by all nodes (default <results>/ray); a shared path for multi-node")
     a("--tracking-uri", help="MLflow tracking URI (default sqlite:///<results>/mlflow.db)")
+    a("--tracking-outage", type=float,
+      help="seconds the tracking store may stay unreachable, writes queued and retried, before the study stops "
+           "(default 300; a rerun resumes)")
     a("--gli-trials", type=int, help="Optuna trials for GLI, and for each baseline with --tune-baselines (default 24)")
     a("--seeds", type=int, help="seeds for base models, baselines and confirmation (default 3)")
     a("--protocol", choices=["fair", "paper"],
@@ -121,7 +125,8 @@ def _prepare(cfg: StudyConfig, out: dict) -> None:
             importlib.import_module(module)
         from .tracking import Tracker
 
-        out["tracker"] = Tracker(cfg.tracking_uri, cfg.experiment_name, cfg.results_path / "artifacts")
+        out["tracker"] = Tracker(cfg.tracking_uri, cfg.experiment_name, cfg.results_path / "artifacts",
+                                 cfg.tracking_outage)
     except BaseException as exc:  # handed to the main thread
         out["error"] = exc
 
@@ -239,7 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     status = "FAILED"
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops cleanly, like Ctrl-C
     try:
-        failure = failed_stage_message(run_study(ctx))
+        stages = run_study(ctx)
+        tracker.flush()  # every trial's run written (and counted) before the report reads them
+        failure = failed_stage_message(stages)
         if started_ray:  # the trials are over: Ray stops while the report is built
             stopping = threading.Thread(target=_stop_ray, daemon=True)
             stopping.start()
@@ -264,8 +271,14 @@ def main(argv: list[str] | None = None) -> int:
         status = "KILLED"
         print("\n[study] interrupted: running trials stopped; run the same command again to resume", file=sys.stderr)
         return 130
+    except Exception:
+        if tracker.writer.error is None:  # raised from inside Tune's loop, possibly wrapped
+            raise
+        print(f"error: {tracker.writer.error}", file=sys.stderr)
+        return 3
     finally:
-        tracker.end_parent(status)
+        if tracker.writer.error is None:
+            tracker.end_parent(status)
         if started_ray:
             _stop_ray()
 

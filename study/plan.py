@@ -130,6 +130,10 @@ class StudyPlan(Searcher):
         if (stage := self.owner.get(trial.trial_id)) is not None:
             stage.trial_done(trial, ok)
 
+    def trial_written(self, trial_id: str) -> None:
+        if (stage := self.owner.get(trial_id)) is not None:
+            stage.written(trial_id)
+
     def save_to_dir(self, *args, **kwargs) -> None:
         pass
 
@@ -178,7 +182,8 @@ class StudyContext:
                                         reuse_actors=True),
             run_config=tune.RunConfig(
                 name="study", storage_path=self.cfg.storage_path, verbose=0,
-                callbacks=[TrackingCallback(self.tracker, self.data.name, {s.stage for s in stages}, plan.trial_done)],
+                callbacks=[TrackingCallback(self.tracker, self.data.name, {s.stage for s in stages}, plan.trial_done,
+                                            plan.trial_written)],
                 failure_config=tune.FailureConfig(max_failures=self.cfg.max_failures),
             ),
         )

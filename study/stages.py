@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import sys
+import threading
 import time
 
 import optuna
@@ -89,8 +90,11 @@ class Stage:
     def ended(self, trial_id: str, result: dict | None, error: bool) -> None:
         self.live.pop(trial_id, None)
 
+    def written(self, trial_id: str) -> None:
+        """The trial's MLflow run is written (called from the tracking writer's thread)."""
+
     def trial_done(self, trial, ok: bool) -> None:
-        """Progress, once the trial is recorded in MLflow."""
+        """Progress, once the trial is recorded in MLflow (on the tracking writer's thread)."""
         self.done += 1
         self.failed += not ok
         if not ok and self.first_error is None:
@@ -156,6 +160,12 @@ class SearchStage(Stage):
         self.ctx, self.method, self.space, self.point, self.budget = ctx, method, space, point, budget
         self.study: optuna.Study | None = None
         self.searcher: StudySearch | None = None
+        # Optuna hears of a trial's end only once its MLflow run is written, so the two agree one to
+        # one: a trial whose run was lost (a crash, a tracking outage past its limit) stays RUNNING in
+        # the journal and is closed as interrupted on resume, its budget given back.
+        self.untold: dict[str, tuple[dict | None, bool]] = {}
+        self.written_ids: set[str] = set()
+        self.lock = threading.Lock()  # the searcher is told from the tracking writer's thread
 
     def _plan(self) -> int:
         cfg = self.ctx.cfg
@@ -191,7 +201,8 @@ class SearchStage(Stage):
     def _suggest(self, trial_id: str) -> tuple[dict, int] | None:
         if not self.ready(0):
             return None
-        params = self.searcher.suggest(trial_id)
+        with self.lock:
+            params = self.searcher.suggest(trial_id)
         if params is None or params == Searcher.FINISHED:
             if not self.live:
                 self.planned = self.issued  # nothing running and nothing more to give: never wait forever
@@ -200,15 +211,33 @@ class SearchStage(Stage):
         return TrialSpec(self.stage, self.method, 0, hparams).config(), 0
 
     def on_result(self, trial_id: str, result: dict) -> None:
-        self.searcher.on_trial_result(trial_id, result)
+        with self.lock:
+            self.searcher.on_trial_result(trial_id, result)
 
     def ended(self, trial_id: str, result: dict | None, error: bool) -> None:
         super().ended(trial_id, result, error)
-        self.searcher.on_trial_complete(trial_id, result=result, error=error)
+        with self.lock:
+            if trial_id in self.written_ids:
+                self.searcher.on_trial_complete(trial_id, result=result, error=error)
+            else:
+                self.untold[trial_id] = (result, error)
+
+    def __getstate__(self) -> dict:  # Tune pickles its searcher; a lock does not travel
+        return {**self.__dict__, "lock": None}
+
+    def written(self, trial_id: str) -> None:
+        with self.lock:
+            if trial_id in self.untold:
+                result, error = self.untold.pop(trial_id)
+                self.searcher.on_trial_complete(trial_id, result=result, error=error)
+            else:
+                self.written_ids.add(trial_id)
 
     def chosen(self, limit: int) -> list[dict]:
         """The settings the search chose, best selection final score first: the Pareto front
         (pareto objective) or the best trial (scalar objective), at most `limit`."""
+        if self.untold:  # every run written, and so Optuna told, before the front is read
+            self.ctx.tracker.flush()
         complete = [t for t in self.study.trials if t.state == TrialState.COMPLETE] if self.study else []
         if not complete:
             return []

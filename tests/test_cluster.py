@@ -64,3 +64,60 @@ def test_local_instance_has_no_dashboard_and_keeps_token_auth(monkeypatch):
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     with pytest.raises(ConfigError, match="without token authentication"):
         connect(cfg)
+
+
+def test_a_worker_node_lost_mid_search_loses_no_trial_and_counts_none_twice(tmp_path):
+    """Case 1 of docs/reliability.md: a spot node taken back while GLI trials run on it."""
+    import threading
+    import time
+
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+    from ray.cluster_utils import Cluster
+
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    worker = cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    journal, removed = tmp_path / "r" / "optuna.journal", threading.Event()
+
+    def take_the_node_back():  # once the search has finished a trial, both slots are busy with GLI trials
+        deadline = time.time() + 300
+        while time.time() < deadline and not removed.is_set():
+            if journal.exists() and '"state":1' in journal.read_text().replace(" ", ""):
+                time.sleep(0.5)
+                cluster.remove_node(worker, allow_graceful=False)
+                removed.set()
+                return
+            time.sleep(0.2)
+
+    killer = threading.Thread(target=take_the_node_back, daemon=True)
+    killer.start()
+    try:
+        uri = f"sqlite:///{tmp_path}/store.db"
+        config = tmp_path / "study.yaml"
+        config.write_text("baselines: [finetune]\n")
+        code = launch(["--smoke-test", "--config", str(config), "--address", cluster.address,
+                       "--storage-path", str(tmp_path / "shared"), "--results-dir", str(tmp_path / "r"),
+                       "--tracking-uri", uri, "--max-failures", "2"])
+        assert removed.is_set(), "the node was never removed: the test did not test anything"
+        assert code == 0
+        client = MlflowClient(tracking_uri=uri)
+        exp = client.get_experiment_by_name("gli-digits-smoke")
+        runs = client.search_runs([exp.experiment_id], max_results=1000)
+        children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+        assert not [c for c in children if c.info.status == "RUNNING"]
+        keys = [c.data.tags["trial_key"] for c in children]
+        assert len(keys) == len(set(keys))  # no trial counted twice
+        hit = [c for c in children if int(c.data.tags.get("attempts", "1")) > 1 or c.info.status == "FAILED"]
+        assert hit, "no trial was running on the lost node"
+        study = optuna.load_study(study_name="gli-digits-smoke-gli-fair-pareto",
+                                  storage=JournalStorage(JournalFileBackend(str(journal))))
+        complete = {t.number for t in study.trials if t.state.name == "COMPLETE"}
+        gli = [c for c in children if c.data.tags["stage"] == "gli" and c.info.status == "FINISHED"]
+        assert len(gli) == len(complete) == 4  # Optuna and MLflow agree one to one, the budget met
+    finally:
+        removed.set()
+        ray.shutdown()
+        cluster.shutdown()

@@ -207,3 +207,88 @@ def test_bad_input_one_line_no_running_parent(ray_instance, tmp_path, capsys, ca
         parents, _ = _runs(f"sqlite:///{results}/mlflow.db", "gli-digits-smoke")
         assert not [p for p in parents if p.info.status == "RUNNING"]
     assert not (results / "ray" / "models").exists()  # nothing was trained
+
+
+def _tune_trials(results: Path) -> dict[str, dict]:
+    """Each study trial's final result as Tune wrote it: trial id -> last reported result."""
+    import json
+
+    out = {}
+    for path in (results / "ray" / "study").glob("study_trial_*/result.json"):
+        lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        final = [r for r in lines if r.get("final") == 1.0]
+        if final:
+            out[final[-1]["trial_id"]] = final[-1]
+    return out
+
+
+def _check_tracking_matches_trials(uri: str, results: Path) -> None:
+    """The final MLflow state equals what the trials reported: one child per trial, nothing running, the
+    same final metrics; the Optuna study and the GLI children agree one to one."""
+    parents, children = _runs(uri, "gli-digits-smoke")
+    assert [p.info.status for p in parents] == ["FINISHED"]
+    assert not [c for c in children if c.info.status == "RUNNING"]
+    finished = [c for c in children if c.info.status == "FINISHED"]
+    keys = [c.data.tags["trial_key"] for c in children]
+    assert len(keys) == len(set(keys))  # no trial recorded twice
+    reported = _tune_trials(results)
+    by_trial = {c.data.tags["trial_id"]: c for c in finished}
+    missing = [t for t in reported if t not in by_trial]
+    assert not missing, f"trials reported to Tune but not in MLflow: {missing}"
+    for trial_id, result in reported.items():
+        metrics = by_trial[trial_id].data.metrics
+        for name in ("accuracy", "forgetting_score", "final_score", "sel_final_score"):
+            assert metrics[name] == pytest.approx(result[name]), (trial_id, name)
+    gli = [c for c in finished if c.data.tags["stage"] == "gli"]
+    complete = [t for t in _study(results).trials if t.state.name == "COMPLETE"]
+    assert len(gli) == len(complete) == 4
+
+
+def test_tracking_server_down_for_30_seconds_loses_nothing(tmp_path):
+    """A real `mlflow server` stopped mid-search and started again 30 s later."""
+    from tests.fixtures import MlflowServer
+
+    server = MlflowServer(tmp_path / "server").start()
+    try:
+        results = tmp_path / "r"
+        proc = _start(results, tmp_path / "cache", "--tracking-uri", server.uri, "--tracking-outage", "180")
+        _wait_for(proc, "[study] gli: 1/4 done")
+        server.stop()
+        time.sleep(30)
+        server.start()
+        out = proc.communicate(timeout=600)[0]
+        assert proc.returncode == 0, out[-3000:]
+        warnings = [line for line in out.splitlines() if "unreachable" in line]
+        assert len(warnings) >= 1 and "writes are queued and retried" in warnings[0], out[-3000:]
+        assert "reachable again" in out
+        _check_tracking_matches_trials(server.uri, results)
+    finally:
+        server.stop()
+
+
+def test_tracking_server_down_past_the_limit_stops_cleanly_and_a_rerun_resumes(tmp_path):
+    from tests.fixtures import MlflowServer
+
+    server = MlflowServer(tmp_path / "server").start()
+    try:
+        results, cache = tmp_path / "r", tmp_path / "cache"
+        args = ("--tracking-uri", server.uri, "--tracking-outage", "8")
+        proc = _start(results, cache, *args)
+        _wait_for(proc, "[study] gli: 1/4 done")
+        server.stop()  # and it stays down
+        out = proc.communicate(timeout=300)[0]
+        errors = [line for line in out.splitlines() if line.startswith("error:")]
+        assert proc.returncode == 3, out[-3000:]
+        assert len(errors) == 1 and "unreachable for more than 8s" in errors[0] and "resume" in errors[0]
+        server.start()
+        rerun = _start(results, cache, *args)
+        out = rerun.communicate(timeout=600)[0]
+        assert rerun.returncode == 0, out[-3000:]
+        assert "resuming gli-digits-smoke" in out
+        parents, children = _runs(server.uri, "gli-digits-smoke")
+        assert [p.info.status for p in parents] == ["FINISHED"]
+        finished = [c.data.tags["trial_key"] for c in children if c.info.status == "FINISHED"]
+        assert len(finished) == len(set(finished)) and not [c for c in children if c.info.status == "RUNNING"]
+        assert len([c for c in children if c.data.tags["stage"] == "gli" and c.info.status == "FINISHED"]) == 4
+    finally:
+        server.stop()
