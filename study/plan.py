@@ -181,7 +181,8 @@ class StudyContext:
             tune_config=tune.TuneConfig(search_alg=plan, num_samples=-1, max_concurrent_trials=self.slots,
                                         reuse_actors=True),
             run_config=tune.RunConfig(
-                name="study", storage_path=self.cfg.storage_path, verbose=0,
+                # one folder per study: two studies may share a storage path
+                name=self.cfg.experiment_name, storage_path=self.cfg.storage_path, verbose=0,
                 callbacks=[TrackingCallback(self.tracker, self.data.name, {s.stage for s in stages}, plan.trial_done,
                                             plan.trial_written)],
                 failure_config=tune.FailureConfig(max_failures=self.cfg.max_failures),

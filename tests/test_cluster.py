@@ -121,3 +121,57 @@ def test_a_worker_node_lost_mid_search_loses_no_trial_and_counts_none_twice(tmp_
         removed.set()
         ray.shutdown()
         cluster.shutdown()
+
+
+def test_two_studies_at_once_on_one_tracking_server_and_cluster_keep_to_their_own(tmp_path):
+    """Case 6: two launchers, one MLflow server, one Ray cluster, one shared storage path."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from ray.cluster_utils import Cluster
+
+    from tests.fixtures import MlflowServer
+    from trainables.base_models import read_checkpoint
+
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    server = MlflowServer(tmp_path / "server").start()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
+    shared = tmp_path / "shared"
+    try:
+        procs = {}
+        for name in ("study-a", "study-b"):
+            cmd = [sys.executable, "-m", "study.launch", "--smoke-test", "--experiment-name", name,
+                   "--results-dir", str(tmp_path / name), "--tracking-uri", server.uri,
+                   "--address", cluster.address, "--storage-path", str(shared)]
+            procs[name] = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                           cwd=Path(__file__).resolve().parents[1],
+                                           env={**os.environ, "GLI_CACHE_DIR": str(tmp_path / "cache")})
+        outs = {name: proc.communicate(timeout=900)[0] for name, proc in procs.items()}
+        for name, proc in procs.items():
+            assert proc.returncode == 0, outs[name][-3000:]
+        client = MlflowClient(tracking_uri=server.uri)
+        parents = {}
+        for name in procs:
+            exp = client.get_experiment_by_name(name)
+            runs = client.search_runs([exp.experiment_id], max_results=1000)
+            own = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+            assert len(own) == 1 and own[0].info.status == "FINISHED"
+            parents[name] = own[0].info.run_id
+            children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+            assert children and all(c.data.tags["mlflow.parentRunId"] == parents[name] for c in children)
+            keys = [c.data.tags["trial_key"] for c in children]
+            assert len(keys) == len(set(keys)) and all(c.info.status == "FINISHED" for c in children)
+            journal = (tmp_path / name / "optuna.journal").read_text()
+            other = "study-b" if name == "study-a" else "study-a"
+            assert f"{name}-gli" in journal and other not in journal  # no shared Optuna study
+        assert parents["study-a"] != parents["study-b"]
+        checkpoints = list((shared / "models").rglob("*.pt"))
+        assert checkpoints and not list((shared / "models").rglob("*.tmp"))
+        for path in checkpoints:  # both studies trained the same base models: each file whole and verified
+            read_checkpoint(path)
+        assert {p.name for p in shared.iterdir()} >= {"study-a", "study-b"}  # one Tune folder per study
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+        server.stop()
