@@ -14,6 +14,7 @@ from study.config import ConfigError, resolve
 from study.launch import main as launch
 
 
+@pytest.mark.slow
 def test_two_node_cluster_runs_trials_on_both_nodes(tmp_path):
     from ray.cluster_utils import Cluster
 
@@ -66,6 +67,7 @@ def test_local_instance_has_no_dashboard_and_keeps_token_auth(monkeypatch):
         connect(cfg)
 
 
+@pytest.mark.slow
 def test_a_worker_node_lost_mid_search_loses_no_trial_and_counts_none_twice(tmp_path):
     """Case 1 of docs/reliability.md: a spot node taken back while GLI trials run on it."""
     import threading
@@ -123,6 +125,7 @@ def test_a_worker_node_lost_mid_search_loses_no_trial_and_counts_none_twice(tmp_
         cluster.shutdown()
 
 
+@pytest.mark.slow
 def test_two_studies_at_once_on_one_tracking_server_and_cluster_keep_to_their_own(tmp_path):
     """Case 6: two launchers, one MLflow server, one Ray cluster, one shared storage path."""
     import subprocess

@@ -62,6 +62,7 @@ def _study(results: Path):
     return optuna.load_study(study_name="gli-digits-smoke-gli-fair-pareto", storage=storage)
 
 
+@pytest.mark.slow
 def test_sigkill_mid_search_then_resume(tmp_path):
     results, cache = tmp_path / "r", tmp_path / "cache"
     proc = _start(results, cache)
@@ -99,6 +100,7 @@ def test_sigkill_mid_search_then_resume(tmp_path):
     assert all(run_id in trials_csv for run_id in finished_before)
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_cleanly_and_rerun_resumes(tmp_path):
     results, cache = tmp_path / "r", tmp_path / "cache"
     proc = _start(results, cache)
@@ -247,6 +249,7 @@ def _check_tracking_matches_trials(uri: str, results: Path) -> None:
     assert len(gli) == len(complete) == 4
 
 
+@pytest.mark.slow
 def test_tracking_server_down_for_30_seconds_loses_nothing(tmp_path):
     """A real `mlflow server` stopped mid-search and started again 30 s later."""
     from tests.fixtures import MlflowServer
@@ -269,6 +272,7 @@ def test_tracking_server_down_for_30_seconds_loses_nothing(tmp_path):
         server.stop()
 
 
+@pytest.mark.slow
 def test_tracking_server_down_past_the_limit_stops_cleanly_and_a_rerun_resumes(tmp_path):
     from tests.fixtures import MlflowServer
 
