@@ -219,7 +219,9 @@ def main(argv: list[str] | None = None) -> int:
     from trainables.metrics import PROTOCOL_LABEL
 
     from .plan import StudyContext
-    from .tracking import TrackingError, git_commit
+    from trainables.records import journal_path
+
+    from .tracking import TrackingError, git_commit, runs_link
 
     if "error" in prepared:
         if started_ray:
@@ -254,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
                          cfg.results_dir)
         summary, front, written = build_report(StudyRecords(tracker.client, tracker.experiment_id, parent_id), info,
                                                results)
+        tracker.describe_parent((results / "summary.md").read_text())
         tracker.log_artifact(results / "config.yaml")
         for path in written:
             tracker.log_artifact(path, "summary")
@@ -261,7 +264,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"GLI: {len(tracker.children('gli'))} trials finished, {len(front)} setting(s) confirmed "
               f"(front.csv, front.png). Wall time {time.time() - start:.0f}s.")
         print(f"Results: {results}\nMLflow:  {cfg.tracking_uri} (experiment {cfg.experiment_name})")
-        print(f"Browse:  mlflow ui --backend-store-uri {cfg.tracking_uri} --host 127.0.0.1 --port 5000")
+        if cfg.tracking_uri.startswith(("http://", "https://")):
+            print(f"Browse:  {runs_link(cfg.tracking_uri, tracker.experiment_id)}")
+        else:
+            print(f"Browse:  mlflow ui --backend-store-uri {cfg.tracking_uri} --host 127.0.0.1 --port 5000\n"
+                  f"         then open {runs_link(cfg.tracking_uri, tracker.experiment_id)}")
+        print(f"Search:  optuna-dashboard {journal_path(results)}   (pip install optuna-dashboard)")
         if failure:  # the report holds what did finish; the study as a whole did not
             print(f"error: {failure}", file=sys.stderr)
             return 1

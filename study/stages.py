@@ -13,6 +13,7 @@ import math
 import sys
 import threading
 import time
+import warnings
 
 import optuna
 from optuna.storages import JournalStorage
@@ -25,12 +26,24 @@ from trainables.metrics import final_score
 from trainables.records import journal_path, optuna_study_name, repair_journal
 from trainables.trial import TrialSpec
 
+from .tracking import git_commit
+
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 OBJECTIVES = {
     "pareto": (["sel_accuracy", "sel_forgetting_score"], ["max", "min"]),
     "final_score": ("sel_final_score", "max"),
 }
+
+
+def describe(study: optuna.Study, metric, attrs: dict) -> None:
+    """Name the objectives (optuna-dashboard shows them instead of "Objective 0") and record what the
+    search belongs to as study user attributes."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(list(metric) if isinstance(metric, list) else [metric])
+    for key, value in attrs.items():
+        study.set_user_attr(key, value)
 
 
 class StudySearch(OptunaSearch):
@@ -179,6 +192,9 @@ class SearchStage(Stage):
         directions = ["maximize", "minimize"] if isinstance(mode, list) else ["maximize"]
         study = optuna.create_study(study_name=study_name, storage=storage, load_if_exists=True, directions=directions)
         self.study = study
+        if not study.user_attrs:  # what optuna-dashboard shows beside the front, written once
+            describe(study, metric, {"experiment": cfg.experiment_name, "method": self.method, "dataset": cfg.dataset,
+                                     "protocol": cfg.protocol, "objective": cfg.objective, "git_commit": git_commit()})
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             # Left behind by a killed study: it will never report. Closed as failed, marked so that
             # it does not use up the budget (its setting may be drawn again).

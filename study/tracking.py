@@ -145,6 +145,22 @@ class Writer:
             return result
 
 
+NOTE_TAG = "mlflow.note.content"  # MLflow's UI renders this tag as the description, in Markdown
+EXPERIMENT_NOTE = (
+    "**{name}**: a hyper-parameter study of machine-unlearning methods, written by `python -m study.launch`. "
+    "The parent run (no parent) holds the study's settings and, as its description, the summary table; each "
+    "child run is one trial (tags `stage`, `method`, `seed`, `trial_key`): `base` (the original and retrained "
+    "models), `gli` (the Optuna search), `baseline`, `confirm` (the chosen GLI settings over every seed) and "
+    "`audit`. Metrics named `sel_*` are on the selection splits, the others on the report splits."
+)
+
+
+def runs_link(uri: str, experiment_id: str, port: int = 5000) -> str:
+    """The address of the experiment's runs table in the MLflow UI."""
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else f"http://127.0.0.1:{port}"
+    return f"{base}/#/experiments/{experiment_id}/runs"
+
+
 class RunHandle:
     """A child run whose id the writer fills in once it has created the run."""
 
@@ -168,6 +184,9 @@ class Tracker:
                 self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
             else:
                 self.experiment_id = found.experiment_id
+            # MLflow 3's UI opens an experiment on its GenAI overview unless told it holds training runs
+            self.client.set_experiment_tag(self.experiment_id, "mlflow.experimentKind", "custom_model_development")
+            self.client.set_experiment_tag(self.experiment_id, NOTE_TAG, EXPERIMENT_NOTE.format(name=experiment))
         except Exception as exc:  # MLflow raises many kinds; the user needs one line
             raise TrackingError(f"tracking URI {uri}: {str(exc).splitlines()[0]}") from None
         self.parent_id: str | None = None
@@ -218,6 +237,10 @@ class Tracker:
         if self.parent_id:
             self.flush()
             self.writer.call(lambda attempt: self.client.set_terminated(self.parent_id, status=status))
+
+    def describe_parent(self, markdown: str) -> None:
+        """The parent run's description in the UI (the study's summary table)."""
+        self.writer.submit(lambda attempt: self.client.set_tag(self.parent_id, NOTE_TAG, markdown[:60000]))
 
     def log_artifact(self, path: Path, folder: str | None = None) -> None:
         self.writer.submit(lambda attempt: self.client.log_artifact(self.parent_id, str(path), folder))
@@ -372,4 +395,4 @@ class TrackingCallback(tune.Callback):
             self.on_done(trial, ok=ok)
 
 
-__all__ = ["Tracker", "TrackingCallback", "TrackingError", "git_commit"]
+__all__ = ["Tracker", "TrackingCallback", "TrackingError", "git_commit", "runs_link"]

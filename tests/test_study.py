@@ -7,6 +7,7 @@ leaves it running.
 from __future__ import annotations
 
 import os
+import re
 
 import optuna
 import pytest
@@ -73,6 +74,14 @@ def test_smoke_study_records_everything(smoke, capsys):
     assert all(len(t.values) == 2 for t in study.trials)
     assert study.trials[0].params == {"step_size": 0.01, "iterations": 2, "w_start": 200.0, "w_end": 1000.0}
     assert all(t.params["w_end"] >= t.params["w_start"] for t in study.trials)
+    assert study.metric_names == ["sel_accuracy", "sel_forgetting_score"]  # optuna-dashboard's axis names
+    assert study.user_attrs["dataset"] == "digits" and study.user_attrs["protocol"] == "fair"
+    assert len(study.user_attrs["git_commit"]) in (7, 40) or study.user_attrs["git_commit"] == "unknown"
+    # what a new user sees in MLflow's UI: the runs table (not the GenAI overview), the table as the description
+    experiment = client.get_experiment(parent.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert "child run is one trial" in experiment.tags["mlflow.note.content"]
+    assert "| method | seeds |" in client.get_run(parent.info.run_id).data.tags["mlflow.note.content"]
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "summary")}
     assert {"summary/front.csv", "summary/summary.md", "summary/gli_trials.csv"} <= artifacts
     front = (results / "front.csv").read_text()
@@ -89,6 +98,8 @@ def test_second_run_reuses_finished_work(smoke, capsys):
     captured = capsys.readouterr()
     err = captured.err
     assert f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1" in captured.out  # local only
+    assert re.search(r"then open http://127\.0\.0\.1:5000/#/experiments/\d+/runs", captured.out)  # the runs table
+    assert f"optuna-dashboard {results / 'optuna.journal'}" in captured.out
     assert "stage base: 2 of 2 trial(s) already finished" in err
     assert "all 4 trials already in the Optuna study" in err
     assert [p.stat().st_mtime_ns for p in sorted((results / "ray" / "models").iterdir())] == stamps  # nothing retrained
