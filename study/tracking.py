@@ -158,7 +158,7 @@ EXPERIMENT_NOTE = (
 def runs_link(uri: str, experiment_id: str, port: int = 5000) -> str:
     """The address of the experiment's runs table in the MLflow UI."""
     base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else f"http://127.0.0.1:{port}"
-    return f"{base}/#/experiments/{experiment_id}/runs"
+    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"  # not the GenAI view
 
 
 class RunHandle:

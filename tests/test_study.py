@@ -98,7 +98,8 @@ def test_second_run_reuses_finished_work(smoke, capsys):
     captured = capsys.readouterr()
     err = captured.err
     assert f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1" in captured.out  # local only
-    assert re.search(r"then open http://127\.0\.0\.1:5000/#/experiments/\d+/runs", captured.out)  # the runs table
+    assert re.search(r"then open http://127\.0\.0\.1:5000/#/experiments/\d+/runs\?workflowType=machine_learning",
+                     captured.out)  # the runs table, not the GenAI overview
     assert f"optuna-dashboard {results / 'optuna.journal'}" in captured.out
     assert "stage base: 2 of 2 trial(s) already finished" in err
     assert "all 4 trials already in the Optuna study" in err
