@@ -42,12 +42,34 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
         raise ConfigError(f"--address {address}: cannot reach the Ray cluster ({exc.strerror or exc})") from None
 
 
+TOKEN_HELP = ("export RAY_AUTH_MODE=token, with the cluster's token in ~/.ray/auth_token (copy it from the head "
+              "node) or in RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH, and run again (docs/cluster.md)")
+
+
+def _check_token(address: str) -> None:
+    """One line when the cluster wants a token this process does not send (Ray itself retries for
+    twenty seconds, printing a warning a second, then says only that it cannot connect)."""
+    if address == "auto" or "://" in address:
+        return
+    from ray.exceptions import AuthenticationError
+
+    try:
+        ray._raylet.GcsClient(address=address)
+    except AuthenticationError:
+        mode = os.environ.get("RAY_AUTH_MODE", "unset")
+        raise ConfigError(f"--address {address}: the Ray cluster wants an authentication token and this process sends "
+                          f"none it accepts (RAY_AUTH_MODE is {mode}): {TOKEN_HELP}") from None
+    except Exception:  # anything else is for ray.init to report
+        return
+
+
 def connect(cfg: StudyConfig, dashboard: bool = False) -> tuple[dict, bool]:
     """Start a local Ray instance (or join `cfg.address`); returns (the cluster's resources,
     whether this call connected, so that the caller shuts down only what it started)."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if cfg.address:
         _check_reachable(cfg.address)
+        _check_token(cfg.address)
     started = not ray.is_initialized()
     if not started:
         resources = ray.cluster_resources()

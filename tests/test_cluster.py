@@ -178,3 +178,75 @@ def test_two_studies_at_once_on_one_tracking_server_and_cluster_keep_to_their_ow
         ray.shutdown()
         cluster.shutdown()
         server.stop()
+
+
+@pytest.mark.slow
+def test_a_cluster_started_by_hand_with_ray_start_and_a_token(tmp_path):
+    """docs/cluster.md's by-hand commands, for real: `ray start --head`, `ray start --address` for a second
+    node (two nodes on this machine, their own ports), the smoke study joined with --address; the
+    launcher says in one line when the token is missing; exactly the processes started are stopped."""
+    import secrets
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+    import time
+    from pathlib import Path
+
+    def free_port() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    token = tmp_path / "token"
+    token.write_text(secrets.token_hex(32))
+    temp = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
+    base = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    env = {**base, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token), "RAY_USAGE_STATS_ENABLED": "0"}
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    common = ["--block", "--num-cpus", "1", "--node-ip-address", "127.0.0.1", "--disable-usage-stats"]
+    nodes = [subprocess.Popen(["ray", "start", "--head", "--port", str(port), "--include-dashboard=false",
+                               "--temp-dir", temp, "--dashboard-agent-listen-port", str(free_port()), *common],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)]
+    try:
+        deadline = time.time() + 60
+        while not _listening(port) and time.time() < deadline:
+            time.sleep(0.5)
+        nodes.append(subprocess.Popen(["ray", "start", "--address", address,
+                                       "--dashboard-agent-listen-port", str(free_port()), *common],
+                                      env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                      start_new_session=True))
+        root = Path(__file__).resolve().parents[1]
+        launch_cmd = [sys.executable, "-m", "study.launch", "--smoke-test", "--address", address,
+                      "--results-dir", str(tmp_path / "r"), "--storage-path", str(tmp_path / "shared")]
+        refused = subprocess.run(launch_cmd, env={**base, "GLI_CACHE_DIR": str(tmp_path / "cache")}, cwd=root,
+                                 capture_output=True, text=True, timeout=120)
+        errors = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
+        assert refused.returncode == 2 and len(errors) == 1, refused.stderr[-2000:]
+        assert "wants an authentication token" in errors[0] and "export RAY_AUTH_MODE=token" in errors[0]
+        deadline = time.time() + 60  # the second node registered
+        while time.time() < deadline:
+            status = subprocess.run(["ray", "status", "--address", address], env=env, capture_output=True, text=True)
+            if status.stdout.count("node_") >= 2:
+                break
+            time.sleep(1)
+        run = subprocess.run(launch_cmd, env={**env, "GLI_CACHE_DIR": str(tmp_path / "cache")}, cwd=root,
+                             capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, run.stderr[-3000:]
+        client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'r' / 'mlflow.db'}")
+        exp = client.get_experiment_by_name("gli-digits-smoke")
+        children = [r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" in r.data.tags]
+        assert len({c.data.tags.get("node_id") for c in children} - {None}) == 2  # trials ran on both nodes
+    finally:
+        for node in nodes:
+            if node.poll() is None:
+                os.killpg(node.pid, signal.SIGTERM)
+        for node in nodes:
+            node.wait(timeout=60)
+    deadline = time.time() + 30
+    while time.time() < deadline and subprocess.run(["pgrep", "-f", temp], capture_output=True).stdout:
+        time.sleep(0.5)
+    # Every process it started is gone; only its own process groups were signalled (never `ray stop`,
+    # which stops every Ray process on the machine).
+    assert not subprocess.run(["pgrep", "-f", temp], capture_output=True).stdout
