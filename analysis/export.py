@@ -10,6 +10,7 @@ every Pareto-optimal GLI setting, and the tables and plots of `analysis.report`.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 from pathlib import Path
@@ -24,7 +25,8 @@ from .report import AXES, StudyInfo, build_report, method_rows
 from .results import ResultsError, open_study
 
 METRICS = ["accuracy", "top2_accuracy", "forgetting_score", "final_score", "jsd", "seconds", "rte",
-           "retain_accuracy", "forget_accuracy", "unseen_accuracy", "mia"] + AXES
+           "retain_accuracy", "forget_accuracy", "unseen_accuracy", "mia", "fs_se", "accuracy_se",
+           "sel_fs_se", "sel_accuracy_se"] + AXES
 
 
 def _clean(value):
@@ -41,6 +43,14 @@ def _metrics(group: pd.DataFrame) -> dict:
     return {"mean": mean, "per_seed": per_seed}
 
 
+def _hardware(group: pd.DataFrame, tags: dict) -> dict:
+    """What the exported numbers were computed on: the trials' own record, else the launcher's."""
+    for value in (group["tags.hardware"] if "tags.hardware" in group else []):
+        if isinstance(value, str) and value:
+            return json.loads(value)
+    return json.loads(tags["hardware"]) if tags.get("hardware") else {}
+
+
 def export_config(method: str, group: pd.DataFrame, params: dict, tags: dict, info: StudyInfo) -> dict:
     settings = params[SETTINGS_PARAM]
     first = group.iloc[0]
@@ -55,8 +65,10 @@ def export_config(method: str, group: pd.DataFrame, params: dict, tags: dict, in
         "train": settings["train"],
         "evaluation": settings["evaluation"],
         "threads": settings["threads"],
+        "accel": settings.get("accel"),
         "models_dir": settings["models_dir"],
         "seeds": sorted(int(s) for s in group["tags.seed"]),
+        "hardware": _hardware(group, tags),
         "protocol": info.protocol,
         "protocol_label": info.label,
         "objective": info.objective,

@@ -61,6 +61,7 @@ class StudyConfig:
     image_size: int | None = None  # decode face images at this size (default 128); small CPU runs
     width: int | None = None  # the width-reduced ResNet-18 at this width instead of ResNet-18
     attribute: str | None = None  # mucac-binary: the attribute predicted (default Young)
+    deterministic: bool = False  # GPU trials in fp32 with deterministic kernels, no CUDA graphs (slower; exact repeats)
     method_epochs: int | None = None  # override every method's epochs (the smoke test uses 1)
     max_failures: int = 2  # retries of a trial whose worker died (a diverging trial is never retried)
     audit: int = 0  # models per setting in the privacy audit after confirm (0: no audit; trainables/audit.py)

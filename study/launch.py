@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--address", help="join this running Ray cluster (e.g. ray://head:10001 or auto) instead of starting one")
     a("--storage-path", help="Ray storage shared by all nodes (default <results>/ray); a shared path for multi-node")
     a("--tracking-uri", help="MLflow tracking URI (default sqlite:///<results>/mlflow.db)")
+    a("--deterministic", action="store_true", default=None,
+      help="GPU trials that repeat bit for bit on the same GPU, driver and libraries: fp32, deterministic kernels, "
+           "no CUDA graphs (slower; CPU runs repeat without it)")
     a("--tracking-outage", type=float,
       help="seconds the tracking store may stay unreachable, writes queued and retried, before the study stops "
            "(default 300; a rerun resumes)")
@@ -219,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     from trainables.metrics import PROTOCOL_LABEL
 
     from .plan import StudyContext
+    from trainables import engine
     from trainables.records import journal_path
 
     from .tracking import TrackingError, git_commit, runs_link
@@ -237,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     params[SETTINGS_PARAM] = ctx.settings.as_dict()  # model, base training and evaluation settings, for export
     tags = {"dataset": cfg.dataset, "protocol": cfg.protocol, "protocol_label": protocol,
             "objective": cfg.objective, "git_commit": git_commit(), "data_fingerprint": data.fingerprint,
-            "smoke_test": str(cfg.smoke_test)}
+            "smoke_test": str(cfg.smoke_test), "hardware": json.dumps(engine.hardware(), sort_keys=True)}
     parent_id, resumed = tracker.start_parent(study_key(cfg, data.fingerprint), cfg.experiment_name, params, tags)
     if resumed and (stale := tracker.close_stale_children()):
         print(f"[study] {stale} trial(s) left running by the interrupted study marked KILLED", file=sys.stderr)

@@ -17,6 +17,7 @@ from pathlib import Path
 from ray import tune
 from ray.tune.search import Searcher
 
+from trainables import engine
 from trainables.base_models import default_configs
 from trainables.data import Dataset
 from trainables.methods import resolved_hparams
@@ -152,7 +153,8 @@ class StudyContext:
                                 bootstrap=self.cfg.bootstrap)
         self.settings = TrialSettings(models_dir=self.cfg.models_dir, model=model_cfg, train=recipe,
                                       evaluation=evaluation, threads=max(1, int(self.cfg.cpus_per_trial)),
-                                      fault_injection=self.cfg.fault_injection)
+                                      fault_injection=self.cfg.fault_injection,
+                                      accel=engine.Accel.exact() if self.cfg.deterministic else engine.Accel())
 
     def fixed_hparams(self, method: str | None = None) -> dict:
         """Settings every trial of `method` gets: the smoke test's epochs, then the user's overrides."""

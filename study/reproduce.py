@@ -27,6 +27,7 @@ from trainables.records import EXPORT_KIND, REFERENCE_ROWS
 from trainables.run import run_method
 from trainables.unlearn import EvalConfig
 
+WITHIN_SE = 3.0  # on other hardware, a reproduced number may differ by this many exported standard errors
 SHOWN = ["accuracy", "forgetting_score", "final_score", "jsd", "sel_accuracy", "sel_forgetting_score"]
 
 
@@ -58,6 +59,9 @@ def reproduce(spec: dict, seeds: list[int], data_dir: str | None = None, models_
         print(f"warning: the data set's fingerprint is {data.fingerprint}, the study's was {data_cfg['fingerprint']}: "
               "numbers may differ", file=sys.stderr)
     torch.set_num_threads(max(1, int(spec.get("threads", 1))))  # the trial's thread count, for equal numerics
+    accel = engine.Accel(**spec["accel"]) if spec.get("accel") else None  # as the study's trials ran
+    if accel is not None and accel.deterministic:
+        engine.make_deterministic()
     device = engine.pick_device()
     model_cfg, recipe = ModelConfig(**spec["model"]), BaseRecipe.of(spec["train"])
     evaluation = EvalConfig(**{**spec["evaluation"], **({"protocol": protocol} if protocol else {})})
@@ -69,25 +73,56 @@ def reproduce(spec: dict, seeds: list[int], data_dir: str | None = None, models_
         for kind in REFERENCE_ROWS:
             model, seconds, _ = base_model(data, kind, model_cfg, recipe, seed, device, cache)
             bases[kind] = (model, seconds)
-        results[seed] = run_method(spec["method"], data, bases, seed, device, spec["hparams"], evaluation)
+        results[seed] = run_method(spec["method"], data, bases, seed, device, spec["hparams"], evaluation,
+                                   accel=accel)
     return results
 
 
-def compare(spec: dict, results: dict) -> tuple[str, float]:
-    """A table of exported vs reproduced numbers; returns it and the largest absolute difference."""
+def hardware_difference(spec: dict) -> list[str]:
+    """How this machine differs from the one that made the export, in what changes float results."""
+    theirs, ours = spec.get("hardware") or {}, engine.hardware()
+    return [f"{k}: {ours.get(k)!r} here, {theirs.get(k)!r} in the study" for k in engine.NUMERIC_HARDWARE
+            if k in theirs and theirs.get(k) != ours.get(k)]
+
+
+def standard_error(key: str, row: dict) -> float | None:
+    """The exported standard error of `key` (bootstrap fs_se, binomial accuracy_se; final = (acc + 1 - 2 FS) / 2)."""
+    prefix = "sel_" if key.startswith("sel_") else ""
+    fs, acc = row.get(f"{prefix}fs_se"), row.get(f"{prefix}accuracy_se")
+    name = key[len(prefix):]
+    if name == "forgetting_score":
+        return fs
+    if name == "accuracy":
+        return acc
+    if name == "final_score" and fs is not None and acc is not None:
+        return math.sqrt(acc ** 2 / 4 + fs ** 2)
+    return None
+
+
+def compare(spec: dict, results: dict, within: float | None = None) -> tuple[str, float, list[str]]:
+    """A table of exported vs reproduced numbers; returns it, the largest absolute difference and, with
+    `within` (a number of standard errors), the numbers that differ by more than that many."""
     exported = spec["metrics"]["per_seed"]
-    lines = [f"{'seed':>4} {'metric':<22} {'exported':>10} {'reproduced':>11}"]
-    worst = 0.0
+    lines = [f"{'seed':>4} {'metric':<22} {'exported':>10} {'reproduced':>11}" + ("  |diff| / se" if within else "")]
+    worst, outside = 0.0, []
     for seed, row in results.items():
+        old_row = exported.get(seed, {})
         for key in SHOWN:
             new = row.get(key)
-            old = exported.get(seed, {}).get(key)
+            old = old_row.get(key)
             if new is None:
                 continue
+            line = f"{seed:>4} {key:<22} {'-' if old is None else f'{old:.6f}':>10} {new:>11.6f}"
             if old is not None and math.isfinite(new):
                 worst = max(worst, abs(new - old))
-            lines.append(f"{seed:>4} {key:<22} {'-' if old is None else f'{old:.6f}':>10} {new:>11.6f}")
-    return "\n".join(lines), worst
+                se = standard_error(key, old_row)
+                if within and se:
+                    ratio = abs(new - old) / se
+                    line += f"  {ratio:>11.2f}"
+                    if ratio > within:
+                        outside.append(f"seed {seed} {key}")
+            lines.append(line)
+    return "\n".join(lines), worst, outside
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,7 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models-dir", help="the study's base-model checkpoints, if they moved")
     parser.add_argument("--protocol", choices=["fair", "paper"],
                         help="rerun under this protocol instead of the exported one (the numbers then differ)")
-    parser.add_argument("--check", action="store_true", help="exit 1 when a number differs by more than 1e-6")
+    parser.add_argument("--check", action="store_true",
+                        help="exit 1 when a number differs: by more than 1e-6 on the study's hardware, by more than "
+                             f"{WITHIN_SE:g} standard errors on other hardware")
     args = parser.parse_args(argv)
     try:
         spec = load_export(args.export)
@@ -109,13 +146,25 @@ def main(argv: list[str] | None = None) -> int:
     except (ReproduceError, DataError, KeyError, ValueError) as exc:
         print(f"error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
         return 2
-    table, worst = compare(spec, results)
+    differences = hardware_difference(spec)
+    table, worst, outside = compare(spec, results, WITHIN_SE if differences else None)
     label = PROTOCOL_LABEL[args.protocol] if args.protocol else spec["protocol_label"]
     print(f"{spec['method']} on {spec['data']['dataset']}; {label}")
+    if differences:  # float results differ between CPUs, GPUs and library versions: compare within uncertainty
+        print("other hardware than the study's (" + "; ".join(differences) + "): numbers are compared within "
+              f"{WITHIN_SE:g} of their exported standard errors, not for equality")
+    else:
+        print("same hardware and libraries as the study: numbers are compared for equality (1e-6)")
     print(table)
-    verdict = "agree" if worst <= 1e-6 else f"differ (largest difference {worst:.2e})"
+    if differences:
+        verdict = ("agree within their uncertainty" if not outside
+                   else f"differ beyond {WITHIN_SE:g} standard errors ({', '.join(outside)})")
+        failed = bool(outside)
+    else:
+        verdict = "agree" if worst <= 1e-6 else f"differ (largest difference {worst:.2e})"
+        failed = worst > 1e-6
     print(f"reproduced numbers {verdict} with the export")
-    return 1 if args.check and worst > 1e-6 else 0
+    return 1 if args.check and failed else 0
 
 
 if __name__ == "__main__":

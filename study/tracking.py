@@ -356,7 +356,7 @@ class TrackingCallback(tune.Callback):
             self.on_written(trial.trial_id)
             return
         result = trial.last_result or {}
-        tags = {"node_id": str(result["node_id"])} if "node_id" in result else {}
+        tags = {k: str(result[k]) for k in ("node_id", "hardware") if k in result}  # where it ran, on what
         if result.get("final") != 1.0:
             reason = str(result.get("error") or "the trial ended without a final report")
             self.tracker.finish(handle, "FAILED", tags={**tags, "error": reason[:4000]},

@@ -71,3 +71,16 @@ def test_fashion_mnist_sizes_reach_the_data(tmp_path):
     assert (data.train_count, data.unseen_count, data.test_count, data.forget_count) == (500, 300, 200, 50)
     assert cfg.experiment_name == "gli-fashion-mnist"
     assert data_config(resolve({}, {"dataset": "fashion-mnist", "results_dir": str(tmp_path)})).train_count is None
+
+
+def test_deterministic_trials_run_fp32_with_deterministic_kernels(tmp_path):
+    from study.plan import StudyContext
+    from trainables import engine
+    from trainables.data import DataConfig, load_dataset
+
+    data = load_dataset(DataConfig())
+    exact = StudyContext(resolve({}, {"deterministic": True, "results_dir": str(tmp_path)}), data, None, 1).settings
+    assert exact.accel == engine.Accel.exact() and exact.accel.precision == "fp32" and not exact.accel.cuda_graphs
+    assert exact.as_dict()["accel"]["deterministic"]  # exported with the settings, and so reproduced that way
+    default = StudyContext(resolve({}, {"results_dir": str(tmp_path)}), data, None, 1).settings
+    assert default.accel == engine.Accel()

@@ -175,7 +175,24 @@ def test_export_then_reproduce_agrees(smoke, tmp_path, capsys):
     assert len(pareto["settings"]) >= 1 and "confirmed" in pareto["settings"][0]
     capsys.readouterr()
     assert reproduce_main([str(out / "gli.yaml"), "--check"]) == 0
-    assert "reproduced numbers agree with the export" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "same hardware and libraries as the study" in printed
+    assert "reproduced numbers agree with the export" in printed
+    from trainables import engine
+
+    assert spec["hardware"] == engine.hardware()  # the trials' own record of what they ran on
+    # Another machine: the numbers are compared within their exported standard errors, not for equality.
+    other = {**spec, "hardware": {**spec["hardware"], "cpu": "Some Other CPU @ 2.0GHz"}}
+    (tmp_path / "other.yaml").write_text(yaml.safe_dump(other))
+    assert reproduce_main([str(tmp_path / "other.yaml"), "--check"]) == 0
+    printed = capsys.readouterr().out
+    assert "other hardware than the study's (cpu: " in printed and "Some Other CPU" in printed
+    assert "agree within their uncertainty" in printed
+    far = yaml.safe_load((tmp_path / "other.yaml").read_text())
+    far["metrics"]["per_seed"][0]["forgetting_score"] += 10 * far["metrics"]["per_seed"][0]["fs_se"]
+    (tmp_path / "far.yaml").write_text(yaml.safe_dump(far))
+    assert reproduce_main([str(tmp_path / "far.yaml"), "--check"]) == 1
+    assert "differ beyond 3 standard errors (seed 0 forgetting_score)" in capsys.readouterr().out
     assert reproduce_main([str(out / "finetune.yaml"), "--check"]) == 0
     # the study's data fingerprint is recorded everywhere, and another one is warned about
     assert yaml.safe_load((results / "config.yaml").read_text())["data_fingerprint"] == spec["data"]["fingerprint"]

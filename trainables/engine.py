@@ -12,12 +12,17 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import math
+import os
+import platform
 import random
+import subprocess
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,11 +31,49 @@ from .data import Split
 from .data.augment import augment_batch, to_float
 
 
+@functools.lru_cache(maxsize=1)
+def hardware() -> dict[str, str]:
+    """What the numbers were computed on: float results differ between CPU models and between GPUs,
+    driver and library versions, so a reproduction compares exactly only where these agree."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    out = {"cpu": cpu, "torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version(),
+           "cuda_device": "none", "cuda": torch.version.cuda or "none", "driver": "none"}
+    if torch.cuda.is_available():
+        out["cuda_device"] = torch.cuda.get_device_name(0)
+        try:
+            smi = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                 capture_output=True, text=True, timeout=10)
+            out["driver"] = smi.stdout.strip().splitlines()[0] if smi.returncode == 0 and smi.stdout.strip() else "unknown"
+        except (OSError, subprocess.SubprocessError):
+            out["driver"] = "unknown"
+    return out
+
+
+# The parts of `hardware()` that change float results (the versions of Python and NumPy do not here).
+NUMERIC_HARDWARE = ("cpu", "cuda_device", "torch", "cuda", "driver")
+
+
 def pick_device(name: str | None = None) -> torch.device:
     """CUDA when torch sees one (inside a Ray trial: the GPU Ray assigned), else the CPU."""
     if name:
         return torch.device(name)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def make_deterministic() -> None:
+    """PyTorch's deterministic kernels (an error where an operation has none), cuBLAS's fixed workspace and
+    cuDNN without autotuning: slower on a GPU; a CPU run is deterministic without this."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
 
 
 def seed_everything(seed: int) -> None:
@@ -77,6 +120,12 @@ class Accel:
     cuda_graphs: bool = True
     async_attack: bool | None = None  # the evaluations' attack on a worker thread; None: on CUDA only
     cudnn_benchmark: bool = False  # let cuDNN time its convolution algorithms for each shape (CUDA)
+    deterministic: bool = False  # deterministic CUDA kernels (see `make_deterministic`); the study's --deterministic
+
+    @classmethod
+    def exact(cls) -> "Accel":
+        """The settings under which a GPU run repeats bit for bit on the same GPU, driver and libraries."""
+        return cls(precision="fp32", cuda_graphs=False, async_attack=False, cudnn_benchmark=False, deterministic=True)
 
     def validate(self) -> None:
         if self.precision not in ("bf16", "fp32"):

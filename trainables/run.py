@@ -85,6 +85,7 @@ class Trace:
 def run_method(
     name: str, data: Dataset, bases: dict, seed: int, device: torch.device,
     hparams: dict | None = None, evaluation: EvalConfig | None = None, trace: Trace | None = None,
+    accel: engine.Accel | None = None,
 ) -> dict:
     """One row: a reference row for original / retrain, else an unlearning run. Returns flat metrics."""
     evaluation = evaluation or EvalConfig()
@@ -95,7 +96,7 @@ def run_method(
         method = create(name, data.name, **(hparams or {}))
         on_step, on_eval = trace.for_method(name) if trace else (None, None)
         result = unlearn(method, bases["original"][0], data, seed, device, evaluation,
-                         retrain_seconds=bases["retrain"][1], on_eval=on_eval, on_step=on_step)
+                         retrain_seconds=bases["retrain"][1], on_eval=on_eval, on_step=on_step, accel=accel)
         row = result["metrics"]
         row["hparams"] = method.config()
     if name == "retrain":

@@ -11,6 +11,7 @@ report holding every objective and every final metric.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import resource
@@ -89,7 +90,8 @@ def _placement() -> dict:
 
     gpu_ids = ray.get_gpu_ids() if ray.is_initialized() else []
     node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
-    return {"started_at": time.time(), "gpu_id": float(gpu_ids[0]) if gpu_ids else -1.0, "node_id": node}
+    return {"started_at": time.time(), "gpu_id": float(gpu_ids[0]) if gpu_ids else -1.0, "node_id": node,
+            "hardware": json.dumps(engine.hardware(), sort_keys=True)}
 
 
 def _inject_fault(settings: TrialSettings, method: str) -> None:
@@ -104,6 +106,8 @@ def run_trial(spec: TrialSpec, settings: TrialSettings, data: Dataset) -> None:
     start = time.perf_counter()
     placement = _placement()
     torch.set_num_threads(max(1, settings.threads))
+    if settings.accel.deterministic:
+        engine.make_deterministic()
     device = engine.pick_device()
     models_dir = Path(settings.models_dir)
     audit = spec.stage == AUDIT_STAGE
