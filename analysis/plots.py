@@ -35,26 +35,29 @@ def _focus(values: list[float], anchor: list[float], margin: float) -> tuple[flo
     return min(kept) - 0.08 * span - 1e-3, max(kept) + 0.08 * span + 1e-3
 
 
+COLUMN_WIDTH = 3.4  # inches: one column of a two-column paper
+
+
 def plot_front(trials: pd.DataFrame, front: pd.DataFrame, references: pd.DataFrame, title: str, base: Path,
                x: str = "sel_forgetting_score", y: str = "sel_accuracy") -> list[Path]:
     """GLI trials as a cloud, the front as a line, each baseline a labelled marker, original and
-    retrained marked. Forgetting score on x (lower is better), accuracy on y (higher is better).
-    Points far below the GLI front and the retrained model are named under the plot, not drawn."""
-    fig, ax = plt.subplots(figsize=(7.5, 5.2))
+    retrained marked, each point with one standard error each way; dashed lines of equal final score
+    (final = (accuracy + 1 - 2 FS) / 2), so a reader sees which points tie. One column wide (PDF).
+    Labels are placed where they overlap no other label and no marker; points far below the GLI
+    front and the retrained model are named under the plot, not drawn."""
+    fig, ax = plt.subplots(figsize=(COLUMN_WIDTH, 3.1))
     refs = references[[math.isfinite(a) and math.isfinite(b) for a, b in zip(references.get(x, []), references.get(y, []))]] \
         if len(references) else references
     anchor = list(front[y]) + list(refs.loc[refs["method"] == "retrain", y]) if len(refs) else list(front[y])
     y_lo, y_hi = _focus(list(trials[y]) + list(refs[y]) if len(refs) else list(trials[y]) or [0.0, 1.0], anchor, 0.15)
     if len(trials):
-        ax.scatter(trials[x], trials[y], s=18, color="#9ecae1", label="GLI trials", zorder=2)
+        ax.scatter(trials[x], trials[y], s=6, color="#9ecae1", label="GLI trials", zorder=2)
         _error_bars(ax, trials, x, y, "#9ecae1")
     if len(front):
         f = front.sort_values(x)
-        ax.plot(f[x], f[y], "-o", color="#08519c", ms=5, lw=1.5, label="GLI Pareto front", zorder=3)
+        ax.plot(f[x], f[y], "-o", color="#08519c", ms=3, lw=1.0, label="GLI front", zorder=3)
     markers = {"original": ("s", "#d62728", "original"), "retrain": ("*", "#2ca02c", "retrained")}
-    off_chart, placed = [], []
-    xs = list(trials[x]) + (list(refs[x]) if len(refs) else [])
-    x_span = (max(xs) - min(xs)) if len(xs) > 1 else 1.0
+    off_chart, labels, obstacles = [], [], [(px, py) for px, py in zip(front[x], front[y])] if len(front) else []
     for _, r in refs.sort_values(x).iterrows():
         m = r["method"]
         if r[y] < y_lo:
@@ -62,24 +65,114 @@ def plot_front(trials: pd.DataFrame, front: pd.DataFrame, references: pd.DataFra
             continue
         marker, color, label = markers.get(m, ("D", "#555555", None))
         _error_bars(ax, pd.DataFrame([r]), x, y, color)
-        ax.scatter([r[x]], [r[y]], marker=marker, s=130 if label else 45, color=color, zorder=4,
-                   edgecolor="black", linewidth=0.5, label=label)
-        dy = 5
-        while any(abs(px - r[x]) < 0.18 * x_span and abs(py - dy) < 9 for px, py in placed):  # about a label's width
-            dy -= 10  # stack labels of neighbouring points instead of printing them on top of each other
-        placed.append((r[x], dy))
+        ax.scatter([r[x]], [r[y]], marker=marker, s=45 if label else 16, color=color, zorder=4,
+                   edgecolor="black", linewidth=0.4, label=label)
         quality = r.get("forget_quality")
         text = m if quality is None or quality != quality else f"{m} (F {quality:.2f})"  # F beside FS, when audited
-        ax.annotate(text, (r[x], r[y]), textcoords="offset points", xytext=(6, dy), fontsize=8)
+        labels.append((r[x], r[y], text))
+        obstacles.append((r[x], r[y]))
     ax.set_ylim(y_lo, y_hi)
-    ax.set_xlabel("forgetting score |0.5 - MIA|  (lower is better)")
-    ax.set_ylabel("accuracy  (higher is better)")
-    ax.set_title("\n".join(_wrap(title, 95)), fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.set_xlim(*_padded(ax.get_xlim(), 0.08))
+    _iso_final_lines(ax)
+    ax.set_xlabel("forgetting score (lower is better)", fontsize=7)
+    ax.set_ylabel("accuracy (higher is better)", fontsize=7)
+    ax.tick_params(labelsize=6)
+    ax.set_title("\n".join(_wrap(title, 60)), fontsize=6.5)
+    ax.grid(alpha=0.25, lw=0.4)
+    ax.legend(fontsize=5.5, loc="lower right", framealpha=0.8)
+    fig.tight_layout()
+    place_labels(ax, labels, obstacles)
     if off_chart:
-        fig.text(0.01, -0.02, "below the chart (FS, accuracy): " + ", ".join(off_chart), fontsize=7)
+        fig.text(0.01, -0.02, "\n".join(_wrap("below the chart (FS, accuracy): " + ", ".join(off_chart), 70)),
+                 fontsize=5.5, va="top")
     return _save(fig, base)
+
+
+def _padded(limits: tuple[float, float], fraction: float) -> tuple[float, float]:
+    lo, hi = limits
+    pad = (hi - lo) * fraction
+    return lo - pad, hi + pad
+
+
+def _iso_final_lines(ax) -> None:
+    """Dashed lines of equal final score across the visible area, labelled at the top edge."""
+    (x_lo, x_hi), (y_lo, y_hi) = ax.get_xlim(), ax.get_ylim()
+    corners = [(a + 1 - 2 * f) / 2 for f in (x_lo, x_hi) for a in (y_lo, y_hi)]
+    lo, hi = min(corners), max(corners)
+    step = _nice_step((hi - lo) / 5)
+    level = math.ceil(lo / step) * step
+    while level <= hi:
+        fs = np.array([x_lo, x_hi])
+        acc = 2 * level - 1 + 2 * fs  # final = (acc + 1 - 2 FS) / 2
+        ax.plot(fs, acc, ls=(0, (3, 3)), lw=0.5, color="0.6", zorder=0)
+        top_fs = (y_hi + 1 - 2 * level) / 2  # where the line meets the top edge
+        if x_lo < top_fs < x_hi:
+            ax.annotate(f"{level:.2f}", (top_fs, y_hi), textcoords="offset points", xytext=(1, -7), fontsize=5,
+                        color="0.45", zorder=0)
+        level += step
+    ax.set_xlim(x_lo, x_hi)
+    ax.set_ylim(y_lo, y_hi)
+    ax.plot([], [], ls=(0, (3, 3)), lw=0.5, color="0.6", label="equal final score")
+
+
+def _nice_step(raw: float) -> float:
+    if raw <= 0 or not math.isfinite(raw):
+        return 0.05
+    power = 10 ** math.floor(math.log10(raw))
+    return next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= raw)
+
+
+def place_labels(ax, labels: list[tuple[float, float, str]], obstacles: list[tuple[float, float]],
+                 fontsize: float = 5.5) -> list:
+    """Each label near its point where its text overlaps no other label, no marker and stays inside the
+    axes: candidate offsets around the point at growing distances, measured with the renderer; a thin
+    leader line where the label sits away from its point. Returns the text objects."""
+    from matplotlib.transforms import Bbox
+
+    fig = ax.figure
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    inside = ax.get_window_extent(renderer)
+    half = 3.5 * fig.dpi / 72  # a marker's half-size in pixels
+    blocked = [Bbox.from_extents(px - half, py - half, px + half, py + half)
+               for px, py in (ax.transData.transform(p) for p in obstacles)]
+    legend = ax.get_legend()
+    if legend is not None:
+        blocked.append(legend.get_window_extent(renderer))
+    placed: list = []
+    texts = []
+    directions = [(1, 0), (1, 1), (1, -1), (-1, 0), (-1, 1), (-1, -1), (0, 1), (0, -1),
+                  (1, 0.5), (1, -0.5), (-1, 0.5), (-1, -0.5), (0.5, 1), (-0.5, 1), (0.5, -1), (-0.5, -1)]
+    for x, y, text in labels:
+        chosen = None
+        for radius in (5, 10, 16, 24, 34, 46, 60, 80, 100, 125):
+            for dx, dy in directions:
+                ha = "left" if dx > 0.6 else "right" if dx < -0.6 else "center"
+                va = "bottom" if dy > 0 else "top" if dy < 0 else "center"
+                t = ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx * radius, dy * radius * 0.7),
+                                ha=ha, va=va, fontsize=fontsize, zorder=5)
+                box = t.get_window_extent(renderer).padded(1.0)
+                fits = (inside.x0 <= box.x0 and box.x1 <= inside.x1 and inside.y0 <= box.y0 and box.y1 <= inside.y1
+                        and not any(box.overlaps(b) for b in placed + blocked))
+                if fits:
+                    chosen = (t, box, radius)
+                    break
+                t.remove()
+            if chosen:
+                break
+        if chosen is None:  # nowhere free: the nearest spot, said by a leader line (rare, reported by the test)
+            t = ax.annotate(text, (x, y), textcoords="offset points", xytext=(8, 8), fontsize=fontsize, zorder=5)
+            chosen = (t, t.get_window_extent(renderer), 0)
+        t, box, radius = chosen
+        if radius > 5:  # away from its point: a leader line says whose label it is
+            t.remove()
+            ha, va = t.get_ha(), t.get_va()
+            t = ax.annotate(text, (x, y), textcoords="offset points", xytext=t.xyann, ha=ha, va=va, fontsize=fontsize,
+                            zorder=5, arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "0.4", "shrinkA": 0,
+                                                  "shrinkB": 2})
+        placed.append(box)
+        texts.append(t)
+    return texts
 
 
 def _error_bars(ax, points: pd.DataFrame, x: str, y: str, color: str) -> None:

@@ -140,7 +140,8 @@ def build_report(study: StudyRecords, info: StudyInfo, out_dir: Path) -> tuple[p
     write("front.csv", pd.concat(points, ignore_index=True).to_csv(index=False))
     try:
         written += plots.plot_front(gli, front if info.objective == "pareto" else front.head(0), refs,
-                                    f"GLI vs baselines, selection splits; {info.title}", out_dir / "front")
+                                    f"{info.experiment}: GLI vs baselines, protocol={info.protocol}, selection splits",
+                                    out_dir / "front")
         written += plots.plot_losses(_losses(study, rows, summary), info.title, out_dir / "losses")
         if epsilons:
             written += plot_epsilons(epsilons, info.title, out_dir / "audit_epsilons")
