@@ -146,7 +146,8 @@ def place_labels(ax, labels: list[tuple[float, float, str]], obstacles: list[tup
     for x, y, text in labels:
         chosen = None
         for radius in (5, 10, 16, 24, 34, 46, 60, 80, 100, 125):
-            for dx, dy in directions:
+            # away from the point, slanted first: a vertical or level leader line would hide in an error bar
+            for dx, dy in (directions if radius <= 5 else sorted(directions, key=lambda d: d[0] == 0 or d[1] == 0)):
                 ha = "left" if dx > 0.6 else "right" if dx < -0.6 else "center"
                 va = "bottom" if dy > 0 else "top" if dy < 0 else "center"
                 t = ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx * radius, dy * radius * 0.7),
@@ -168,7 +169,7 @@ def place_labels(ax, labels: list[tuple[float, float, str]], obstacles: list[tup
             t.remove()
             ha, va = t.get_ha(), t.get_va()
             t = ax.annotate(text, (x, y), textcoords="offset points", xytext=t.xyann, ha=ha, va=va, fontsize=fontsize,
-                            zorder=5, arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "0.4", "shrinkA": 0,
+                            zorder=5, arrowprops={"arrowstyle": "-", "lw": 0.5, "color": "0.15", "shrinkA": 0,
                                                   "shrinkB": 2})
         placed.append(box)
         texts.append(t)
