@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
+from typing import Any
 from pathlib import Path
 
 from ray import tune
@@ -146,6 +147,7 @@ class StudyContext:
     tracker: Tracker
     slots: int
     settings: TrialSettings = field(init=False)
+    trainable: Any = None  # what Tune runs for each trial (default `study_trial`; bench/driver.py a stand-in)
 
     def __post_init__(self):
         model_cfg, recipe = default_configs(self.data.name, self.cfg.width, self.cfg.base_epochs)
@@ -176,8 +178,8 @@ class StudyContext:
         marker.parent.mkdir(parents=True, exist_ok=True)
         plan = StudyPlan(stages, marker)
         # The data set and the shared settings reach every worker once, through the object store.
-        trainable = tune.with_resources(tune.with_parameters(study_trial, data=self.data, settings=self.settings),
-                                        trial_resources(self.cfg))
+        trainable = self.trainable or tune.with_parameters(study_trial, data=self.data, settings=self.settings)
+        trainable = tune.with_resources(trainable, trial_resources(self.cfg))
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(search_alg=plan, num_samples=-1, max_concurrent_trials=self.slots,

@@ -84,6 +84,7 @@ class Writer:
         self.queue: queue.Queue = queue.Queue()
         self.error: TrackingError | None = None
         self.down_since: float | None = None
+        self.busy_s, self.writes = 0.0, 0  # time spent writing, for bench/driver.py
         self.thread = threading.Thread(target=self._loop, name="tracking-writer", daemon=True)
         self.thread.start()
 
@@ -106,15 +107,18 @@ class Writer:
     def _loop(self) -> None:
         while True:
             write = self.queue.get()
+            started = time.perf_counter()
             try:
                 if self.error is None:
                     self._retry(write)
+                    self.writes += 1
             except TrackingError as exc:
                 self.error = exc
             except Exception as exc:  # a write the store refused: one line, the study goes on
                 print(f"[tracking] warning: a write was refused ({str(exc).splitlines()[0][:200]})",
                       file=sys.stderr, flush=True)
             finally:
+                self.busy_s += time.perf_counter() - started
                 self.queue.task_done()
 
     def _retry(self, write):
@@ -161,11 +165,16 @@ def runs_link(uri: str, experiment_id: str, port: int = 5000) -> str:
     return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"  # not the GenAI view
 
 
+CURVE_FLUSH_S = 5.0  # a trial's curve points are written at most this often (and with its final metrics)
+
+
 class RunHandle:
-    """A child run whose id the writer fills in once it has created the run."""
+    """A child run whose id the writer fills in once it has created the run, and its unwritten curve points."""
 
     def __init__(self, run_id: str | None = None):
         self.run_id = run_id
+        self.curve: list[Metric] = []
+        self.flushed_at = time.monotonic()
 
 
 class Tracker:
@@ -289,11 +298,12 @@ class Tracker:
         return handle
 
     def _batch(self, run_id: str, metrics: dict | None = None, step: int = 0, params: dict | None = None,
-               tags: dict | None = None) -> None:
-        """Metrics, params and tags of one run in as few requests as MLflow allows (1,000 entries each)."""
+               tags: dict | None = None, history: list[Metric] | None = None) -> None:
+        """Metrics (after the curve points in `history`), params and tags of one run in as few requests as
+        MLflow allows (1,000 entries each)."""
         now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step) for k, v in (metrics or {}).items()
-                 if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        items = list(history or []) + [Metric(k, float(v), now, step) for k, v in (metrics or {}).items()
+                                       if isinstance(v, (int, float)) and not isinstance(v, bool)]
         params_ = [Param(k, records.encode(v)) for k, v in (params or {}).items()]
         tags_ = [RunTag(k, str(v)) for k, v in (tags or {}).items()]
         if not (items or params_ or tags_):
@@ -307,11 +317,23 @@ class Tracker:
     def log(self, handle: RunHandle, metrics: dict | None = None, step: int = 0, tags: dict | None = None) -> None:
         self.writer.submit(lambda attempt: self._batch(handle.run_id, metrics, step, tags=tags))
 
+    def log_curve(self, handle: RunHandle, metrics: dict, step: int) -> None:
+        """A point on the trial's curves: kept, and written with others every CURVE_FLUSH_S seconds or with
+        the final metrics (one request instead of one per evaluation)."""
+        now = int(time.time() * 1000)
+        handle.curve += [Metric(k, float(v), now, step) for k, v in metrics.items()
+                         if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        if time.monotonic() - handle.flushed_at >= CURVE_FLUSH_S:
+            points, handle.curve, handle.flushed_at = handle.curve, [], time.monotonic()
+            self.writer.submit(lambda attempt: self._batch(handle.run_id, history=points))
+
     def finish(self, handle: RunHandle, status: str, metrics: dict | None = None, step: int = 0,
                tags: dict | None = None, arrays: dict | None = None, then=None) -> None:
         """The trial's last writes and its status, in one queued write; `then()` once they are in the store."""
+        points, handle.curve = handle.curve, []
+
         def write(attempt):
-            self._batch(handle.run_id, metrics, step, tags=tags)
+            self._batch(handle.run_id, metrics, step, tags=tags, history=points)
             for name, values in (arrays or {}).items():
                 records.save_arrays(self.client, handle.run_id, name, **values)
             self.client.set_terminated(handle.run_id, status=status)
@@ -348,7 +370,7 @@ class TrackingCallback(tune.Callback):
             return
         if result.get("final", 1.0) == 0.0:  # an evaluation inside the trial: a point on the curves
             curve = {k: v for k, v in result.items() if k.startswith("sel_")}
-            self.tracker.log(handle, curve, int(result.get("step", 0)))
+            self.tracker.log_curve(handle, curve, int(result.get("step", 0)))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         handle = self.runs.pop(trial.trial_id, None)

@@ -1,0 +1,93 @@
+"""How many trial completions a second one driver sustains: the launcher's real plan, Optuna searcher
+and MLflow tracking, with a stand-in trial (`bench/standin.py`: reports of the real shape, no training).
+
+    python bench/driver.py [--slots 48] [--gli-trials 300] [--seconds 0] [--tracking-uri URI]
+
+Prints a table and, as its last line, one JSON object: driver_trials_per_s (completions a second with
+trials that take --seconds, default none), tracking_ms_per_trial (the tracking writer's time per
+trial), ask_ms_at_500 (one multi-objective TPE ask with 500 finished trials), slots and trials.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+def ask_ms(finished: int, asks: int = 20) -> float:
+    """One TPE ask over GLI's four hyper-parameters, two objectives, `finished` trials told."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    space = {"step_size": optuna.distributions.FloatDistribution(1e-3, 0.1, log=True),
+             "iterations": optuna.distributions.IntDistribution(1, 10),
+             "w_start": optuna.distributions.FloatDistribution(10, 2000, log=True),
+             "w_end": optuna.distributions.FloatDistribution(10, 20000, log=True)}
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.TPESampler(seed=0))
+    rng = __import__("random").Random(0)
+    for _ in range(finished):
+        params = {k: (rng.randint(d.low, d.high) if isinstance(d, optuna.distributions.IntDistribution)
+                      else d.low * (d.high / d.low) ** rng.random()) for k, d in space.items()}
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=space,
+                                                  values=[rng.random(), rng.random()]))
+    start = time.perf_counter()
+    for _ in range(asks):
+        trial = study.ask(space)
+        study.tell(trial, [rng.random(), rng.random()])
+    return (time.perf_counter() - start) / asks * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--slots", type=int, default=48, help="logical CPU slots (one trial each)")
+    parser.add_argument("--gli-trials", type=int, default=300)
+    parser.add_argument("--seconds", type=float, default=0.0, help="how long each stand-in trial takes")
+    parser.add_argument("--tracking-uri", help="default: a SQLite file in a temporary folder")
+    args = parser.parse_args()
+    import ray
+    from ray import tune
+
+    from bench.standin import standin_trial
+    from study.config import resolve
+    from study.launch import data_config, run_study
+    from study.plan import StudyContext
+    from study.tracking import Tracker
+    from trainables.data import load_dataset
+
+    ray.init(num_cpus=args.slots, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        flags = {"results_dir": f"{tmp}/r", "gli_trials": args.gli_trials, "seeds": 1, "bootstrap": 0,
+                 "tracking_uri": args.tracking_uri, "experiment_name": f"driver-bench-{int(time.time())}"}
+        cfg = resolve({}, {k: v for k, v in flags.items() if v is not None})
+        data = load_dataset(data_config(cfg))
+        tracker = Tracker(cfg.tracking_uri, cfg.experiment_name, Path(tmp) / "artifacts", cfg.tracking_outage)
+        tracker.start_parent("driver-bench", cfg.experiment_name, {"gli_trials": args.gli_trials}, {"bench": "driver"})
+        ctx = StudyContext(cfg, data, tracker, args.slots)
+        ctx.trainable = tune.with_parameters(standin_trial, seconds=args.seconds)
+        start = time.perf_counter()
+        stages = run_study(ctx)
+        tracker.flush()
+        wall = time.perf_counter() - start
+        tracker.end_parent("FINISHED")
+        trials = sum(s.done for s in stages)
+        out = {"driver_trials_per_s": round(trials / wall, 2), "wall_s": round(wall, 1), "trials": trials,
+               "tracking_ms_per_trial": round(tracker.writer.busy_s / max(1, trials) * 1000, 2),
+               "ask_ms_at_500": round(ask_ms(500), 2), "slots": args.slots, "trial_seconds": args.seconds,
+               "tracking": "sqlite" if cfg.tracking_uri.startswith("sqlite") else "server"}
+    ray.shutdown()
+    print(f"{trials} trials in {wall:.1f} s on {args.slots} slots: {out['driver_trials_per_s']} trials/s; "
+          f"tracking {out['tracking_ms_per_trial']} ms/trial; TPE ask at 500 trials {out['ask_ms_at_500']} ms")
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""A stand-in for the study's trial in the driver benchmark: reports of the real shape, no training.
+
+It imports neither PyTorch nor the project (a worker holding it costs a few tens of MB), so
+dozens of logical slots fit on a small machine. Wait trials (the plan's placeholders) wait
+for the plan's version file to change, as the real ones do.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from pathlib import Path
+
+from ray import tune
+
+EVALUATIONS = 10  # evaluations a real trial reports before its final report
+LOSSES = 200  # per-example losses of each report split, as the real trial sends for the loss figures
+
+
+def standin_trial(config: dict, seconds: float = 0.0) -> None:
+    hparams = config.get("hparams") or {}
+    if config["stage"] == "wait":
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if Path(hparams["marker"]).read_text().strip() != str(hparams["version"]):
+                    return
+            except OSError:
+                pass
+            time.sleep(0.02)
+        return
+    rng = random.Random(hash((config["stage"], config["method"], config["seed"], str(sorted(hparams.items())))))
+    acc, fs = 0.9 + 0.05 * rng.random(), 0.02 + 0.1 * rng.random()
+    for step in range(1, EVALUATIONS + 1):
+        if seconds:
+            time.sleep(seconds / EVALUATIONS)
+        tune.report({"final": 0.0, "step": float(step), "sel_accuracy": acc, "sel_forgetting_score": fs,
+                     "sel_final_score": (acc + 1 - 2 * fs) / 2, "sel_fs_se": 0.02, "sel_accuracy_se": 0.01})
+    names = ["accuracy", "top2_accuracy", "forget_accuracy", "unseen_accuracy", "retain_accuracy", "mia",
+             "forgetting_score", "fs_se", "accuracy_se", "final_score", "jsd", "forget_loss", "unseen_loss",
+             "seconds", "steps", "best_step", "evaluations", "rte", "peak_rss_mb", "started_at"]
+    final = {name: rng.random() for name in names}
+    final.update({"final": 1.0, "sel_accuracy": acc, "sel_forgetting_score": fs, "sel_final_score": (acc + 1 - 2 * fs) / 2,
+                  "sel_fs_se": 0.02, "sel_accuracy_se": 0.01, "node_id": "standin",
+                  "forget_losses": [round(-math.log(rng.random() + 1e-9), 4) for _ in range(LOSSES)],
+                  "unseen_losses": [round(-math.log(rng.random() + 1e-9), 4) for _ in range(LOSSES)]})
+    tune.report(final)
