@@ -32,17 +32,18 @@ def standin_trial(config: dict, seconds: float = 0.0) -> None:
         return
     rng = random.Random(hash((config["stage"], config["method"], config["seed"], str(sorted(hparams.items())))))
     acc, fs = 0.9 + 0.05 * rng.random(), 0.02 + 0.1 * rng.random()
+    curve = []
     for step in range(1, EVALUATIONS + 1):
         if seconds:
             time.sleep(seconds / EVALUATIONS)
-        tune.report({"final": 0.0, "step": float(step), "sel_accuracy": acc, "sel_forgetting_score": fs,
-                     "sel_final_score": (acc + 1 - 2 * fs) / 2, "sel_fs_se": 0.02, "sel_accuracy_se": 0.01})
+        curve.append({"step": float(step), "sel_accuracy": acc, "sel_forgetting_score": fs,
+                      "sel_final_score": (acc + 1 - 2 * fs) / 2, "sel_fs_se": 0.02, "sel_accuracy_se": 0.01})
     names = ["accuracy", "top2_accuracy", "forget_accuracy", "unseen_accuracy", "retain_accuracy", "mia",
              "forgetting_score", "fs_se", "accuracy_se", "final_score", "jsd", "forget_loss", "unseen_loss",
              "seconds", "steps", "best_step", "evaluations", "rte", "peak_rss_mb", "started_at"]
     final = {name: rng.random() for name in names}
     final.update({"final": 1.0, "sel_accuracy": acc, "sel_forgetting_score": fs, "sel_final_score": (acc + 1 - 2 * fs) / 2,
-                  "sel_fs_se": 0.02, "sel_accuracy_se": 0.01, "node_id": "standin",
+                  "sel_fs_se": 0.02, "sel_accuracy_se": 0.01, "node_id": "standin", "curve": curve,
                   "forget_losses": [round(-math.log(rng.random() + 1e-9), 4) for _ in range(LOSSES)],
                   "unseen_losses": [round(-math.log(rng.random() + 1e-9), 4) for _ in range(LOSSES)]})
     tune.report(final)

@@ -16,6 +16,7 @@ from typing import Any
 from pathlib import Path
 
 from ray import tune
+from ray.tune.logger import JsonLoggerCallback
 from ray.tune.search import Searcher
 
 from trainables import engine
@@ -32,6 +33,10 @@ from .stages import GridStage, SearchStage, Stage
 from .tracking import Tracker, TrackingCallback
 
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the study prints its own progress lines instead
+# Tune's default loggers write every report three times (CSV, JSON, TensorBoard, the last with an fsync
+# per flush): half the driver's time per report (bench/driver.py). MLflow holds the study's record;
+# the JSON log (result.json per trial) is kept, added explicitly in `StudyContext.run`.
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 
 WAIT_STAGE = "wait"  # the plan's placeholder trial: never tracked
 
@@ -85,6 +90,10 @@ class StudyPlan(Searcher):
             raise ValueError(f"stages must have distinct labels and wait only for earlier ones: {labels}")
         self.stages, self.owner = stages, {}
         self.marker, self.version, self.waiting = marker, 0, set()
+        # Stages whose trials, as they end, can let another stage's trials start (the base models of a
+        # seed): only their ends, and a stage completing, wake the wait trials. Waking them on every
+        # trial's end would restart every idle slot's wait trial each time, work that grows with the slots.
+        self.providers = {id(s.needs.__self__) for s in stages if getattr(s.needs, "__self__", None) is not None}
         self._publish()
 
     def _publish(self) -> None:
@@ -125,8 +134,9 @@ class StudyPlan(Searcher):
             self.waiting.discard(trial_id)
         elif (stage := self.owner.get(trial_id)) is not None and trial_id in stage.live:
             stage.ended(trial_id, result, error)
-            self.version += 1
-            self._publish()  # the wait trials end; the plan is asked again
+            if id(stage) in self.providers or stage.complete:
+                self.version += 1
+                self._publish()  # the wait trials end; the plan is asked again
 
     def trial_done(self, trial, ok: bool) -> None:
         if (stage := self.owner.get(trial.trial_id)) is not None:
@@ -188,7 +198,7 @@ class StudyContext:
                 # one folder per study: two studies may share a storage path
                 name=self.cfg.experiment_name, storage_path=self.cfg.storage_path, verbose=0,
                 callbacks=[TrackingCallback(self.tracker, self.data.name, {s.stage for s in stages}, plan.trial_done,
-                                            plan.trial_written)],
+                                            plan.trial_written), JsonLoggerCallback()],
                 failure_config=tune.FailureConfig(max_failures=self.cfg.max_failures),
             ),
         )

@@ -317,12 +317,16 @@ class Tracker:
     def log(self, handle: RunHandle, metrics: dict | None = None, step: int = 0, tags: dict | None = None) -> None:
         self.writer.submit(lambda attempt: self._batch(handle.run_id, metrics, step, tags=tags))
 
-    def log_curve(self, handle: RunHandle, metrics: dict, step: int) -> None:
-        """A point on the trial's curves: kept, and written with others every CURVE_FLUSH_S seconds or with
-        the final metrics (one request instead of one per evaluation)."""
+    def add_curve_points(self, handle: RunHandle, metrics: dict, step: int) -> None:
+        """Points on the trial's curves, written with its final metrics."""
         now = int(time.time() * 1000)
         handle.curve += [Metric(k, float(v), now, step) for k, v in metrics.items()
                          if isinstance(v, (int, float)) and not isinstance(v, bool)]
+
+    def log_curve(self, handle: RunHandle, metrics: dict, step: int) -> None:
+        """A point on the trial's curves reported on its own: kept, and written with others every
+        CURVE_FLUSH_S seconds or with the final metrics (one request instead of one per evaluation)."""
+        self.add_curve_points(handle, metrics, step)
         if time.monotonic() - handle.flushed_at >= CURVE_FLUSH_S:
             points, handle.curve, handle.flushed_at = handle.curve, [], time.monotonic()
             self.writer.submit(lambda attempt: self._batch(handle.run_id, history=points))
@@ -378,6 +382,9 @@ class TrackingCallback(tune.Callback):
             self.on_written(trial.trial_id)
             return
         result = trial.last_result or {}
+        for point in result.get("curve") or []:  # the evaluations, sent with the final report
+            self.tracker.add_curve_points(handle, {k: v for k, v in point.items() if k != "step"},
+                                          int(point.get("step", 0)))
         tags = {k: str(result[k]) for k in ("node_id", "hardware") if k in result}  # where it ran, on what
         if result.get("final") != 1.0:
             reason = str(result.get("error") or "the trial ended without a final report")

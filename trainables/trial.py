@@ -5,8 +5,10 @@ every trial shares, `TrialSettings` (model, base training, evaluation, where the
 checkpoints live), and the decoded data set reach the worker once, beside the config
 (`tune.with_parameters`). `run_trial` takes the base models from the shared checkpoint
 folder (trained there by the base stage), and reports a flat metrics dict with
-`tune.report`: one report per evaluation (selection metrics, for curves), then a last
-report holding every objective and every final metric.
+`tune.report`: one report, at the end, holding every objective, every final metric and
+the curve (the selection metrics at each evaluation). One report rather than one per
+evaluation: each report costs the driver a round trip and its processing
+(`bench/driver.py`), and nothing reads the curve before the trial ends.
 """
 
 from __future__ import annotations
@@ -133,8 +135,10 @@ def run_trial(spec: TrialSpec, settings: TrialSettings, data: Dataset) -> None:
     _inject_fault(settings, spec.method)
     startup = time.perf_counter() - start
 
+    curve: list[dict] = []
+
     def report_eval(step: int, sel: dict) -> None:
-        tune.report({**{f"sel_{k}": v for k, v in _numbers(sel).items()}, "step": float(step), "final": 0.0})
+        curve.append({**{f"sel_{k}": v for k, v in _numbers(sel).items()}, "step": float(step)})
 
     try:
         result = unlearn(method, bases["original"][0], data, spec.seed, device, evaluation,
@@ -149,9 +153,9 @@ def run_trial(spec: TrialSpec, settings: TrialSettings, data: Dataset) -> None:
         # Tune does not retry it (retries are for dying workers) and the study goes on.
         # The objectives are present (Tune checks) and NaN (the searcher records the trial as failed).
         nan = {k: math.nan for k in ("sel_accuracy", "sel_forgetting_score", "sel_final_score")}
-        tune.report({**nan, "final": 0.0, "diverged": 1.0, "error": str(exc), **placement})
+        tune.report({**nan, "final": 0.0, "diverged": 1.0, "error": str(exc), "curve": curve, **placement})
         return
     row.update(final=1.0, startup_seconds=startup, trial_seconds=time.perf_counter() - start,
                pid=float(os.getpid()), ended_at=time.time(), peak_rss_mb=_peak_rss_mb(), **placement)
     scores = {"forget_scores": audit_scores(result["model"], data, device).tolist()} if audit else {}
-    tune.report({**row, **_loss_lists(result["losses"]), **scores})
+    tune.report({**row, **_loss_lists(result["losses"]), **scores, "curve": curve})
