@@ -12,8 +12,8 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 from ray import tune
 from ray.tune.logger import JsonLoggerCallback

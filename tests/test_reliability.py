@@ -299,3 +299,37 @@ def test_tracking_server_down_past_the_limit_stops_cleanly_and_a_rerun_resumes(t
         assert len([c for c in children if c.data.tags["stage"] == "gli" and c.info.status == "FINISHED"]) == 4
     finally:
         server.stop()
+
+
+@pytest.mark.slow
+def test_launcher_killed_with_tracking_writes_queued_then_resume(tmp_path):
+    """The tracking server is down, so finished trials' runs wait in the writer's queue; the launcher is
+    then killed (SIGKILL, everything it started). The queued writes are lost with it: the rerun finds
+    those trials unrecorded in MLflow and still RUNNING in Optuna's journal (it is told of a trial's end
+    only once the run is written), closes them as interrupted and runs them again, each once."""
+    from tests.fixtures import MlflowServer
+
+    server = MlflowServer(tmp_path / "server").start()
+    try:
+        results, cache = tmp_path / "r", tmp_path / "cache"
+        args = ("--tracking-uri", server.uri, "--tracking-outage", "600")
+        proc = _start(results, cache, *args)
+        _wait_for(proc, "[study] base: 2/2 done")
+        server.stop()
+        _wait_for(proc, "writes are queued and retried")  # a finished trial's run is now waiting
+        time.sleep(3)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        server.start()
+        rerun = _start(results, cache, *args)
+        out = rerun.communicate(timeout=600)[0]
+        assert rerun.returncode == 0, out[-3000:]
+        parents, children = _runs(server.uri, "gli-digits-smoke")
+        assert [p.info.status for p in parents] == ["FINISHED"]
+        finished = [c.data.tags["trial_key"] for c in children if c.info.status == "FINISHED"]
+        assert len(finished) == len(set(finished)) and not [c for c in children if c.info.status == "RUNNING"]
+        gli = [c for c in children if c.data.tags["stage"] == "gli" and c.info.status == "FINISHED"]
+        complete = [t for t in _study(results).trials if t.state.name == "COMPLETE"]
+        assert len(gli) == len(complete) == 4  # Optuna and MLflow agree one to one after the loss
+    finally:
+        server.stop()
