@@ -21,9 +21,10 @@ import time
 from dataclasses import asdict
 from typing import TYPE_CHECKING
 
+from trainables import engine
 from trainables.data import OPTIONAL_SETTINGS, DataConfig, DataError, load_dataset
 from trainables.methods import REFERENCE_ROWS
-from trainables.records import AUDIT_STAGE, CONFIRM_LIMIT, SETTINGS_PARAM
+from trainables.records import AUDIT_STAGE, CONFIRM_LIMIT, SETTINGS_PARAM, journal_path
 
 AUDIT_SETTINGS = 3  # GLI's confirmed settings audited, best mean selection final score first
 
@@ -222,9 +223,6 @@ def main(argv: list[str] | None = None) -> int:
     from trainables.metrics import PROTOCOL_LABEL
 
     from .plan import StudyContext
-    from trainables import engine
-    from trainables.records import journal_path
-
     from .tracking import TrackingError, git_commit, runs_link
 
     if "error" in prepared:

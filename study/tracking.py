@@ -84,7 +84,7 @@ class Writer:
         self.queue: queue.Queue = queue.Queue()
         self.error: TrackingError | None = None
         self.down_since: float | None = None
-        self.busy_s, self.writes = 0.0, 0  # time spent writing, for bench/driver.py
+        self.busy_s = 0.0  # time spent writing, for bench/driver.py
         self.thread = threading.Thread(target=self._loop, name="tracking-writer", daemon=True)
         self.thread.start()
 
@@ -111,7 +111,6 @@ class Writer:
             try:
                 if self.error is None:
                     self._retry(write)
-                    self.writes += 1
             except TrackingError as exc:
                 self.error = exc
             except Exception as exc:  # a write the store refused: one line, the study goes on
@@ -165,16 +164,11 @@ def runs_link(uri: str, experiment_id: str, port: int = 5000) -> str:
     return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"  # not the GenAI view
 
 
-CURVE_FLUSH_S = 5.0  # a trial's curve points are written at most this often (and with its final metrics)
-
-
 class RunHandle:
-    """A child run whose id the writer fills in once it has created the run, and its unwritten curve points."""
+    """A child run whose id the writer fills in once it has created the run."""
 
     def __init__(self, run_id: str | None = None):
         self.run_id = run_id
-        self.curve: list[Metric] = []
-        self.flushed_at = time.monotonic()
 
 
 class Tracker:
@@ -317,24 +311,14 @@ class Tracker:
     def log(self, handle: RunHandle, metrics: dict | None = None, step: int = 0, tags: dict | None = None) -> None:
         self.writer.submit(lambda attempt: self._batch(handle.run_id, metrics, step, tags=tags))
 
-    def add_curve_points(self, handle: RunHandle, metrics: dict, step: int) -> None:
-        """Points on the trial's curves, written with its final metrics."""
-        now = int(time.time() * 1000)
-        handle.curve += [Metric(k, float(v), now, step) for k, v in metrics.items()
-                         if isinstance(v, (int, float)) and not isinstance(v, bool)]
-
-    def log_curve(self, handle: RunHandle, metrics: dict, step: int) -> None:
-        """A point on the trial's curves reported on its own: kept, and written with others every
-        CURVE_FLUSH_S seconds or with the final metrics (one request instead of one per evaluation)."""
-        self.add_curve_points(handle, metrics, step)
-        if time.monotonic() - handle.flushed_at >= CURVE_FLUSH_S:
-            points, handle.curve, handle.flushed_at = handle.curve, [], time.monotonic()
-            self.writer.submit(lambda attempt: self._batch(handle.run_id, history=points))
-
     def finish(self, handle: RunHandle, status: str, metrics: dict | None = None, step: int = 0,
-               tags: dict | None = None, arrays: dict | None = None, then=None) -> None:
-        """The trial's last writes and its status, in one queued write; `then()` once they are in the store."""
-        points, handle.curve = handle.curve, []
+               tags: dict | None = None, arrays: dict | None = None, curve: list[dict] | None = None,
+               then=None) -> None:
+        """The trial's last writes and its status, in one queued write: its final metrics after the points of
+        its `curve` (one dict of selection metrics and `step` per evaluation); `then()` once they are in."""
+        now = int(time.time() * 1000)
+        points = [Metric(k, float(v), now, int(point.get("step", 0))) for point in curve or []
+                  for k, v in point.items() if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)]
 
         def write(attempt):
             self._batch(handle.run_id, metrics, step, tags=tags, history=points)
@@ -368,27 +352,17 @@ class TrackingCallback(tune.Callback):
         self.runs[trial.trial_id] = self.tracker.open_child(key, spec.stage, spec.method, spec.seed, hparams,
                                                             trial.trial_id, first)
 
-    def on_trial_result(self, iteration, trials, trial, result, **info):
-        handle = self.runs.get(trial.trial_id)
-        if handle is None:
-            return
-        if result.get("final", 1.0) == 0.0:  # an evaluation inside the trial: a point on the curves
-            curve = {k: v for k, v in result.items() if k.startswith("sel_")}
-            self.tracker.log_curve(handle, curve, int(result.get("step", 0)))
-
     def on_trial_complete(self, iteration, trials, trial, **info):
         handle = self.runs.pop(trial.trial_id, None)
         if handle is None:
             self.on_written(trial.trial_id)
             return
         result = trial.last_result or {}
-        for point in result.get("curve") or []:  # the evaluations, sent with the final report
-            self.tracker.add_curve_points(handle, {k: v for k, v in point.items() if k != "step"},
-                                          int(point.get("step", 0)))
+        curve = result.get("curve") or []  # the evaluations, sent with the final report
         tags = {k: str(result[k]) for k in ("node_id", "hardware") if k in result}  # where it ran, on what
         if result.get("final") != 1.0:
             reason = str(result.get("error") or "the trial ended without a final report")
-            self.tracker.finish(handle, "FAILED", tags={**tags, "error": reason[:4000]},
+            self.tracker.finish(handle, "FAILED", tags={**tags, "error": reason[:4000]}, curve=curve,
                                 then=lambda: self._written(trial, False))
         else:
             metrics = {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
@@ -401,7 +375,7 @@ class TrackingCallback(tune.Callback):
                                                    "unseen": result.get("unseen_losses", [])}
             if "forget_scores" in result:
                 arrays[records.SCORES_ARTIFACT] = {"forget": result["forget_scores"]}
-            self.tracker.finish(handle, "FINISHED", metrics, int(result.get("steps", 0)), tags, arrays,
+            self.tracker.finish(handle, "FINISHED", metrics, int(result.get("steps", 0)), tags, arrays, curve,
                                 then=lambda: self._written(trial, True))
 
     def on_trial_recover(self, iteration, trials, trial, **info):

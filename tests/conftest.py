@@ -14,3 +14,13 @@ def _private_cache(tmp_path_factory):
     """Every test run decodes and trains into its own cache, never the user's ~/.cache."""
     os.environ["GLI_CACHE_DIR"] = str(tmp_path_factory.mktemp("gli-cache"))
     yield
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """A real `mlflow server` on 127.0.0.1 (SQLite backend), started for the test and stopped after it."""
+    from tests.fixtures import MlflowServer
+
+    server = MlflowServer(tmp_path / "server").start()
+    yield server
+    server.stop()

@@ -126,7 +126,7 @@ def test_a_worker_node_lost_mid_search_loses_no_trial_and_counts_none_twice(tmp_
 
 
 @pytest.mark.slow
-def test_two_studies_at_once_on_one_tracking_server_and_cluster_keep_to_their_own(tmp_path):
+def test_two_studies_at_once_on_one_tracking_server_and_cluster_keep_to_their_own(tmp_path, mlflow_server):
     """Case 6: two launchers, one MLflow server, one Ray cluster, one shared storage path."""
     import subprocess
     import sys
@@ -134,11 +134,10 @@ def test_two_studies_at_once_on_one_tracking_server_and_cluster_keep_to_their_ow
 
     from ray.cluster_utils import Cluster
 
-    from tests.fixtures import MlflowServer
     from trainables.base_models import read_checkpoint
 
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    server = MlflowServer(tmp_path / "server").start()
+    server = mlflow_server
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
     shared = tmp_path / "shared"
     try:
@@ -177,7 +176,6 @@ def test_two_studies_at_once_on_one_tracking_server_and_cluster_keep_to_their_ow
     finally:
         ray.shutdown()
         cluster.shutdown()
-        server.stop()
 
 
 @pytest.mark.slow

@@ -227,109 +227,87 @@ def _tune_trials(results: Path) -> dict[str, dict]:
     return out
 
 
-def _check_tracking_matches_trials(uri: str, results: Path) -> None:
-    """The final MLflow state equals what the trials reported: one child per trial, nothing running, the
-    same final metrics; the Optuna study and the GLI children agree one to one."""
+def _check_resumed_once(uri: str, results: Path) -> None:
+    """The parent FINISHED, no trial recorded twice, nothing RUNNING, and the Optuna study and the FINISHED
+    GLI children agreeing one to one, the budget met."""
     parents, children = _runs(uri, "gli-digits-smoke")
     assert [p.info.status for p in parents] == ["FINISHED"]
     assert not [c for c in children if c.info.status == "RUNNING"]
-    finished = [c for c in children if c.info.status == "FINISHED"]
     keys = [c.data.tags["trial_key"] for c in children]
     assert len(keys) == len(set(keys))  # no trial recorded twice
+    gli = [c for c in children if c.data.tags["stage"] == "gli" and c.info.status == "FINISHED"]
+    complete = [t for t in _study(results).trials if t.state.name == "COMPLETE"]
+    assert len(gli) == len(complete) == 4
+
+
+def _check_tracking_matches_trials(uri: str, results: Path) -> None:
+    """As `_check_resumed_once`, and the final MLflow state equals what the trials reported to Tune: one
+    FINISHED child per trial with the same final metrics."""
+    _check_resumed_once(uri, results)
+    _, children = _runs(uri, "gli-digits-smoke")
+    by_trial = {c.data.tags["trial_id"]: c for c in children if c.info.status == "FINISHED"}
     reported = _tune_trials(results)
-    by_trial = {c.data.tags["trial_id"]: c for c in finished}
     missing = [t for t in reported if t not in by_trial]
     assert not missing, f"trials reported to Tune but not in MLflow: {missing}"
     for trial_id, result in reported.items():
         metrics = by_trial[trial_id].data.metrics
         for name in ("accuracy", "forgetting_score", "final_score", "sel_final_score"):
             assert metrics[name] == pytest.approx(result[name]), (trial_id, name)
-    gli = [c for c in finished if c.data.tags["stage"] == "gli"]
-    complete = [t for t in _study(results).trials if t.state.name == "COMPLETE"]
-    assert len(gli) == len(complete) == 4
 
 
 @pytest.mark.slow
-def test_tracking_server_down_for_30_seconds_loses_nothing(tmp_path):
+def test_tracking_server_down_for_30_seconds_loses_nothing(tmp_path, mlflow_server):
     """A real `mlflow server` stopped mid-search and started again 30 s later."""
-    from tests.fixtures import MlflowServer
-
-    server = MlflowServer(tmp_path / "server").start()
-    try:
-        results = tmp_path / "r"
-        proc = _start(results, tmp_path / "cache", "--tracking-uri", server.uri, "--tracking-outage", "180")
-        _wait_for(proc, "[study] gli: 1/4 done")
-        server.stop()
-        time.sleep(30)
-        server.start()
-        out = proc.communicate(timeout=600)[0]
-        assert proc.returncode == 0, out[-3000:]
-        warnings = [line for line in out.splitlines() if "unreachable" in line]
-        assert len(warnings) >= 1 and "writes are queued and retried" in warnings[0], out[-3000:]
-        assert "reachable again" in out
-        _check_tracking_matches_trials(server.uri, results)
-    finally:
-        server.stop()
+    results = tmp_path / "r"
+    proc = _start(results, tmp_path / "cache", "--tracking-uri", mlflow_server.uri, "--tracking-outage", "180")
+    _wait_for(proc, "[study] gli: 1/4 done")
+    mlflow_server.stop()
+    time.sleep(30)
+    mlflow_server.start()
+    out = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0, out[-3000:]
+    warnings = [line for line in out.splitlines() if "unreachable" in line]
+    assert len(warnings) >= 1 and "writes are queued and retried" in warnings[0], out[-3000:]
+    assert "reachable again" in out
+    _check_tracking_matches_trials(mlflow_server.uri, results)
 
 
 @pytest.mark.slow
-def test_tracking_server_down_past_the_limit_stops_cleanly_and_a_rerun_resumes(tmp_path):
-    from tests.fixtures import MlflowServer
-
-    server = MlflowServer(tmp_path / "server").start()
-    try:
-        results, cache = tmp_path / "r", tmp_path / "cache"
-        args = ("--tracking-uri", server.uri, "--tracking-outage", "8")
-        proc = _start(results, cache, *args)
-        _wait_for(proc, "[study] gli: 1/4 done")
-        server.stop()  # and it stays down
-        out = proc.communicate(timeout=300)[0]
-        errors = [line for line in out.splitlines() if line.startswith("error:")]
-        assert proc.returncode == 3, out[-3000:]
-        assert len(errors) == 1 and "unreachable for more than 8s" in errors[0] and "resume" in errors[0]
-        server.start()
-        rerun = _start(results, cache, *args)
-        out = rerun.communicate(timeout=600)[0]
-        assert rerun.returncode == 0, out[-3000:]
-        assert "resuming gli-digits-smoke" in out
-        parents, children = _runs(server.uri, "gli-digits-smoke")
-        assert [p.info.status for p in parents] == ["FINISHED"]
-        finished = [c.data.tags["trial_key"] for c in children if c.info.status == "FINISHED"]
-        assert len(finished) == len(set(finished)) and not [c for c in children if c.info.status == "RUNNING"]
-        assert len([c for c in children if c.data.tags["stage"] == "gli" and c.info.status == "FINISHED"]) == 4
-    finally:
-        server.stop()
+def test_tracking_server_down_past_the_limit_stops_cleanly_and_a_rerun_resumes(tmp_path, mlflow_server):
+    results, cache = tmp_path / "r", tmp_path / "cache"
+    args = ("--tracking-uri", mlflow_server.uri, "--tracking-outage", "8")
+    proc = _start(results, cache, *args)
+    _wait_for(proc, "[study] gli: 1/4 done")
+    mlflow_server.stop()  # and it stays down
+    out = proc.communicate(timeout=300)[0]
+    errors = [line for line in out.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 3, out[-3000:]
+    assert len(errors) == 1 and "unreachable for more than 8s" in errors[0] and "resume" in errors[0]
+    mlflow_server.start()
+    rerun = _start(results, cache, *args)
+    out = rerun.communicate(timeout=600)[0]
+    assert rerun.returncode == 0, out[-3000:]
+    assert "resuming gli-digits-smoke" in out
+    _check_resumed_once(mlflow_server.uri, results)
 
 
 @pytest.mark.slow
-def test_launcher_killed_with_tracking_writes_queued_then_resume(tmp_path):
+def test_launcher_killed_with_tracking_writes_queued_then_resume(tmp_path, mlflow_server):
     """The tracking server is down, so finished trials' runs wait in the writer's queue; the launcher is
     then killed (SIGKILL, everything it started). The queued writes are lost with it: the rerun finds
     those trials unrecorded in MLflow and still RUNNING in Optuna's journal (it is told of a trial's end
     only once the run is written), closes them as interrupted and runs them again, each once."""
-    from tests.fixtures import MlflowServer
-
-    server = MlflowServer(tmp_path / "server").start()
-    try:
-        results, cache = tmp_path / "r", tmp_path / "cache"
-        args = ("--tracking-uri", server.uri, "--tracking-outage", "600")
-        proc = _start(results, cache, *args)
-        _wait_for(proc, "[study] base: 2/2 done")
-        server.stop()
-        _wait_for(proc, "writes are queued and retried")  # a finished trial's run is now waiting
-        time.sleep(3)
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-        server.start()
-        rerun = _start(results, cache, *args)
-        out = rerun.communicate(timeout=600)[0]
-        assert rerun.returncode == 0, out[-3000:]
-        parents, children = _runs(server.uri, "gli-digits-smoke")
-        assert [p.info.status for p in parents] == ["FINISHED"]
-        finished = [c.data.tags["trial_key"] for c in children if c.info.status == "FINISHED"]
-        assert len(finished) == len(set(finished)) and not [c for c in children if c.info.status == "RUNNING"]
-        gli = [c for c in children if c.data.tags["stage"] == "gli" and c.info.status == "FINISHED"]
-        complete = [t for t in _study(results).trials if t.state.name == "COMPLETE"]
-        assert len(gli) == len(complete) == 4  # Optuna and MLflow agree one to one after the loss
-    finally:
-        server.stop()
+    results, cache = tmp_path / "r", tmp_path / "cache"
+    args = ("--tracking-uri", mlflow_server.uri, "--tracking-outage", "600")
+    proc = _start(results, cache, *args)
+    _wait_for(proc, "[study] base: 2/2 done")
+    mlflow_server.stop()
+    _wait_for(proc, "writes are queued and retried")  # a finished trial's run is now waiting
+    time.sleep(3)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    mlflow_server.start()
+    rerun = _start(results, cache, *args)
+    out = rerun.communicate(timeout=600)[0]
+    assert rerun.returncode == 0, out[-3000:]
+    _check_resumed_once(mlflow_server.uri, results)

@@ -10,11 +10,8 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-import sys
 
 import pytest
-
-from tests.fixtures import MlflowServer
 
 BROWSER = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 pytestmark = pytest.mark.skipif(BROWSER is None, reason="no Chromium installed (apt-get install chromium)")
@@ -29,26 +26,20 @@ def _dom(url: str, screenshot=None) -> str:
 
 
 @pytest.mark.slow
-def test_the_printed_link_lands_on_the_runs_with_the_table_as_description(tmp_path):
+def test_the_printed_link_lands_on_the_runs_with_the_table_as_description(tmp_path, mlflow_server):
     from study.tracking import Tracker, runs_link
 
-    server = MlflowServer(tmp_path / "server").start()  # `mlflow server` serves the same UI as `mlflow ui`
-    try:
-        tracker = Tracker(server.uri, "gli-ui-check", tmp_path / "artifacts")
-        parent, _ = tracker.start_parent("key", "gli-ui-check", {"dataset": "digits"}, {"dataset": "digits"})
-        for i, method in enumerate(["original", "retrain", "gli"]):
-            handle = tracker.open_child(f"base/{method}/seed0/{i:012d}", "base", method, 0, {"lr": 0.1}, f"t{i}")
-            tracker.finish(handle, "FINISHED", {"accuracy": 0.9, "forgetting_score": 0.05})
-        tracker.describe_parent("| method | seeds | acc |\n|---|---|---|\n| gli_row_marker | 3 | 0.95 |\n")
-        tracker.end_parent("FINISHED")
-        link = runs_link(server.uri, tracker.experiment_id)
-        runs = _dom(link, tmp_path / "runs.png")
-        (tmp_path / "runs.html").write_text(runs)
-        assert re.search(r"4(</strong>)? matching runs", runs) and "gli-ui-check" in runs  # the runs table, our parent
-        assert "hyper-parameter study of machine-unlearning methods" in runs  # the experiment's description
-        assert "No data available" not in runs  # not the GenAI overview's empty charts
-        page = _dom(f"{server.uri}/#/experiments/{tracker.experiment_id}/runs/{parent}")
-        assert "<table" in page and "gli_row_marker" in page  # the summary, rendered as a table
-        print(f"screenshot: {tmp_path / 'runs.png'}", file=sys.stderr)
-    finally:
-        server.stop()
+    uri = mlflow_server.uri  # `mlflow server` serves the same UI as `mlflow ui`
+    tracker = Tracker(uri, "gli-ui-check", tmp_path / "artifacts")
+    parent, _ = tracker.start_parent("key", "gli-ui-check", {"dataset": "digits"}, {"dataset": "digits"})
+    for i, method in enumerate(["original", "retrain", "gli"]):
+        handle = tracker.open_child(f"base/{method}/seed0/{i:012d}", "base", method, 0, {"lr": 0.1}, f"t{i}")
+        tracker.finish(handle, "FINISHED", {"accuracy": 0.9, "forgetting_score": 0.05})
+    tracker.describe_parent("| method | seeds | acc |\n|---|---|---|\n| gli_row_marker | 3 | 0.95 |\n")
+    tracker.end_parent("FINISHED")
+    runs = _dom(runs_link(uri, tracker.experiment_id), tmp_path / "runs.png")  # the screenshot, to look at
+    assert re.search(r"4(</strong>)? matching runs", runs) and "gli-ui-check" in runs  # the runs table, our parent
+    assert "hyper-parameter study of machine-unlearning methods" in runs  # the experiment's description
+    assert "No data available" not in runs  # not the GenAI overview's empty charts
+    page = _dom(f"{uri}/#/experiments/{tracker.experiment_id}/runs/{parent}")
+    assert "<table" in page and "gli_row_marker" in page  # the summary, rendered as a table
