@@ -1,0 +1,359 @@
+"""The tracking writer: every queued MLflow write of a study, in order, in a process of its own.
+
+Writing one trial's run costs about 21 ms of CPU in MLflow's store (the SQLAlchemy ORM;
+`bench/driver.py`, docs/benchmarks.md). On a thread of the launcher that work would hold
+the interpreter's lock the driver needs to hand out trials and ask Optuna; in this process
+it does not. The launcher (`Writer`) sends each write as a message (an operation of
+`Store` and its arguments) and gets back one acknowledgement per write, in order; a
+write's `then` callback runs in the launcher once its acknowledgement arrives (so Optuna
+hears of a trial only once its run is written).
+
+A write that fails because the store cannot be reached is retried with backoff, in place,
+so later writes stay behind it (`Retry`); past `outage_s` the process reports the outage
+and skips the rest, and the launcher raises `TrackingError`. The process never outlives
+the launcher: it exits as soon as its parent is gone, without writing what was still
+queued (the resume rules cover that: a trial whose run was not written is run again).
+
+Run as `python -m study.writer` by `Writer`; it imports MLflow, not Ray or PyTorch.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import queue
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from trainables import records
+
+OUTAGE_WORDS = ("connection refused", "max retries exceeded", "failed to establish", "connection aborted",
+                "connection reset", "remote end closed", "read timed out", "temporarily unavailable",
+                "database is locked", "503", "502")
+
+
+class TrackingError(RuntimeError):
+    """The tracking store cannot be reached or written: one line for the user."""
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether `exc` says the store could not be reached (worth retrying), not that a write was refused."""
+    import requests
+
+    if isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout, ConnectionError,
+                        TimeoutError)):
+        return True
+    text = str(exc).lower()
+    return any(word in text for word in OUTAGE_WORDS)
+
+
+class Retry:
+    """Runs `write(attempt)`, retrying while the store is unreachable (1 s doubling to 10 s); raises
+    `TrackingError` once it has been unreachable for more than `outage_s`."""
+
+    def __init__(self, outage_s: float, uri: str, pending=None):
+        self.outage_s, self.uri, self.pending = outage_s, uri, pending
+        self.down_since: float | None = None
+
+    def __call__(self, write):
+        attempt, delay = 0, 1.0
+        while True:
+            try:
+                result = write(attempt)
+            except Exception as exc:
+                if not unreachable(exc):
+                    raise
+                now = time.time()
+                if self.down_since is None:
+                    self.down_since = now
+                    print(f"[tracking] warning: {self.uri} unreachable ({str(exc).splitlines()[0][:160]}); "
+                          f"writes are queued and retried for up to {self.outage_s:.0f}s", file=sys.stderr, flush=True)
+                if now - self.down_since > self.outage_s:
+                    raise TrackingError(
+                        f"tracking URI {self.uri} unreachable for more than {self.outage_s:.0f}s (--tracking-outage); "
+                        "the study stopped: start the tracking server and run the same command again to resume"
+                    ) from None
+                time.sleep(delay)
+                attempt, delay = attempt + 1, min(2 * delay, 10.0)
+                continue
+            if self.down_since is not None:
+                queued = f"{self.pending()} queued write(s)" if self.pending else "queued writes"
+                print(f"[tracking] {self.uri} reachable again after {time.time() - self.down_since:.0f}s; "
+                      f"{queued} continue", file=sys.stderr, flush=True)
+                self.down_since = None
+            return result
+
+
+class Store:
+    """The writes themselves, run in the writer process with its own MLflow client. Trials are named by
+    their trial key; the process keeps each key's run id (an earlier attempt's run is reused, never
+    duplicated: a create whose answer was lost is looked up before it is retried)."""
+
+    def __init__(self, uri: str, experiment_id: str, parent_id: str):
+        from mlflow.tracking import MlflowClient
+
+        self.uri, self.client = uri, MlflowClient(tracking_uri=uri)
+        self.experiment_id, self.parent_id = experiment_id, parent_id
+        self.known: dict[str, str] | None = None  # trial key -> run id, loaded on first use
+        self.repos: dict[str, object] = {}  # run id -> artifact repository, for the runs created here
+        self.scratch = Path(tempfile.mkdtemp(prefix="gli-writer-"))
+
+    def _known(self) -> dict[str, str]:
+        if self.known is None:
+            df = records.child_runs(self.client, self.experiment_id, self.parent_id, None, None)
+            self.known = dict(zip(df["tags.trial_key"], df["run_id"])) if len(df) else {}
+        return self.known
+
+    def _find(self, key: str) -> str | None:
+        df = records.child_runs(self.client, self.experiment_id, self.parent_id, None, None)
+        df = df[df["tags.trial_key"] == key] if len(df) else df
+        return df["run_id"].iloc[0] if len(df) else None
+
+    def _create(self, key: str, name: str, tags: dict, started: float | None = None) -> str:
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=tags,
+                                     start_time=int(started * 1000) if started else None)
+        self._known()[key] = run.info.run_id
+        self.repos[run.info.run_id] = get_artifact_repository(run.info.artifact_uri, tracking_uri=self.uri)
+        return run.info.run_id
+
+    def _batch(self, run_id: str, metrics: dict | None = None, step: int = 0, params: dict | None = None,
+               tags: dict | None = None, points: list | None = None) -> None:
+        """Metrics (after the curve `points`, (name, value, step) each), params and tags of one run in as few
+        requests as MLflow allows (1,000 entries each)."""
+        from mlflow.entities import Metric, Param, RunTag
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, v, now, s) for k, v, s in points or []] + [
+            Metric(k, float(v), now, step) for k, v in (metrics or {}).items()]
+        params_ = [Param(k, records.encode(v)) for k, v in (params or {}).items()]
+        tags_ = [RunTag(k, str(v)) for k, v in (tags or {}).items()]
+        if not (items or params_ or tags_):
+            return
+        first = True
+        for i in range(0, max(1, len(items)), 900):
+            self.client.log_batch(run_id, metrics=items[i : i + 900], params=params_ if first else [],
+                                  tags=tags_ if first else [])
+            first = False
+
+    def _arrays(self, run_id: str, arrays: dict) -> None:
+        """Float arrays as compressed .npz artifacts, one per name (see `records.load_arrays`)."""
+        import numpy as np
+
+        for name, values in arrays.items():
+            path = self.scratch / name
+            np.savez_compressed(path, **{k: np.asarray(v, dtype=np.float32) for k, v in values.items()})
+            if run_id in self.repos:
+                self.repos[run_id].log_artifact(str(path))
+            else:
+                self.client.log_artifact(run_id, str(path))
+
+    # --- the operations `Writer.submit` names; each takes the attempt number first ------------
+    def open(self, attempt: int, key: str, name: str, tags: dict, params: dict, first_tags: dict,
+             first_metrics: dict) -> None:
+        """A trial's run as it starts: created, or the one an earlier attempt left reopened."""
+        run_id = self._known().get(key) or (self._find(key) if attempt else None)
+        if run_id is not None:
+            self.client.update_run(run_id, status="RUNNING")
+            self._batch(run_id, first_metrics, tags={"trial_id": tags["trial_id"], **first_tags})
+        else:
+            run_id = self._create(key, name, tags)
+            self._batch(run_id, first_metrics, params=params, tags=first_tags)
+
+    def log(self, attempt: int, key: str, metrics: dict | None = None, step: int = 0, tags: dict | None = None):
+        self._batch(self._known()[key], metrics, step, tags=tags)
+
+    def finish(self, attempt: int, key: str, status: str, metrics: dict, step: int, tags: dict, arrays: dict,
+               points: list) -> None:
+        run_id = self._known()[key]
+        self._batch(run_id, metrics, step, tags=tags, points=points)
+        self._arrays(run_id, arrays)
+        self.client.set_terminated(run_id, status=status)
+
+    def record(self, attempt: int, key: str, name: str, tags: dict, params: dict, status: str, metrics: dict,
+               step: int, arrays: dict, points: list, started: float | None, ended: float | None) -> None:
+        """A trial written whole once it has ended (an item of a bundle): three requests, not five."""
+        run_id = self._known().get(key) or (self._find(key) if attempt else None)
+        fresh = run_id is None
+        if fresh:
+            run_id = self._create(key, name, tags, started)
+        self._batch(run_id, metrics, step, params=params if fresh else None, tags=None if fresh else tags,
+                    points=points)
+        self._arrays(run_id, arrays)
+        self.client.set_terminated(run_id, status=status, end_time=int(ended * 1000) if ended else None)
+
+    def kill(self, attempt: int, run_id: str) -> None:
+        """A run left RUNNING by a killed study: marked interrupted and KILLED."""
+        self.client.set_tag(run_id, "interrupted", "true")
+        self.client.set_terminated(run_id, status="KILLED")
+
+    def set_tag(self, attempt: int, run_id: str, key: str, value: str) -> None:
+        self.client.set_tag(run_id, key, value)
+
+    def log_artifact(self, attempt: int, run_id: str, path: str, folder: str | None = None) -> None:
+        self.client.log_artifact(run_id, path, folder)
+
+
+class Writer:
+    """The launcher's side: writes queued, in order, to the writer process, started on the first write.
+
+    One process: a second one, with SQLite, only made the two wait for each other's locks
+    (36 to 39 trials a second against 41 to 44 with one, bench/driver.py); against a tracking
+    server on the same machine it changed nothing measurable. `submit` never waits for the
+    store (a thread feeds the process); `flush()` waits until every queued write is
+    acknowledged and its `then` has run (on one thread, in order); `call(write)` runs a write
+    (or a read) now, in the launcher, retried like a queued one. Once the process reports an
+    outage past its limit, or dies with writes unwritten, `submit`, `flush` and `call` raise
+    `TrackingError`.
+    """
+
+    def __init__(self, outage_s: float, uri: str):
+        self.outage_s, self.uri = outage_s, uri
+        self.error: TrackingError | None = None
+        self.busy_s = 0.0  # time the process spent writing, for bench/driver.py
+        self.retry = Retry(outage_s, uri, lambda: self.unacked)
+        self.store_args: tuple = (None, None)  # (experiment id, parent run id), set by `Tracker`
+        self.proc: subprocess.Popen | None = None
+        self.outbox: queue.Queue = queue.Queue()
+        self.waiting: dict[int, object] = {}  # sequence number -> then callback (or None)
+        self.sent = self.acked = 0
+        self.done = threading.Condition()
+
+    @property
+    def unacked(self) -> int:
+        return self.sent - self.acked
+
+    def _start(self) -> None:
+        root = str(Path(__file__).resolve().parents[1])
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+        self.proc = subprocess.Popen([sys.executable, "-m", "study.writer"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, env=env, cwd=root)
+        pickle.dump((self.uri, self.outage_s, os.getpid(), *self.store_args), self.proc.stdin)
+        self.proc.stdin.flush()
+        threading.Thread(target=self._feed, name="tracking-feed", daemon=True).start()
+        threading.Thread(target=self._acks, name="tracking-acks", daemon=True).start()
+
+    def submit(self, op: str, then=None, **kwargs) -> None:
+        """Queue `Store.<op>(**kwargs)`; `then()` runs once it is written."""
+        if self.error:
+            raise self.error
+        with self.done:
+            if self.proc is None:
+                self._start()
+            seq = self.sent
+            self.sent += 1
+            self.waiting[seq] = then
+        self.outbox.put((seq, op, kwargs))
+
+    def _feed(self) -> None:
+        try:
+            while (message := self.outbox.get()) is not None:
+                pickle.dump(message, self.proc.stdin)
+                if self.outbox.empty():
+                    self.proc.stdin.flush()
+            self.proc.stdin.close()
+        except (OSError, ValueError):
+            pass  # the process is gone: `_acks` says so
+
+    def _acks(self) -> None:
+        while True:
+            try:
+                kind, seq, detail, busy = pickle.load(self.proc.stdout)
+            except (EOFError, OSError, pickle.UnpicklingError):
+                kind, seq, detail, busy = "died", None, self.proc.wait(), 0.0
+            if kind == "fatal" and self.error is None:
+                self.error = TrackingError(detail)
+            elif kind == "died" and self.error is None and self.unacked:
+                self.error = TrackingError(f"the tracking writer process ended (exit code {detail}) with "
+                                           f"{self.unacked} write(s) unwritten; run the same command to resume")
+            with self.done:
+                then = self.waiting.pop(seq, None) if kind == "ack" else None
+            if then is not None and detail and self.error is None:  # detail: written (False: the store refused
+                then()  # it, and its trial stays untold, to run again on resume)
+            with self.done:
+                self.busy_s += busy
+                if kind == "ack":
+                    self.acked += 1
+                if self.error is not None:  # nothing more will be written: release every waiter
+                    self.acked, self.waiting = self.sent, {}
+                self.done.notify_all()
+            if kind != "ack":
+                return
+
+    def flush(self) -> None:
+        with self.done:
+            self.done.wait_for(lambda: self.acked >= self.sent)
+        if self.error:
+            raise self.error
+
+    def call(self, write):
+        """Run `write(attempt)` now, in the launcher, retried like a queued write."""
+        if self.error:
+            raise self.error
+        return self.retry(write)
+
+    def close(self) -> None:
+        """Every queued write done, then the process ends."""
+        if self.proc is not None:
+            self.outbox.put(None)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+            self.proc, self.outbox = None, queue.Queue()  # a later write starts a new process
+
+
+def _serve() -> None:
+    """The writer process: read writes, run them in order, acknowledge each."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the launcher's: it flushes, then closes us
+    inbox = sys.stdin.buffer
+    outbox = os.fdopen(os.dup(1), "wb")  # the acknowledgements; anything else written to stdout goes to stderr
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    uri, outage_s, parent, experiment_id, parent_id = pickle.load(inbox)
+
+    def orphaned() -> bool:
+        return os.getppid() != parent
+
+    def watch() -> None:  # a launcher killed outright: stop now, mid-retry included, write nothing more
+        while not orphaned():
+            time.sleep(0.1)
+        os._exit(0)
+
+    threading.Thread(target=watch, daemon=True).start()
+    store = Store(uri, experiment_id, parent_id)
+    retry = Retry(outage_s, uri)
+    failed = False
+    while True:
+        try:
+            message = pickle.load(inbox)
+        except EOFError:
+            break
+        if message is None:
+            break
+        seq, op, kwargs = message
+        started, ok = time.perf_counter(), False
+        if not failed and not orphaned():
+            try:
+                retry(lambda attempt: getattr(store, op)(attempt, **kwargs))
+                ok = True
+            except TrackingError as exc:
+                failed = True
+                pickle.dump(("fatal", seq, str(exc), time.perf_counter() - started), outbox)
+                outbox.flush()
+                continue
+            except Exception as exc:  # a write the store refused: one line, the study goes on
+                print(f"[tracking] warning: a write was refused ({str(exc).splitlines()[0][:200]})",
+                      file=sys.stderr, flush=True)
+        pickle.dump(("ack", seq, ok, time.perf_counter() - started), outbox)
+        outbox.flush()
+
+
+if __name__ == "__main__":
+    _serve()
