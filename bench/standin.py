@@ -1,7 +1,7 @@
 """A stand-in for the study's trial in the driver benchmark: reports of the real shape, no training.
 
-It imports neither PyTorch nor the project (a worker holding it costs a few tens of MB), so
-dozens of logical slots fit on a small machine. Wait trials (the plan's placeholders) wait
+It imports neither PyTorch nor the project beyond `trainables.bundle` (a worker holding
+PyTorch costs a few tens of MB), so dozens of logical slots fit on a small machine. Wait trials (the plan's placeholders) wait
 for the plan's version file to change, as the real ones do.
 """
 
@@ -14,12 +14,17 @@ from pathlib import Path
 
 from ray import tune
 
+from trainables.bundle import bundle_items, run_bundle
+
 EVALUATIONS = 10  # evaluations a real trial reports before its final report
 LOSSES = 200  # per-example losses of each report split, as the real trial sends for the loss figures
 
 
 def standin_trial(config: dict, seconds: float = 0.0) -> None:
     hparams = config.get("hparams") or {}
+    if (items := bundle_items(config)) is not None:
+        tune.report(run_bundle(items, lambda item: standin_report(item, seconds)))
+        return
     if config["stage"] == "wait":
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -30,6 +35,12 @@ def standin_trial(config: dict, seconds: float = 0.0) -> None:
                 pass
             time.sleep(0.02)
         return
+    tune.report(standin_report(config, seconds))
+
+
+def standin_report(config: dict, seconds: float = 0.0) -> dict:
+    hparams = config.get("hparams") or {}
+    started = time.time()
     rng = random.Random(hash((config["stage"], config["method"], config["seed"], str(sorted(hparams.items())))))
     acc, fs = 0.9 + 0.05 * rng.random(), 0.02 + 0.1 * rng.random()
     curve = []
@@ -40,10 +51,10 @@ def standin_trial(config: dict, seconds: float = 0.0) -> None:
                       "sel_final_score": (acc + 1 - 2 * fs) / 2, "sel_fs_se": 0.02, "sel_accuracy_se": 0.01})
     names = ["accuracy", "top2_accuracy", "forget_accuracy", "unseen_accuracy", "retain_accuracy", "mia",
              "forgetting_score", "fs_se", "accuracy_se", "final_score", "jsd", "forget_loss", "unseen_loss",
-             "seconds", "steps", "best_step", "evaluations", "rte", "peak_rss_mb", "started_at"]
+             "seconds", "steps", "best_step", "evaluations", "rte", "peak_rss_mb"]
     final = {name: rng.random() for name in names}
-    final.update({"final": 1.0, "sel_accuracy": acc, "sel_forgetting_score": fs, "sel_final_score": (acc + 1 - 2 * fs) / 2,
-                  "sel_fs_se": 0.02, "sel_accuracy_se": 0.01, "node_id": "standin", "curve": curve,
+    final.update({"final": 1.0, "started_at": started, "ended_at": time.time(), "sel_accuracy": acc,
+                  "sel_forgetting_score": fs, "sel_final_score": (acc + 1 - 2 * fs) / 2, "sel_fs_se": 0.02, "sel_accuracy_se": 0.01, "node_id": "standin", "curve": curve,
                   "forget_losses": [round(-math.log(rng.random() + 1e-9), 4) for _ in range(LOSSES)],
                   "unseen_losses": [round(-math.log(rng.random() + 1e-9), 4) for _ in range(LOSSES)]})
-    tune.report(final)
+    return final

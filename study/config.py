@@ -63,6 +63,7 @@ class StudyConfig:
     attribute: str | None = None  # mucac-binary: the attribute predicted (default Young)
     deterministic: bool = False  # GPU trials in fp32 with deterministic kernels, no CUDA graphs (slower; exact repeats)
     method_epochs: int | None = None  # override every method's epochs (the smoke test uses 1)
+    bundle_seconds: float = 1.0  # trials shorter than half this run several to a Tune trial (study/plan.py)
     max_failures: int = 2  # retries of a trial whose worker died (a diverging trial is never retried)
     audit: int = 0  # models per setting in the privacy audit after confirm (0: no audit; trainables/audit.py)
     bootstrap: int = 200  # resamples behind each evaluation's fs_se, the forgetting score's standard error (0: none)
@@ -95,6 +96,8 @@ class StudyConfig:
                                  ("--max-failures", self.max_failures, 0)]:
             if int(value) != value or value < low:
                 raise ConfigError(f"{name} must be a whole number >= {low}, got {value}")
+        if not self.bundle_seconds >= 0:
+            raise ConfigError(f"--bundle-seconds must be >= 0 (0: one trial per Tune trial), got {self.bundle_seconds}")
         if not self.tracking_outage > 0:
             raise ConfigError(f"--tracking-outage must be a positive number of seconds, got {self.tracking_outage}")
         if self.num_gpus < 0 or self.cpus_per_trial <= 0 or (self.num_cpus is not None and self.num_cpus < 1):

@@ -43,7 +43,7 @@ os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")  # Ctrl-C reaches the 
 # Settings that say where and on what a study runs, not what it computes: a rerun that
 # changes only these resumes the same study.
 PLACEMENT = {"num_gpus", "num_cpus", "gpus_per_trial", "cpus_per_trial", "address", "storage_path", "tracking_uri",
-             "tracking_outage",
+             "tracking_outage", "bundle_seconds",
              "results_dir", "allow_cpu", "max_failures", "gli_trials", "cache_dir", "fault_injection",
              "audit"}  # an audit adds a stage; it changes nothing the other stages compute
 
@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--eval-every", type=int, help="steps between evaluations inside a trial (default ~10 per epoch)")
     a("--patience", type=int, help="evaluations without improvement before a trial stops")
     a("--sampler-seed", type=int, help="seed of Optuna's sampler (default 0)")
+    a("--bundle-seconds", type=float,
+      help="when a stage's trials take less than half this, run as many as fill it in one Ray Tune trial, so that "
+           "the driver keeps up with many short trials (default 1; 0: never)")
     a("--max-failures", type=int, help="retries of a trial whose worker died (default 2)")
     a("--bootstrap", type=int, help="resamples behind each evaluation's fs_se, the forgetting score's standard "
       "error (default 200; 0: none, faster)")

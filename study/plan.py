@@ -9,7 +9,9 @@ worker until any trial ends (see `StudyPlan`). `StudyContext` builds the stages 
 
 from __future__ import annotations
 
+import math
 import os
+import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +23,7 @@ from ray.tune.search import Searcher
 
 from trainables import engine
 from trainables.base_models import default_configs
+from trainables.bundle import bundle_config, bundle_items, run_bundle
 from trainables.data import Dataset
 from trainables.methods import resolved_hparams
 from trainables.records import trial_key
@@ -39,6 +42,8 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the study prints its own pro
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 
 WAIT_STAGE = "wait"  # the plan's placeholder trial: never tracked
+TIMED_BEFORE_BUNDLING = 3  # a stage's trials that must have ended before its typical length is trusted
+MAX_BUNDLE = 32  # trials per bundle at most: what a lost worker takes with it stays small
 
 
 def wait_for_plan(marker: str, version: int, limit_s: float = 30.0, poll_s: float = 0.05) -> None:
@@ -54,12 +59,33 @@ def wait_for_plan(marker: str, version: int, limit_s: float = 30.0, poll_s: floa
 
 
 def study_trial(config: dict, data: Dataset | None = None, settings: TrialSettings | None = None) -> None:
-    """What Ray Tune runs for every trial of the study."""
+    """What Ray Tune runs for every trial of the study: one trial, a bundle of them, or a wait trial."""
     spec = TrialSpec.of(config)
     if spec.stage == WAIT_STAGE:
         wait_for_plan(spec.hparams["marker"], int(spec.hparams["version"]))
         return
-    run_trial(spec, settings, data)
+    if (items := bundle_items(config)) is not None:
+        tune.report(run_bundle(items, lambda item: run_trial(TrialSpec.of(item), settings, data)))
+        return
+    tune.report(run_trial(spec, settings, data))
+
+
+BULKY = ("forget_losses", "unseen_losses", "forget_scores")  # per-example arrays: MLflow artifacts, not the JSON log
+
+
+def _slim(result: dict) -> dict:
+    out = {k: v for k, v in result.items() if k not in BULKY}
+    if isinstance(out.get("items"), list):
+        out["items"] = [_slim(item) for item in out["items"]]
+    return out
+
+
+class StudyJsonLogger(JsonLoggerCallback):
+    """Tune's JSON log (each trial's result.json) without the per-example arrays, which the trial's MLflow
+    run holds: encoding them took a tenth of the driver's time with many short trials (bench/driver.py)."""
+
+    def log_trial_result(self, iteration: int, trial, result: dict):
+        super().log_trial_result(iteration, trial, _slim(result))
 
 
 class StudyPlan(Searcher):
@@ -82,7 +108,8 @@ class StudyPlan(Searcher):
     searcher checkpoint is not written.
     """
 
-    def __init__(self, stages: list[Stage], marker: str | os.PathLike | None = None):
+    def __init__(self, stages: list[Stage], marker: str | os.PathLike | None = None, slots: int = 1,
+                 bundle_seconds: float = 0.0):
         super().__init__()
         labels = [s.label for s in stages]
         missing = {a for i, s in enumerate(stages) for a in s.after if a not in labels[:i]}
@@ -90,6 +117,8 @@ class StudyPlan(Searcher):
             raise ValueError(f"stages must have distinct labels and wait only for earlier ones: {labels}")
         self.stages, self.owner = stages, {}
         self.marker, self.version, self.waiting = marker, 0, set()
+        self.slots, self.bundle_seconds = max(1, slots), bundle_seconds
+        self.bundles: dict[str, list[str]] = {}  # Tune trial id -> its items' ids (see trainables.bundle)
         # Stages whose trials, as they end, can let another stage's trials start (the base models of a
         # seed): only their ends, and a stage completing, wake the wait trials. Waking them on every
         # trial's end would restart every idle slot's wait trial each time, work that grows with the slots.
@@ -106,6 +135,25 @@ class StudyPlan(Searcher):
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
         return True
 
+    def bundle_size(self, stage: Stage) -> int:
+        """Trials of `stage` per Tune trial: 1, or as many as fill `bundle_seconds` when the stage's trials
+        are shorter than that (typical of its last ended ones), never more than an even share of what is
+        left across the slots, so that the last trials still run side by side."""
+        if self.bundle_seconds <= 0 or len(stage.seconds) < TIMED_BEFORE_BUNDLING:
+            return 1
+        typical = statistics.median(stage.seconds)
+        share = -(-(stage.planned - stage.issued) // self.slots)
+        return max(1, min(MAX_BUNDLE, int(self.bundle_seconds / max(typical, 1e-3)), share))
+
+    def _take(self, stage: Stage, trial_id: str) -> dict | None:
+        if (given := stage.next_config(trial_id)) is None:
+            return None
+        config, seed = given
+        stage.issued += 1
+        stage.live[trial_id] = seed
+        self.owner[trial_id] = stage
+        return config
+
     def suggest(self, trial_id: str):
         by_label = {s.label: s for s in self.stages}
         for s in self.stages:  # in order: a stage activated here may let a later one start at once
@@ -114,12 +162,20 @@ class StudyPlan(Searcher):
         if all(s.complete for s in self.stages):
             return Searcher.FINISHED
         for stage in self.stages:
-            if stage.active and (given := stage.next_config(trial_id)) is not None:
-                config, seed = given
-                stage.issued += 1
-                stage.live[trial_id] = seed
-                self.owner[trial_id] = stage
-                return config
+            if not stage.active:
+                continue
+            if (size := self.bundle_size(stage)) == 1:
+                if (config := self._take(stage, trial_id)) is not None:
+                    return config
+                continue
+            items = []
+            for i in range(size):
+                if (config := self._take(stage, f"{trial_id}#{i}")) is None:
+                    break
+                items.append((f"{trial_id}#{i}", config))
+            if items:
+                self.bundles[trial_id] = [item_id for item_id, _ in items]
+                return bundle_config(items)
         if self.marker is not None and any(not s.active or s.issued < s.planned for s in self.stages):
             self.waiting.add(trial_id)  # more trials will come once a running one ends
             return TrialSpec(WAIT_STAGE, WAIT_STAGE, 0, {"version": self.version, "marker": str(self.marker)}).config()
@@ -132,11 +188,26 @@ class StudyPlan(Searcher):
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self.waiting:
             self.waiting.discard(trial_id)
-        elif (stage := self.owner.get(trial_id)) is not None and trial_id in stage.live:
-            stage.ended(trial_id, result, error)
-            if id(stage) in self.providers or stage.complete:
-                self.version += 1
-                self._publish()  # the wait trials end; the plan is asked again
+            return
+        if trial_id in self.bundles:
+            reports = (result or {}).get("items") or []
+            ended = [(item_id, reports[i] if i < len(reports) else None)
+                     for i, item_id in enumerate(self.bundles.pop(trial_id))]
+        else:
+            ended = [(trial_id, result)]
+        wake = False
+        for item_id, report in ended:
+            if (stage := self.owner.get(item_id)) is None or item_id not in stage.live:
+                continue
+            if report is not None and not error:
+                seconds = report.get("item_seconds", report.get("time_total_s"))
+                if isinstance(seconds, (int, float)) and math.isfinite(seconds):
+                    stage.seconds.append(float(seconds))
+            stage.ended(item_id, report, error or report is None)
+            wake |= id(stage) in self.providers or stage.complete
+        if wake:
+            self.version += 1
+            self._publish()  # the wait trials end; the plan is asked again
 
     def trial_done(self, trial, ok: bool) -> None:
         if (stage := self.owner.get(trial.trial_id)) is not None:
@@ -186,7 +257,7 @@ class StudyContext:
         """All stages in one Tune run (worker processes reused throughout)."""
         marker = Path(self.cfg.storage_path) / f"{self.cfg.experiment_name}.plan"  # shared by every node
         marker.parent.mkdir(parents=True, exist_ok=True)
-        plan = StudyPlan(stages, marker)
+        plan = StudyPlan(stages, marker, self.slots, self.cfg.bundle_seconds)
         # The data set and the shared settings reach every worker once, through the object store.
         trainable = self.trainable or tune.with_parameters(study_trial, data=self.data, settings=self.settings)
         trainable = tune.with_resources(trainable, trial_resources(self.cfg))
@@ -198,7 +269,7 @@ class StudyContext:
                 # one folder per study: two studies may share a storage path
                 name=self.cfg.experiment_name, storage_path=self.cfg.storage_path, verbose=0,
                 callbacks=[TrackingCallback(self.tracker, self.data.name, {s.stage for s in stages}, plan.trial_done,
-                                            plan.trial_written), JsonLoggerCallback()],
+                                            plan.trial_written), StudyJsonLogger()],
                 failure_config=tune.FailureConfig(max_failures=self.cfg.max_failures),
             ),
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import sys
+from collections import deque
 import threading
 import time
 import warnings
@@ -29,6 +30,8 @@ from trainables.trial import TrialSpec
 from .tracking import git_commit
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+PROGRESS_EVERY_S = 2.0  # at most one progress line per stage in this time, but for failures and the last trial
 
 OBJECTIVES = {
     "pareto": (["sel_accuracy", "sel_forgetting_score"], ["max", "min"]),
@@ -81,6 +84,8 @@ class Stage:
         self.active = False
         self.planned = self.issued = self.done = self.failed = 0
         self.live: dict[str, int] = {}  # trial id -> seed
+        self.seconds: deque[float] = deque(maxlen=25)  # how long its last ended trials took (bundle sizes)
+        self.printed = 0.0  # when the last progress line was printed
         self.first_error: str | None = None
         self.best, self.started = -math.inf, 0.0
 
@@ -115,9 +120,13 @@ class Stage:
             self.first_error = str(reason).strip().splitlines()[-1][:300]
         score = (trial.last_result or {}).get("sel_final_score", -math.inf) if ok else -math.inf
         self.best = max(self.best, score if math.isfinite(score) else -math.inf)
+        now = time.time()
+        if ok and self.done < self.planned and now - self.printed < PROGRESS_EVERY_S:
+            return  # many short trials: a line every few seconds, not one per trial
+        self.printed = now
         best = f"; best selection final score {self.best:.4f}" if math.isfinite(self.best) else ""
         failed = f" ({self.failed} failed)" if self.failed else ""
-        print(f"[study] {self.label}: {self.done}/{self.planned} done{failed}{best} [{time.time() - self.started:.0f}s]",
+        print(f"[study] {self.label}: {self.done}/{self.planned} done{failed}{best} [{now - self.started:.0f}s]",
               file=sys.stderr, flush=True)
 
     @property
@@ -144,7 +153,7 @@ class GridStage(Stage):
 
     def _plan(self) -> int:
         runs = self.runs() if callable(self.runs) else self.runs
-        done = self.ctx.tracker.finished_keys()
+        done = self.ctx.tracker.finished_keys(self.stage)
         self.pending = [r for r in runs if self.ctx.key(self.stage, r["method"], r["seed"], r["hparams"]) not in done]
         if len(self.pending) < len(runs):
             print(f"[study] stage {self.stage}: {len(runs) - len(self.pending)} of {len(runs)} trial(s) already finished",

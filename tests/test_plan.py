@@ -17,7 +17,7 @@ from study.stages import GridStage
 
 def _ctx(finished: set[str] = frozenset()):
     """What a grid stage asks of the study: finished trial keys (MLflow) and the key of a run."""
-    tracker = SimpleNamespace(finished_keys=lambda: set(finished))
+    tracker = SimpleNamespace(finished_keys=lambda stage: {k for k in finished if k.startswith(f"{stage}/")})
     return SimpleNamespace(tracker=tracker, key=lambda stage, method, seed, hparams: f"{stage}/{method}/{seed}")
 
 
@@ -120,6 +120,45 @@ def test_a_free_slot_gets_a_wait_trial_that_ends_when_a_trial_does(tmp_path):
     assert plan.suggest("t4") is None  # nothing left to hand out: no wait trial either
     plan.on_trial_complete("t3", {"final": 1.0})
     assert plan.suggest("t5") == Searcher.FINISHED
+
+
+def test_short_trials_are_handed_out_in_bundles_and_each_item_ends_on_its_own():
+    """Trials shorter than half of bundle_seconds run several to a Tune trial, once a stage's typical length
+    is known; never more than an even share of what is left across the slots."""
+    from trainables.bundle import BUNDLE_STAGE, bundle_items
+
+    ctx = _ctx()
+    grid = GridStage(ctx, "baseline", [_run("scrub", s) for s in range(40)])
+    plan = StudyPlan([grid], slots=2, bundle_seconds=1.0)
+    singles = [_given(plan.suggest(f"t{i}")) for i in range(3)]
+    assert singles == ["baseline/scrub/0", "baseline/scrub/1", "baseline/scrub/2"]  # not timed yet: one each
+    for i in range(3):
+        plan.on_trial_complete(f"t{i}", {"final": 1.0, "time_total_s": 0.1})  # 0.1 s each: 10 fill a second
+    bundle = plan.suggest("b1")
+    items = bundle_items(bundle)
+    assert bundle["stage"] == BUNDLE_STAGE and [item_id for item_id, _ in items] == [f"b1#{i}" for i in range(10)]
+    assert [_given(config) for _, config in items] == [f"baseline/scrub/{s}" for s in range(3, 13)]
+    assert grid.issued == 13 and len(grid.live) == 10
+    # Each item ends as a trial of its own; one without a report (the bundle was cut short) as an error.
+    ended = []
+    grid.ended = lambda trial_id, result, error: (ended.append((trial_id, error)), grid.live.pop(trial_id))
+    reports = [{"final": 1.0, "item_seconds": 0.1}] * 9
+    plan.on_trial_complete("b1", {"items": reports})
+    assert ended == [(f"b1#{i}", False) for i in range(9)] + [("b1#9", True)]
+    assert len(bundle_items(plan.suggest("b2"))) == 10
+    assert len(bundle_items(plan.suggest("b3"))) == 9  # b2: 27 left, a share of 14 capped at 10; b3: 17 left, 9
+    last = plan.suggest("b4")
+    assert len(bundle_items(last)) == 4  # 8 left: an even share of 2 slots, so the tail runs side by side
+
+
+def test_no_bundles_when_trials_are_long_or_bundling_is_off():
+    for seconds, bundle_seconds in ((0.6, 1.0), (0.01, 0.0)):
+        grid = GridStage(_ctx(), "baseline", [_run("scrub", s) for s in range(10)])
+        plan = StudyPlan([grid], slots=2, bundle_seconds=bundle_seconds)
+        for i in range(3):
+            plan.suggest(f"t{i}")
+            plan.on_trial_complete(f"t{i}", {"final": 1.0, "time_total_s": seconds})
+        assert _given(plan.suggest("t3")) == "baseline/scrub/3"
 
 
 def test_wait_for_plan_gives_up_after_its_limit(tmp_path):

@@ -4,9 +4,9 @@ Every trial's config has one shape, `TrialSpec` (stage, method, seed, hparams). 
 every trial shares, `TrialSettings` (model, base training, evaluation, where the base
 checkpoints live), and the decoded data set reach the worker once, beside the config
 (`tune.with_parameters`). `run_trial` takes the base models from the shared checkpoint
-folder (trained there by the base stage), and reports a flat metrics dict with
-`tune.report`: one report, at the end, holding every objective, every final metric and
-the curve (the selection metrics at each evaluation). One report rather than one per
+folder (trained there by the base stage), and returns the flat metrics dict that the
+trainable (`study.plan.study_trial`) reports: one report, at the end, holding every
+objective, every final metric and the curve (the selection metrics at each evaluation). One report rather than one per
 evaluation: each report costs the driver a round trip and its processing
 (`bench/driver.py`), and nothing reads the curve before the trial ends.
 """
@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from ray import tune
 
 from . import engine
 from .base_models import BaseRecipe, base_model
@@ -104,7 +103,8 @@ def _inject_fault(settings: TrialSettings, method: str) -> None:
         os._exit(3)  # a dying worker, as an out-of-memory kill or a lost node looks to Tune
 
 
-def run_trial(spec: TrialSpec, settings: TrialSettings, data: Dataset) -> None:
+def run_trial(spec: TrialSpec, settings: TrialSettings, data: Dataset) -> dict:
+    """The trial's one report (what the caller hands to `tune.report`)."""
     start = time.perf_counter()
     placement = _placement()
     torch.set_num_threads(max(1, settings.threads))
@@ -129,8 +129,7 @@ def run_trial(spec: TrialSpec, settings: TrialSettings, data: Dataset) -> None:
         if spec.method == "retrain":
             row["rte"] = 1.0
         scores = {"forget_scores": audit_scores(model, data, device).tolist()} if audit else {}
-        tune.report({**_numbers(row), **_loss_lists(losses), **scores})
-        return
+        return {**_numbers(row), **_loss_lists(losses), **scores}
     method = create(spec.method, data.name, **spec.hparams)
     _inject_fault(settings, spec.method)
     startup = time.perf_counter() - start
@@ -153,9 +152,8 @@ def run_trial(spec: TrialSpec, settings: TrialSettings, data: Dataset) -> None:
         # Tune does not retry it (retries are for dying workers) and the study goes on.
         # The objectives are present (Tune checks) and NaN (the searcher records the trial as failed).
         nan = {k: math.nan for k in ("sel_accuracy", "sel_forgetting_score", "sel_final_score")}
-        tune.report({**nan, "final": 0.0, "diverged": 1.0, "error": str(exc), "curve": curve, **placement})
-        return
+        return {**nan, "final": 0.0, "diverged": 1.0, "error": str(exc), "curve": curve, **placement}
     row.update(final=1.0, startup_seconds=startup, trial_seconds=time.perf_counter() - start,
                pid=float(os.getpid()), ended_at=time.time(), peak_rss_mb=_peak_rss_mb(), **placement)
     scores = {"forget_scores": audit_scores(result["model"], data, device).tolist()} if audit else {}
-    tune.report({**row, **_loss_lists(result["losses"]), **scores, "curve": curve})
+    return {**row, **_loss_lists(result["losses"]), **scores, "curve": curve}
