@@ -122,6 +122,39 @@ def test_logical_gpus_run_trials_concurrently(tmp_path):
     assert overlapping >= 1  # at least two trials ran at the same time
 
 
+def test_short_trials_run_in_bundles_each_recorded_once(tmp_path):
+    """With --bundle-seconds far above the trials' length the plan bundles them (study/plan.py); every
+    trial of a bundle is still one MLflow child and one Optuna trial, nothing twice."""
+    import json
+
+    config = tmp_path / "study.yaml"
+    config.write_text("baselines: [finetune, neggrad]\nseeds: 1\nbase_epochs: 3\nmethod_epochs: 1\neval_every: 7\n")
+    uri = f"sqlite:///{tmp_path}/store.db"
+    results = tmp_path / "r"
+    assert launch(["--config", str(config), "--results-dir", str(results), "--tracking-uri", uri, "--gli-trials", "10",
+                   "--experiment-name", "bundles", "--bundle-seconds", "60"]) == 0  # the smoke test's sizes
+    bundles = []
+    for path in (results / "ray" / "bundles").glob("study_trial_*/params.json"):
+        params = json.loads(path.read_text())
+        if params["stage"] == "bundle":
+            bundles.append([item["config"]["stage"] for item in params["hparams"]["items"]])
+    assert any(len(items) >= 2 for items in bundles), bundles
+    _, parents, children = _runs(uri, "bundles")
+    assert [p.info.status for p in parents] == ["FINISHED"]
+    keys = [c.data.tags["trial_key"] for c in children]
+    assert len(keys) == len(set(keys)) and all(c.info.status == "FINISHED" for c in children)
+    assert len([c for c in children if c.data.tags["stage"] == "gli"]) == 10
+    bundled = [c for c in children if "#" in c.data.tags["trial_id"]]  # an item's id is its bundle's, numbered
+    assert sum(len(items) for items in bundles) == len(bundled)
+    for c in bundled:  # recorded whole: the run spans the trial's own start and end
+        assert c.info.start_time == int(c.data.metrics["started_at"] * 1000)
+        assert c.info.end_time == int(c.data.metrics["ended_at"] * 1000)
+        assert {"accuracy", "forgetting_score", "sel_final_score"} <= set(c.data.metrics)
+    storage = JournalStorage(JournalFileBackend(str(results / "optuna.journal")))
+    study = optuna.load_study(study_name="bundles-gli-fair-pareto", storage=storage)
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 10
+
+
 def test_tuned_baselines_scalar_objective_paper_protocol(tmp_path, capsys):
     config = tmp_path / "study.yaml"
     config.write_text("baselines: [finetune]\ngli_trials: 2\n")
