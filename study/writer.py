@@ -130,8 +130,10 @@ class Store:
         from mlflow.entities import Metric, Param, RunTag
 
         now = int(time.time() * 1000)
+        # The final values one millisecond after the curve: MLflow's latest value of a metric is the one with
+        # the highest (step, timestamp, value), and the last evaluation can share the final report's step.
         items = [Metric(k, v, now, s) for k, v, s in points or []] + [
-            Metric(k, float(v), now, step) for k, v in (metrics or {}).items()]
+            Metric(k, float(v), now + 1, step) for k, v in (metrics or {}).items()]
         params_ = [Param(k, records.encode(v)) for k, v in (params or {}).items()]
         tags_ = [RunTag(k, str(v)) for k, v in (tags or {}).items()]
         if not (items or params_ or tags_):

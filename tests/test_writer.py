@@ -132,3 +132,17 @@ def test_the_tracking_database_is_in_write_ahead_log_mode(tmp_path):
     _tracker(tmp_path).end_parent("FINISHED")
     with sqlite3.connect(tmp_path / "m.db") as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_a_metric_s_value_is_the_final_report_s_even_where_an_evaluation_shares_its_step(tmp_path):
+    """MLflow keeps as a metric's value the point with the highest (step, timestamp, value): the final report's
+    must win over the curve's last evaluation at the same step, whatever the values."""
+    tracker = _tracker(tmp_path)
+    curve = [{"step": 5, "sel_accuracy": 0.7}, {"step": 10, "sel_accuracy": 0.99}]  # the last one is not chosen
+    tracker.record("k1", "gli", "gli", 0, {}, "t1", "FINISHED", {"sel_accuracy": 0.7}, 10, curve=curve)
+    handle = tracker.open_child("k2", "gli", "gli", 0, {}, "t2")
+    tracker.finish(handle, "FINISHED", {"sel_accuracy": 0.7}, 10, curve=curve)
+    tracker.flush()
+    df = tracker.children("gli")
+    assert sorted(df["sel_accuracy"]) == [0.7, 0.7]
+    tracker.end_parent("FINISHED")
