@@ -242,11 +242,16 @@ def _points(curve: list[dict] | None) -> list[tuple[str, float, int]]:
 
 
 class ItemTrial(NamedTuple):
-    """An item of a bundle, standing for a Tune trial where the plan and the progress lines expect one."""
+    """An ended trial (or an item of a bundle) as the plan and the progress lines read it: the queued writes
+    never hold Tune's own trial objects, which hold Ray handles."""
 
     trial_id: str
     last_result: dict
     error_msg: str | None = None
+
+
+def _ended(trial) -> ItemTrial:
+    return ItemTrial(trial.trial_id, dict(trial.last_result or {}), getattr(trial, "error_msg", None))
 
 
 
@@ -283,9 +288,10 @@ class TrackingCallback(tune.Callback):
         if handle is None:
             self.on_written(trial.trial_id)
             return
-        status, metrics, step, tags, arrays, curve = outcome(trial.last_result or {})
+        ended = _ended(trial)
+        status, metrics, step, tags, arrays, curve = outcome(ended.last_result)
         self.tracker.finish(handle, status, metrics, step, tags, arrays, curve,
-                            then=lambda: self._written(trial, status == "FINISHED"))
+                            then=lambda: self._written(ended, status == "FINISHED"))
 
     def _record_item(self, item_id: str, config: dict, report: dict) -> None:
         spec = TrialSpec.of(config)
@@ -308,11 +314,11 @@ class TrackingCallback(tune.Callback):
             for item_id, config in items:
                 self._record_item(item_id, config, {"error": reason})
             return
-        handle = self.runs.pop(trial.trial_id, None)
+        handle, ended = self.runs.pop(trial.trial_id, None), _ended(trial)
         if handle is not None:
-            self.tracker.finish(handle, "FAILED", tags={"error": reason}, then=lambda: self._written(trial, False))
+            self.tracker.finish(handle, "FAILED", tags={"error": reason}, then=lambda: self._written(ended, False))
         else:
-            self._written(trial, False)
+            self._written(ended, False)
 
     def _written(self, trial, ok: bool) -> None:
         """The trial's run is in the store: Optuna hears of its end, then the progress line."""
