@@ -66,7 +66,7 @@ def study_trial(config: dict, data: Dataset | None = None, settings: TrialSettin
         wait_for_plan(spec.hparams["marker"], int(spec.hparams["version"]))
         return
     if (items := bundle_items(config)) is not None:
-        tune.report(run_bundle(items, lambda item: run_trial(TrialSpec.of(item), settings, data)))
+        tune.report(run_bundle(items, lambda item: run_trial(TrialSpec.of(item), settings, data, bundled=True)))
         return
     tune.report(run_trial(spec, settings, data))
 

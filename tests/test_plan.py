@@ -198,3 +198,18 @@ def test_a_torn_journal_line_does_not_stop_the_resume(tmp_path):
     assert [s.state.name for s in study().trials] == ["COMPLETE"] * 4  # appended after the cut, replayable
     path.write_bytes(b'{"op_code"')  # a journal that is nothing but a torn line
     assert repair_journal(path) == 10 and path.read_bytes() == b""
+
+
+def test_a_bundle_item_that_raises_fails_alone():
+    """The worker's side of a bundle: each item's report in order, a raising item a failed report of its own."""
+    from trainables.bundle import bundle_config, bundle_items, run_bundle
+
+    def run_one(config):
+        if config["seed"] == 1:
+            raise ValueError("bad setting")
+        return {"final": 1.0, "seed": config["seed"]}
+
+    items = bundle_items(bundle_config([(f"b#{s}", _run("scrub", s) | {"stage": "baseline"}) for s in range(3)]))
+    reports = run_bundle(items, run_one)["items"]
+    assert [r["final"] for r in reports] == [1.0, 0.0, 1.0]
+    assert reports[1]["error"] == "ValueError: bad setting" and all(r["item_seconds"] >= 0 for r in reports)

@@ -167,6 +167,27 @@ def test_dying_worker_is_retried(ray_instance, tmp_path):
     assert int(finetune[0].data.tags["attempts"]) == 2
 
 
+def test_a_worker_dying_mid_bundle_reruns_the_bundle_and_records_each_trial_once(ray_instance, tmp_path):
+    """A worker killed while it runs a bundle of short trials: Tune retries the bundle as a whole; its trials'
+    runs are written only once it ends, so each is recorded once, and Optuna holds each once."""
+    marker = tmp_path / "killed-once"
+    config = tmp_path / "study.yaml"
+    config.write_text(yaml.safe_dump({"baselines": ["finetune"], "seeds": 1, "base_epochs": 3, "method_epochs": 1,
+                                      "eval_every": 7, "gli_trials": 10, "max_failures": 2, "bundle_seconds": 60,
+                                      "fault_injection": {"method": "gli", "marker": str(marker), "bundled": True}}))
+    uri = f"sqlite:///{tmp_path}/store.db"
+    assert launch(["--config", str(config), "--results-dir", str(tmp_path / "r"), "--tracking-uri", uri,
+                   "--experiment-name", "gli-digits-smoke"]) == 0
+    assert marker.exists()  # a worker really died, inside a bundle
+    _, children = _runs(uri, "gli-digits-smoke")
+    keys = [c.data.tags["trial_key"] for c in children]
+    assert len(keys) == len(set(keys)) and all(c.info.status == "FINISHED" for c in children)
+    gli = [c for c in children if c.data.tags["stage"] == "gli"]
+    assert len(gli) == 10 and any("#" in c.data.tags["trial_id"] for c in gli)
+    trials = _study(tmp_path / "r").trials
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 10
+
+
 def _bad(tmp_path: Path, case: str) -> tuple[list[str], str]:
     if case == "malformed data folder":
         (tmp_path / "mufac").mkdir()

@@ -95,16 +95,19 @@ def _placement() -> dict:
             "hardware": json.dumps(engine.hardware(), sort_keys=True)}
 
 
-def _inject_fault(settings: TrialSettings, method: str) -> None:
-    """Testing aid for the retry path: kill this worker process once for `method` (never set in a study)."""
+def _inject_fault(settings: TrialSettings, method: str, bundled: bool) -> None:
+    """Testing aid for the retry path: kill this worker process once for `method` (never set in a study);
+    with `bundled: true`, only in a trial that runs in a bundle."""
     fault = settings.fault_injection or {}
+    if fault.get("bundled") and not bundled:
+        return
     if fault.get("method") == method and not os.path.exists(fault["marker"]):
         Path(fault["marker"]).write_text("killed once")
         os._exit(3)  # a dying worker, as an out-of-memory kill or a lost node looks to Tune
 
 
-def run_trial(spec: TrialSpec, settings: TrialSettings, data: Dataset) -> dict:
-    """The trial's one report (what the caller hands to `tune.report`)."""
+def run_trial(spec: TrialSpec, settings: TrialSettings, data: Dataset, bundled: bool = False) -> dict:
+    """The trial's one report (what the caller hands to `tune.report`); `bundled`: it runs in a bundle."""
     start = time.perf_counter()
     placement = _placement()
     torch.set_num_threads(max(1, settings.threads))
@@ -131,7 +134,7 @@ def run_trial(spec: TrialSpec, settings: TrialSettings, data: Dataset) -> dict:
         scores = {"forget_scores": audit_scores(model, data, device).tolist()} if audit else {}
         return {**_numbers(row), **_loss_lists(losses), **scores}
     method = create(spec.method, data.name, **spec.hparams)
-    _inject_fault(settings, spec.method)
+    _inject_fault(settings, spec.method, bundled)
     startup = time.perf_counter() - start
 
     curve: list[dict] = []
