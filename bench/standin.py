@@ -1,8 +1,9 @@
 """A stand-in for the study's trial in the driver benchmark: reports of the real shape, no training.
 
 It imports neither PyTorch nor the project beyond `trainables.bundle` (a worker holding
-PyTorch costs a few tens of MB), so dozens of logical slots fit on a small machine. Wait trials (the plan's placeholders) wait
-for the plan's version file to change, as the real ones do.
+PyTorch costs a few tens of MB), so dozens of logical slots fit on a small machine. Wait
+trials (the plan's placeholders) wait for the plan's version file to change, as the real
+ones do; bundles run their items one after another, as the real ones do.
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ def standin_report(config: dict, seconds: float = 0.0) -> dict:
              "seconds", "steps", "best_step", "evaluations", "rte", "peak_rss_mb"]
     final = {name: rng.random() for name in names}
     final.update({"final": 1.0, "started_at": started, "ended_at": time.time(), "sel_accuracy": acc,
-                  "sel_forgetting_score": fs, "sel_final_score": (acc + 1 - 2 * fs) / 2, "sel_fs_se": 0.02, "sel_accuracy_se": 0.01, "node_id": "standin", "curve": curve,
+                  "sel_forgetting_score": fs, "sel_final_score": (acc + 1 - 2 * fs) / 2, "sel_fs_se": 0.02,
+                  "sel_accuracy_se": 0.01, "node_id": "standin", "curve": curve,
                   "forget_losses": [round(-math.log(rng.random() + 1e-9), 4) for _ in range(LOSSES)],
                   "unseen_losses": [round(-math.log(rng.random() + 1e-9), 4) for _ in range(LOSSES)]})
     return final

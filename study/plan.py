@@ -105,6 +105,12 @@ class StudyPlan(Searcher):
     race against the next reused worker when trials are shorter than its start-up, so the
     run falls to one trial at a time (seen on 2 CPUs and on a two-node cluster).
 
+    When a stage's trials are short (shorter than half of `bundle_seconds`, judged from its
+    last ended ones), a slot gets a bundle of them as one Tune trial (`bundle_size`,
+    `trainables.bundle`): Tune's own cost per trial, which then would set the pace, is paid
+    once per bundle. Each item has its own id (`<tune trial id>#<i>`), ends on its own in
+    the stages (Optuna is told of each), and is recorded as its own MLflow run.
+
     Resumes come from MLflow (finished trial keys) and the Optuna journal, so Tune's
     searcher checkpoint is not written.
     """

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import math
 import sys
-from collections import deque
 import threading
 import time
 import warnings
+from collections import deque
 
 import optuna
 from optuna.storages import JournalStorage

@@ -25,7 +25,6 @@ import queue
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -101,7 +100,6 @@ class Store:
         self.experiment_id, self.parent_id = experiment_id, parent_id
         self.known: dict[str, str] | None = None  # trial key -> run id, loaded on first use
         self.repos: dict[str, object] = {}  # run id -> artifact repository, for the runs created here
-        self.scratch = Path(tempfile.mkdtemp(prefix="gli-writer-"))
 
     def _known(self) -> dict[str, str]:
         if self.known is None:
@@ -145,16 +143,9 @@ class Store:
             first = False
 
     def _arrays(self, run_id: str, arrays: dict) -> None:
-        """Float arrays as compressed .npz artifacts, one per name (see `records.load_arrays`)."""
-        import numpy as np
-
+        """Float arrays as compressed .npz artifacts, one per name (`records.load_arrays` reads them)."""
         for name, values in arrays.items():
-            path = self.scratch / name
-            np.savez_compressed(path, **{k: np.asarray(v, dtype=np.float32) for k, v in values.items()})
-            if run_id in self.repos:
-                self.repos[run_id].log_artifact(str(path))
-            else:
-                self.client.log_artifact(run_id, str(path))
+            records.save_arrays(self.client, run_id, name, self.repos.get(run_id), **values)
 
     # --- the operations `Writer.submit` names; each takes the attempt number first ------------
     def open(self, attempt: int, key: str, name: str, tags: dict, params: dict, first_tags: dict,

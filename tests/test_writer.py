@@ -81,7 +81,7 @@ def test_the_writer_process_gone_with_writes_queued_stops_the_study_in_one_line(
     for i in range(1, 5):
         tracker.record(f"k{i}", "gli", "gli", 0, {}, f"t{i}", "FINISHED", {"accuracy": 0.5})
     os.kill(proc.pid, signal.SIGKILL)
-    with pytest.raises(TrackingError, match="the tracking writer process ended .* write\\(s\\) unwritten; run the same command"):
+    with pytest.raises(TrackingError, match=r"tracking writer process ended .* write\(s\) unwritten; run the same"):
         tracker.flush()
     with pytest.raises(TrackingError):
         tracker.record("k9", "gli", "gli", 0, {}, "t9", "FINISHED", {"accuracy": 0.5})

@@ -149,14 +149,18 @@ def child_runs(client, experiment_id: str, parent_id: str, stage: str | None = N
     return pd.DataFrame(rows)
 
 
-def save_arrays(client, run_id: str, name: str, **arrays) -> None:
-    """Float arrays as one compressed .npz artifact `name` of the run."""
+def save_arrays(client, run_id: str, name: str, repo=None, **arrays) -> None:
+    """Float arrays as one compressed .npz artifact `name` of the run (through the run's artifact
+    repository `repo` when the caller has it, which saves the client looking the run up)."""
     import numpy as np
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / name
         np.savez_compressed(path, **{k: np.asarray(v, dtype=np.float32) for k, v in arrays.items()})
-        client.log_artifact(run_id, str(path))
+        if repo is not None:
+            repo.log_artifact(str(path))
+        else:
+            client.log_artifact(run_id, str(path))
 
 
 def load_arrays(client, run_id: str, name: str) -> dict | None:

@@ -6,9 +6,9 @@ checkpoints live), and the decoded data set reach the worker once, beside the co
 (`tune.with_parameters`). `run_trial` takes the base models from the shared checkpoint
 folder (trained there by the base stage), and returns the flat metrics dict that the
 trainable (`study.plan.study_trial`) reports: one report, at the end, holding every
-objective, every final metric and the curve (the selection metrics at each evaluation). One report rather than one per
-evaluation: each report costs the driver a round trip and its processing
-(`bench/driver.py`), and nothing reads the curve before the trial ends.
+objective, every final metric and the curve (the selection metrics at each evaluation).
+One report rather than one per evaluation: each report costs the driver a round trip
+and its processing (`bench/driver.py`), and nothing reads the curve before the trial ends.
 """
 
 from __future__ import annotations
