@@ -24,7 +24,9 @@ import pickle
 import queue
 import signal
 import subprocess
+import shutil
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -93,13 +95,14 @@ class Store:
     their trial key; the process keeps each key's run id (an earlier attempt's run is reused, never
     duplicated: a create whose answer was lost is looked up before it is retried)."""
 
-    def __init__(self, uri: str, experiment_id: str, parent_id: str):
+    def __init__(self, uri: str, experiment_id: str, parent_id: str, scratch: Path):
         from mlflow.tracking import MlflowClient
 
         self.uri, self.client = uri, MlflowClient(tracking_uri=uri)
         self.experiment_id, self.parent_id = experiment_id, parent_id
         self.known: dict[str, str] | None = None  # trial key -> run id, loaded on first use
         self.repos: dict[str, object] = {}  # run id -> artifact repository, for the runs created here
+        self.scratch = scratch  # where artifacts are staged
 
     def _known(self) -> dict[str, str]:
         if self.known is None:
@@ -145,7 +148,7 @@ class Store:
     def _arrays(self, run_id: str, arrays: dict) -> None:
         """Float arrays as compressed .npz artifacts, one per name (`records.load_arrays` reads them)."""
         for name, values in arrays.items():
-            records.save_arrays(self.client, run_id, name, self.repos.get(run_id), **values)
+            records.save_arrays(self.client, run_id, name, self.repos.get(run_id), self.scratch, **values)
 
     # --- the operations `Writer.submit` names; each takes the attempt number first ------------
     def open(self, attempt: int, key: str, name: str, tags: dict, params: dict, first_tags: dict,
@@ -314,13 +317,16 @@ def _serve() -> None:
     def orphaned() -> bool:
         return os.getppid() != parent
 
+    scratch = Path(tempfile.mkdtemp(prefix="gli-writer-"))
+
     def watch() -> None:  # a launcher killed outright: stop now, mid-retry included, write nothing more
         while not orphaned():
             time.sleep(0.1)
+        shutil.rmtree(scratch, ignore_errors=True)
         os._exit(0)
 
     threading.Thread(target=watch, daemon=True).start()
-    store = Store(uri, experiment_id, parent_id)
+    store = Store(uri, experiment_id, parent_id, scratch)
     retry = Retry(outage_s, uri)
     failed = False
     while True:
@@ -346,6 +352,7 @@ def _serve() -> None:
                       file=sys.stderr, flush=True)
         pickle.dump(("ack", seq, ok, time.perf_counter() - started), outbox)
         outbox.flush()
+    shutil.rmtree(scratch, ignore_errors=True)
 
 
 if __name__ == "__main__":
