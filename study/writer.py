@@ -205,7 +205,7 @@ class Writer:
     store (a thread feeds the process); `flush()` waits until every queued write is
     acknowledged and its `then` has run (on one thread, in order); `call(write)` runs a write
     (or a read) now, in the launcher, retried like a queued one. Once the process reports an
-    outage past its limit, or dies with writes unwritten, `submit`, `flush` and `call` raise
+    outage past its limit, or ends unasked, `submit`, `flush` and `call` raise
     `TrackingError`.
     """
 
@@ -219,6 +219,7 @@ class Writer:
         self.outbox: queue.Queue = queue.Queue()
         self.waiting: dict[int, object] = {}  # sequence number -> then callback (or None)
         self.sent = self.acked = 0
+        self.closing = False  # set by `close`: the process ending is then expected
         self.done = threading.Condition()
 
     @property
@@ -233,7 +234,8 @@ class Writer:
         pickle.dump((self.uri, self.outage_s, os.getpid(), *self.store_args), self.proc.stdin)
         self.proc.stdin.flush()
         threading.Thread(target=self._feed, name="tracking-feed", daemon=True).start()
-        threading.Thread(target=self._acks, name="tracking-acks", daemon=True).start()
+        self.ack_thread = threading.Thread(target=self._acks, name="tracking-acks", daemon=True)
+        self.ack_thread.start()
 
     def submit(self, op: str, then=None, **kwargs) -> None:
         """Queue `Store.<op>(**kwargs)`; `then()` runs once it is written."""
@@ -265,9 +267,10 @@ class Writer:
                 kind, seq, detail, busy = "died", None, self.proc.wait(), 0.0
             if kind == "fatal" and self.error is None:
                 self.error = TrackingError(detail)
-            elif kind == "died" and self.error is None and self.unacked:
-                self.error = TrackingError(f"the tracking writer process ended (exit code {detail}) with "
-                                           f"{self.unacked} write(s) unwritten; run the same command to resume")
+            elif kind == "died" and self.error is None and not self.closing:  # idle or not: nothing more can be
+                unwritten = f" with {self.unacked} write(s) unwritten" if self.unacked else ""  # written
+                self.error = TrackingError(f"the tracking writer process ended (exit code {detail}){unwritten}; "
+                                           "run the same command to resume")
             with self.done:
                 then = self.waiting.pop(seq, None) if kind == "ack" else None
             if then is not None and detail and self.error is None:  # detail: written (False: the store refused
@@ -297,12 +300,14 @@ class Writer:
     def close(self) -> None:
         """Every queued write done, then the process ends."""
         if self.proc is not None:
+            self.closing = True
             self.outbox.put(None)
             try:
                 self.proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
-            self.proc, self.outbox = None, queue.Queue()  # a later write starts a new process
+            self.ack_thread.join(timeout=30)  # it has seen the process end, as expected
+            self.proc, self.outbox, self.closing = None, queue.Queue(), False  # a later write starts a new one
 
 
 def _serve() -> None:

@@ -312,6 +312,36 @@ def test_tracking_server_down_past_the_limit_stops_cleanly_and_a_rerun_resumes(t
     _check_resumed_once(mlflow_server.uri, results)
 
 
+def _writer_of(launcher: int) -> int:
+    """The pid of the launcher's tracking writer process (`python -m study.writer`)."""
+    for proc in Path("/proc").iterdir():
+        try:
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if ppid == launcher and b"study.writer" in (proc / "cmdline").read_bytes():
+                return int(proc.name)
+        except (OSError, ValueError, IndexError):
+            continue
+    raise AssertionError(f"no writer process under {launcher}")
+
+
+@pytest.mark.slow
+def test_the_tracking_writer_killed_mid_study_stops_it_in_one_line_and_a_rerun_resumes(tmp_path):
+    results, cache = tmp_path / "r", tmp_path / "cache"
+    proc = _start(results, cache)
+    _wait_for(proc, "[study] gli: 1/4 done")
+    os.kill(_writer_of(proc.pid), signal.SIGKILL)
+    out = proc.communicate(timeout=300)[0]
+    errors = [line for line in out.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 3, out[-3000:]
+    assert len(errors) == 1 and "tracking writer process ended (exit code -9)" in errors[0], out[-3000:]
+    assert "run the same command to resume" in errors[0]
+    rerun = _start(results, cache)
+    out = rerun.communicate(timeout=600)[0]
+    assert rerun.returncode == 0, out[-3000:]
+    assert "resuming gli-digits-smoke" in out
+    _check_resumed_once(f"sqlite:///{results}/mlflow.db", results)
+
+
 @pytest.mark.slow
 def test_launcher_killed_with_tracking_writes_queued_then_resume(tmp_path, mlflow_server):
     """The tracking server is down, so finished trials' runs wait in the writer's queue; the launcher is

@@ -87,6 +87,19 @@ def test_the_writer_process_gone_with_writes_queued_stops_the_study_in_one_line(
         tracker.record("k9", "gli", "gli", 0, {}, "t9", "FINISHED", {"accuracy": 0.5})
 
 
+def test_the_writer_process_gone_while_idle_fails_the_next_write_instead_of_hanging(tmp_path):
+    tracker = _tracker(tmp_path)
+    tracker.record("k0", "gli", "gli", 0, {}, "t0", "FINISHED", {"accuracy": 0.5})
+    tracker.flush()
+    os.kill(tracker.writer.proc.pid, signal.SIGKILL)
+    tracker.writer.proc.wait(timeout=10)
+    deadline = time.time() + 10
+    while tracker.writer.error is None and time.time() < deadline:
+        time.sleep(0.05)
+    with pytest.raises(TrackingError, match=r"tracking writer process ended \(exit code -9\); run the same"):
+        tracker.record("k1", "gli", "gli", 0, {}, "t1", "FINISHED", {"accuracy": 0.5})
+
+
 def test_the_writer_process_never_outlives_the_launcher(tmp_path):
     """Killed outright, the launcher leaves no writer behind to write what it had queued."""
     import subprocess
