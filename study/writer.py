@@ -111,9 +111,9 @@ class Store:
         return self.known
 
     def _find(self, key: str) -> str | None:
-        df = records.child_runs(self.client, self.experiment_id, self.parent_id, None, None)
-        df = df[df["tags.trial_key"] == key] if len(df) else df
-        return df["run_id"].iloc[0] if len(df) else None
+        """The run of `key` as the store holds it now (read again: a retried create may have happened)."""
+        self.known = None
+        return self._known().get(key)
 
     def _create(self, key: str, name: str, tags: dict, started: float | None = None) -> str:
         from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
@@ -148,7 +148,7 @@ class Store:
     def _arrays(self, run_id: str, arrays: dict) -> None:
         """Float arrays as compressed .npz artifacts, one per name (`records.load_arrays` reads them)."""
         for name, values in arrays.items():
-            records.save_arrays(self.client, run_id, name, self.repos.get(run_id), self.scratch, **values)
+            records.save_arrays(self.client, run_id, name, self.scratch, self.repos.get(run_id), **values)
 
     # --- the operations `Writer.submit` names; each takes the attempt number first ------------
     def open(self, attempt: int, key: str, name: str, tags: dict, params: dict, first_tags: dict,
