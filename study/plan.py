@@ -20,6 +20,7 @@ from typing import Any
 
 from ray import tune
 from ray.tune.logger import JsonLoggerCallback
+from ray.tune.schedulers import FIFOScheduler
 from ray.tune.search import Searcher
 
 from trainables import engine
@@ -87,6 +88,28 @@ class StudyJsonLogger(JsonLoggerCallback):
 
     def log_trial_result(self, iteration: int, trial, result: dict):
         super().log_trial_result(iteration, trial, _slim(result))
+
+
+class NewestFirst(FIFOScheduler):
+    """Tune's FIFO scheduler, except that a freed worker goes to the newest pending trial.
+
+    With actor reuse, Tune gives a worker freed by an ended trial to the trial its scheduler
+    chooses and, if that trial already had a worker starting for it, kills that worker. FIFO
+    chooses the oldest pending trial, the one whose worker has been starting longest. While
+    workers start (the study's start; a lost node's replacements) and trials are shorter than a
+    worker's start-up, every ended trial thus killed a starting worker and the freed slot began
+    another one, which met the same end: the run stayed on the workers that were up when the
+    first trial ended (48 slots on 2 CPUs: 1 worker ran every trial while 170 started and were
+    killed, `bench/driver.py`). The newest pending trial is the one created for the slot the
+    ended trial left, with no worker of its own yet: it takes the freed worker, and the
+    starting workers finish starting.
+    """
+
+    def choose_trial_to_run(self, tune_controller):
+        for trial in reversed(tune_controller.get_trials()):
+            if trial.status == "PENDING":
+                return trial
+        return None
 
 
 class StudyPlan(Searcher):
@@ -270,8 +293,8 @@ class StudyContext:
         trainable = tune.with_resources(trainable, trial_resources(self.cfg))
         tuner = tune.Tuner(
             trainable,
-            tune_config=tune.TuneConfig(search_alg=plan, num_samples=-1, max_concurrent_trials=self.slots,
-                                        reuse_actors=True),
+            tune_config=tune.TuneConfig(search_alg=plan, scheduler=NewestFirst(), num_samples=-1,
+                                        max_concurrent_trials=self.slots, reuse_actors=True),
             run_config=tune.RunConfig(
                 # one folder per study: two studies may share a storage path
                 name=self.cfg.experiment_name, storage_path=self.cfg.storage_path, verbose=0,
