@@ -1,9 +1,8 @@
 """A stand-in for the study's trial in the driver benchmark: reports of the real shape, no training.
 
-It imports neither PyTorch nor the project beyond `trainables.bundle` (a worker holding
-PyTorch costs a few tens of MB), so dozens of logical slots fit on a small machine. Wait
-trials (the plan's placeholders) wait for the plan's version file to change, as the real
-ones do; bundles run their items one after another, as the real ones do.
+It imports neither PyTorch nor the project beyond `trainables.bundle` and `study.waits` (a
+worker holding PyTorch costs a few tens of MB), so dozens of logical slots fit on a small
+machine. Wait trials (the plan's placeholders) and bundles run as the real ones do.
 """
 
 from __future__ import annotations
@@ -11,10 +10,10 @@ from __future__ import annotations
 import math
 import random
 import time
-from pathlib import Path
 
 from ray import tune
 
+from study.waits import wait_for_plan
 from trainables.bundle import bundle_items, run_bundle
 
 EVALUATIONS = 10  # evaluations a real trial reports before its final report
@@ -27,14 +26,7 @@ def standin_trial(config: dict, seconds: float = 0.0) -> None:
         tune.report(run_bundle(items, lambda item: standin_report(item, seconds)))
         return
     if config["stage"] == "wait":
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if Path(hparams["marker"]).read_text().strip() != str(hparams["version"]):
-                    return
-            except OSError:
-                pass
-            time.sleep(0.02)
+        wait_for_plan(hparams["marker"], int(hparams["version"]), signal=hparams.get("signal"))
         return
     tune.report(standin_report(config, seconds))
 

@@ -13,11 +13,11 @@ import gc
 import math
 import os
 import statistics
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import ray
 from ray import tune
 from ray.tune.logger import JsonLoggerCallback
 from ray.tune.schedulers import FIFOScheduler
@@ -36,6 +36,7 @@ from .cluster import trial_resources
 from .config import StudyConfig
 from .stages import GridStage, SearchStage, Stage
 from .tracking import Tracker, TrackingCallback
+from .waits import PlanSignal, wait_for_plan
 
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the study prints its own progress lines instead
 # Tune's default loggers write every report three times (CSV, JSON, TensorBoard, the last with an fsync
@@ -48,23 +49,11 @@ TIMED_BEFORE_BUNDLING = 3  # a stage's trials that must have ended before its ty
 MAX_BUNDLE = 32  # trials per bundle at most: what a lost worker takes with it stays small
 
 
-def wait_for_plan(marker: str, version: int, limit_s: float = 30.0, poll_s: float = 0.05) -> None:
-    """Return once the plan's version file no longer holds `version` (a trial has ended), or after `limit_s`."""
-    deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline:
-        try:
-            if Path(marker).read_text().strip() != str(version):
-                return
-        except (OSError, ValueError):
-            pass  # not written yet, or mid-write: look again
-        time.sleep(poll_s)
-
-
 def study_trial(config: dict, data: Dataset | None = None, settings: TrialSettings | None = None) -> None:
     """What Ray Tune runs for every trial of the study: one trial, a bundle of them, or a wait trial."""
     spec = TrialSpec.of(config)
     if spec.stage == WAIT_STAGE:
-        wait_for_plan(spec.hparams["marker"], int(spec.hparams["version"]))
+        wait_for_plan(spec.hparams["marker"], int(spec.hparams["version"]), signal=spec.hparams.get("signal"))
         return
     if (items := bundle_items(config)) is not None:
         tune.report(run_bundle(items, lambda item: run_trial(TrialSpec.of(item), settings, data, bundled=True)))
@@ -139,7 +128,7 @@ class StudyPlan(Searcher):
     """
 
     def __init__(self, stages: list[Stage], marker: str | os.PathLike | None = None, slots: int = 1,
-                 bundle_seconds: float = 0.0):
+                 bundle_seconds: float = 0.0, signal: str | None = None):
         super().__init__()
         labels = [s.label for s in stages]
         missing = {a for i, s in enumerate(stages) for a in s.after if a not in labels[:i]}
@@ -147,6 +136,7 @@ class StudyPlan(Searcher):
             raise ValueError(f"stages must have distinct labels and wait only for earlier ones: {labels}")
         self.stages, self.owner = stages, {}
         self.marker, self.version, self.waiting = marker, 0, set()
+        self.signal, self._signal = signal, None  # the study's `PlanSignal` actor (study.waits): name, handle
         self.slots, self.bundle_seconds = max(1, slots), bundle_seconds
         self.bundles: dict[str, list[str]] = {}  # Tune trial id -> its items' ids (see trainables.bundle)
         # Stages whose trials, as they end, can let another stage's trials start (the base models of a
@@ -161,6 +151,10 @@ class StudyPlan(Searcher):
             with open(tmp, "w") as f:
                 f.write(str(self.version))
             os.replace(tmp, self.marker)
+        if self.signal is not None:
+            if self._signal is None:
+                self._signal = ray.get_actor(self.signal)
+            self._signal.set.remote(self.version)  # in order: one caller, one actor
 
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
         return True
@@ -208,7 +202,8 @@ class StudyPlan(Searcher):
                 return bundle_config(items)
         if self.marker is not None and any(not s.active or s.issued < s.planned for s in self.stages):
             self.waiting.add(trial_id)  # more trials will come once a running one ends
-            return TrialSpec(WAIT_STAGE, WAIT_STAGE, 0, {"version": self.version, "marker": str(self.marker)}).config()
+            where = {"marker": str(self.marker), **({"signal": self.signal} if self.signal else {})}
+            return TrialSpec(WAIT_STAGE, WAIT_STAGE, 0, {"version": self.version, **where}).config()
         return None
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
@@ -287,7 +282,10 @@ class StudyContext:
         """All stages in one Tune run (worker processes reused throughout)."""
         marker = Path(self.cfg.storage_path) / f"{self.cfg.experiment_name}.plan"  # shared by every node
         marker.parent.mkdir(parents=True, exist_ok=True)
-        plan = StudyPlan(stages, marker, self.slots, self.cfg.bundle_seconds)
+        # Wait trials block on this actor (study.waits): named per launcher process, so two studies never share one.
+        signal = f"study-plan-{os.getpid()}-{self.cfg.experiment_name}"
+        actor = PlanSignal.options(name=signal).remote(0)
+        plan = StudyPlan(stages, marker, self.slots, self.cfg.bundle_seconds, signal)
         # The data set and the shared settings reach every worker once, through the object store.
         trainable = self.trainable or tune.with_parameters(study_trial, data=self.data, settings=self.settings)
         trainable = tune.with_resources(trainable, trial_resources(self.cfg))
@@ -303,7 +301,10 @@ class StudyContext:
                 failure_config=tune.FailureConfig(max_failures=self.cfg.max_failures),
             ),
         )
-        tuner.fit()
+        try:
+            tuner.fit()
+        finally:
+            ray.kill(actor)
         # Tune's controller leaves cycles holding Ray object references (seen: the controller, its trials, 15
         # ObjectRefs after the smoke study). Collected later, on whichever thread allocates, after Ray has
         # stopped (the launcher stops it while the report is built), their finalizers reach a core worker

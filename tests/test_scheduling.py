@@ -108,3 +108,38 @@ def test_tune_fifo_choice_kills_starting_workers(tmp_path):
     starting worker and started another."""
     used, started = _run(FIFOScheduler(), tmp_path)
     assert started > SLOTS + 1, (used, started)
+
+
+def test_wait_trials_block_on_the_plans_signal_and_wake_when_it_moves(tmp_path):
+    """A wait trial blocks on the study's `PlanSignal` actor (no polling) and returns as the plan's version
+    changes; without the actor it reads the marker file instead."""
+    import threading
+
+    from study.plan import StudyPlan
+    from study.stages import GridStage
+    from study.waits import PlanSignal, wait_for_plan
+    from tests.test_plan import _ctx, _run
+
+    marker = tmp_path / "study.plan"
+    actor = PlanSignal.options(name="test-plan-signal").remote(0)
+    ctx = _ctx()
+    base = GridStage(ctx, "base", [_run("original", 0), _run("retrain", 0)])
+    baseline = GridStage(ctx, "baseline", [_run("scrub", 0)], needs=base.seed_done)
+    plan = StudyPlan([base, baseline], marker, signal="test-plan-signal")
+    plan.suggest("t1"), plan.suggest("t2")
+    plan.on_trial_complete("t1", {"final": 1.0})
+    wait = plan.suggest("w1")
+    assert wait["hparams"] == {"version": 1, "marker": str(marker), "signal": "test-plan-signal"}
+    threading.Timer(0.5, plan.on_trial_complete, args=("t2", {"final": 1.0})).start()
+    start = time.monotonic()
+    wait_for_plan(**wait["hparams"], limit_s=20)
+    assert 0.4 < time.monotonic() - start < 10
+    assert ray.get(actor.wait.remote(1, 0.0)) == 2 and marker.read_text() == "2"
+    start = time.monotonic()
+    wait_for_plan(**wait["hparams"], limit_s=20)  # already moved on: returns at once
+    assert time.monotonic() - start < 5
+    ray.kill(actor)
+    threading.Timer(0.5, lambda: marker.write_text("3")).start()
+    start = time.monotonic()
+    wait_for_plan(str(marker), 2, limit_s=20, signal="no-such-signal")  # no actor to block on: the file
+    assert 0.4 < time.monotonic() - start < 10
