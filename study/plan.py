@@ -22,6 +22,7 @@ from ray import tune
 from ray.tune.logger import JsonLoggerCallback
 from ray.tune.schedulers import FIFOScheduler
 from ray.tune.search import Searcher
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from trainables import engine
 from trainables.base_models import default_configs
@@ -79,8 +80,18 @@ class StudyJsonLogger(JsonLoggerCallback):
         super().log_trial_result(iteration, trial, _slim(result))
 
 
+def _worker_starting(controller, trial) -> bool:
+    """Whether `trial` already has a worker of its own being created (its resources granted). Read from
+    Tune's internals (Ray 2.60); when they cannot be read, False, and the choice below is Tune's FIFO."""
+    try:
+        actor = controller._trial_to_actor.get(trial)
+        return actor is not None and controller._actor_manager.is_actor_started(actor)
+    except AttributeError:
+        return False
+
+
 class NewestFirst(FIFOScheduler):
-    """Tune's FIFO scheduler, except that a freed worker goes to the newest pending trial.
+    """Tune's FIFO scheduler, except that a freed worker skips pending trials whose own worker is starting.
 
     With actor reuse, Tune gives a worker freed by an ended trial to the trial its scheduler
     chooses and, if that trial already had a worker starting for it, kills that worker. FIFO
@@ -89,16 +100,19 @@ class NewestFirst(FIFOScheduler):
     worker's start-up, every ended trial thus killed a starting worker and the freed slot began
     another one, which met the same end: the run stayed on the workers that were up when the
     first trial ended (48 slots on 2 CPUs: 2 workers ran all 228 Tune trials while 173 were
-    started and killed; `bench/driver.py`, docs/benchmarks.md). The newest pending trial is
-    the one created for the slot the ended trial left, with no worker of its own yet: it takes
-    the freed worker, and the starting workers finish starting.
+    started and killed; `bench/driver.py`, docs/benchmarks.md). Here the freed worker goes to
+    the oldest pending trial with no worker starting (in practice the one made for the slot
+    that just freed), and the starting workers finish starting. A trial waiting for resources
+    that are gone (its node was lost) has no worker starting either, so it is not passed over
+    for ever: always choosing the newest trial starved it, and the study never ended.
     """
 
     def choose_trial_to_run(self, tune_controller):
-        for trial in reversed(tune_controller.get_trials()):
-            if trial.status == "PENDING":
+        controller = getattr(tune_controller, "_tune_controller", tune_controller)  # Tune passes a wrapper
+        for trial in tune_controller.get_trials():
+            if trial.status == "PENDING" and not _worker_starting(controller, trial):
                 return trial
-        return super().choose_trial_to_run(tune_controller)  # a paused trial, as FIFO would, or None
+        return super().choose_trial_to_run(tune_controller)  # every pending trial has a worker starting
 
 
 class StudyPlan(Searcher):
@@ -152,9 +166,12 @@ class StudyPlan(Searcher):
                 f.write(str(self.version))
             os.replace(tmp, self.marker)
         if self.signal is not None:
-            if self._signal is None:
-                self._signal = ray.get_actor(self.signal)
-            self._signal.set.remote(self.version)  # in order: one caller, one actor
+            try:
+                if self._signal is None:
+                    self._signal = ray.get_actor(self.signal)
+                self._signal.set.remote(self.version)  # in order: one caller, one actor
+            except Exception:  # the actor is gone: wait trials read the marker file from now on
+                self.signal = self._signal = None
 
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
         return True
@@ -284,7 +301,9 @@ class StudyContext:
         marker.parent.mkdir(parents=True, exist_ok=True)
         # Wait trials block on this actor (study.waits): named per launcher process, so two studies never share one.
         signal = f"study-plan-{os.getpid()}-{self.cfg.experiment_name}"
-        actor = PlanSignal.options(name=signal).remote(0)
+        # On the launcher's own node: a node taken back mid-study must not take the signal with it.
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        actor = PlanSignal.options(name=signal, scheduling_strategy=here).remote(0)
         plan = StudyPlan(stages, marker, self.slots, self.cfg.bundle_seconds, signal)
         # The data set and the shared settings reach every worker once, through the object store.
         trainable = self.trainable or tune.with_parameters(study_trial, data=self.data, settings=self.settings)
@@ -304,7 +323,10 @@ class StudyContext:
         try:
             tuner.fit()
         finally:
-            ray.kill(actor)
+            try:
+                ray.kill(actor)
+            except Exception:  # Ray already stopped (an interrupt): the actor went with it; keep the first error
+                pass
         # Tune's controller leaves cycles holding Ray object references (seen: the controller, its trials, 15
         # ObjectRefs after the smoke study). Collected later, on whichever thread allocates, after Ray has
         # stopped (the launcher stops it while the report is built), their finalizers reach a core worker
