@@ -1,4 +1,4 @@
-"""Tune's placement of the study's trials on workers: a freed worker goes to the newest pending trial.
+"""Tune's placement of the study's trials on workers: a freed worker skips trials whose own worker is starting.
 
 With actor reuse and Tune's FIFO choice, a trial shorter than a worker's start-up killed a
 starting worker each time it ended, and the run stayed on the first worker (study/plan.py,
