@@ -151,6 +151,22 @@ def test_short_trials_are_handed_out_in_bundles_and_each_item_ends_on_its_own():
     assert len(bundle_items(last)) == 4  # 8 left: an even share of 2 slots, so the tail runs side by side
 
 
+def test_brief_trials_fill_their_bundles_even_past_an_even_share():
+    """Trials of a few milliseconds on many slots: a bundle still takes far less than bundle_seconds when it
+    holds more than an even share, so it is not split (tiny bundles cost the driver one Tune trial each)."""
+    from trainables.bundle import bundle_items
+
+    # 97 left on 48 slots: an even share is 3. 1 ms: 32 (the cap); 20 ms: 5 fill a tenth of a second;
+    # 50 ms: 2 would, fewer than the share, so the share (3) stands.
+    for seconds, expected in ((0.001, 32), (0.02, 5), (0.05, 3)):
+        grid = GridStage(_ctx(), "baseline", [_run("scrub", s) for s in range(100)])
+        plan = StudyPlan([grid], slots=48, bundle_seconds=1.0)
+        for i in range(3):
+            plan.suggest(f"t{i}")
+            plan.on_trial_complete(f"t{i}", {"final": 1.0, "time_total_s": seconds})
+        assert len(bundle_items(plan.suggest("b1"))) == expected, seconds
+
+
 def test_no_bundles_when_trials_are_long_or_bundling_is_off():
     for seconds, bundle_seconds in ((0.6, 1.0), (0.01, 0.0)):
         grid = GridStage(_ctx(), "baseline", [_run("scrub", s) for s in range(10)])

@@ -143,3 +143,24 @@ def test_wait_trials_block_on_the_plans_signal_and_wake_when_it_moves(tmp_path):
     start = time.monotonic()
     wait_for_plan(str(marker), 2, limit_s=20, signal="no-such-signal")  # no actor to block on: the file
     assert 0.4 < time.monotonic() - start < 10
+
+
+def test_the_driver_benchmarks_gate_holds_trials_until_every_slot_has_a_worker():
+    """bench/driver.py measures with every slot's worker up: each worker's first trial waits at the gate until
+    all have arrived, or until the gate's limit, and the gate says how many came and when it opened."""
+    from bench.standin import ReadyGate
+
+    gate = ReadyGate.remote(2, 60.0)
+    first = gate.arrive.remote(101)
+    held, _ = ray.wait([first], timeout=1.0)
+    assert not held and ray.get(gate.state.remote()) == (1, None)
+    ray.get([first, gate.arrive.remote(102)], timeout=30)
+    arrived, opened = ray.get(gate.state.remote())
+    assert arrived == 2 and opened is not None
+
+    late = ReadyGate.remote(3, 0.5)  # one of three ever comes: the gate opens at its limit
+    start = time.monotonic()
+    ray.get(late.arrive.remote(201), timeout=30)
+    assert time.monotonic() - start >= 0.3
+    arrived, opened = ray.get(late.state.remote())
+    assert arrived == 1 and opened is not None
