@@ -183,7 +183,8 @@ class StudyPlan(Searcher):
         left across the slots, so that the last trials still run side by side; unless the bundle is brief
         (under `BRIEF` of `bundle_seconds`): then the tail it could add is as short, and trials handed out
         one or two at a time would cost the driver more than the slots gain (48 slots, trials of no time,
-        bench/driver.py: 35 completions a second with the even share alone, 50 to 57 with it)."""
+        bench/driver.py: 33 to 36 completions a second with the even share alone, 50 to 57 with this
+        exception; docs/benchmarks.md)."""
         if self.bundle_seconds <= 0 or len(stage.seconds) < TIMED_BEFORE_BUNDLING:
             return 1
         typical = statistics.median(stage.seconds)

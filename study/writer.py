@@ -231,7 +231,7 @@ class Writer:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p),
                # Against a tracking server, MLflow's client reads each run back as it is terminated, to print
                # a "View run" link: one line per trial on the launcher's stderr and a request that, with
-               # the whole run in its answer, took half the time of the terminate (bench/driver.py).
+               # the whole run in its answer, took half the time of the terminate (docs/benchmarks.md).
                "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
         self.proc = subprocess.Popen([sys.executable, "-m", "study.writer"], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, env=env, cwd=root)
