@@ -36,11 +36,9 @@ class ReadyGate:
         self.expected, self.limit_s, self.made = expected, limit_s, time.time()
         self.arrived: set[int] = set()
         self.opened: float | None = None
-        self.changed: asyncio.Condition | None = None
+        self.changed = asyncio.Condition()  # bound to the actor's event loop on first use
 
     async def arrive(self, pid: int) -> None:
-        if self.changed is None:
-            self.changed = asyncio.Condition()
         async with self.changed:
             self.arrived.add(pid)
             if len(self.arrived) >= self.expected:

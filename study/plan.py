@@ -91,7 +91,7 @@ def _worker_starting(controller, trial) -> bool:
         return False
 
 
-class NewestFirst(FIFOScheduler):
+class SpareStartingWorkers(FIFOScheduler):
     """Tune's FIFO scheduler, except that a freed worker skips pending trials whose own worker is starting.
 
     With actor reuse, Tune gives a worker freed by an ended trial to the trial its scheduler
@@ -316,7 +316,7 @@ class StudyContext:
         trainable = tune.with_resources(trainable, trial_resources(self.cfg))
         tuner = tune.Tuner(
             trainable,
-            tune_config=tune.TuneConfig(search_alg=plan, scheduler=NewestFirst(), num_samples=-1,
+            tune_config=tune.TuneConfig(search_alg=plan, scheduler=SpareStartingWorkers(), num_samples=-1,
                                         max_concurrent_trials=self.slots, reuse_actors=True),
             run_config=tune.RunConfig(
                 # one folder per study: two studies may share a storage path

@@ -26,29 +26,22 @@ class PlanSignal:
 
     def __init__(self, version: int = 0):
         self.version = version
-        self.changed: asyncio.Condition | None = None  # made in the actor's event loop, on first use
-
-    def _condition(self) -> asyncio.Condition:
-        if self.changed is None:
-            self.changed = asyncio.Condition()
-        return self.changed
+        self.changed = asyncio.Condition()  # bound to the actor's event loop on first use (Python 3.10+)
 
     async def wait(self, version: int, limit_s: float) -> int:
         """Return the version once it is past `version`, or after `limit_s`. Past, not just different: the
         plan's own update to `version` may reach the actor after this call does."""
-        changed = self._condition()
-        async with changed:
+        async with self.changed:
             try:
-                await asyncio.wait_for(changed.wait_for(lambda: self.version > version), limit_s)
+                await asyncio.wait_for(self.changed.wait_for(lambda: self.version > version), limit_s)
             except asyncio.TimeoutError:
                 pass
         return self.version
 
     async def set(self, version: int) -> None:
-        changed = self._condition()
-        async with changed:
+        async with self.changed:
             self.version = version
-            changed.notify_all()
+            self.changed.notify_all()
 
 
 _handles: dict[str, object] = {}  # signal name -> actor handle, per worker process

@@ -2,9 +2,9 @@
 
 With actor reuse and Tune's FIFO choice, a trial shorter than a worker's start-up killed a
 starting worker each time it ended, and the run stayed on the first worker (study/plan.py,
-`NewestFirst`). Here real Tune runs 8 slots (logical CPUs) with a searcher that, like the
-study's plan, hands out one trial at a time for each free slot, and workers after the first
-take 2 s to start.
+`SpareStartingWorkers`). Here real Tune runs 8 slots (logical CPUs) with a searcher that, like
+the study's plan, hands out one trial at a time for each free slot, and workers after the
+first take 2 s to start.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from ray import tune
 from ray.tune.schedulers import FIFOScheduler
 from ray.tune.search import Searcher
 
-from study.plan import NewestFirst
+from study.plan import SpareStartingWorkers
 
 SLOTS = 8  # logical CPUs: more worker start-ups than this machine's cores run at once
 TRIALS = 48
@@ -99,13 +99,13 @@ def _run(scheduler, tmp_path) -> tuple[int, int]:
 
 
 def test_each_slot_starts_one_worker_when_trials_are_shorter_than_its_start(tmp_path):
-    used, started = _run(NewestFirst(), tmp_path)
+    used, started = _run(SpareStartingWorkers(), tmp_path)
     assert started <= SLOTS + 1 and used >= SLOTS // 2, (used, started)
 
 
 def test_tune_fifo_choice_kills_starting_workers(tmp_path):
-    """The control, what `NewestFirst` changes: with Tune's FIFO choice, each short trial's end killed a
-    starting worker and started another."""
+    """The control, what `SpareStartingWorkers` changes: with Tune's FIFO choice, each short trial's end
+    killed a starting worker and started another."""
     used, started = _run(FIFOScheduler(), tmp_path)
     assert started > SLOTS + 1, (used, started)
 
