@@ -18,7 +18,7 @@ from trainables.audit import forget_quality
 from trainables.records import AUDIT_STAGE, setting_of
 
 COLUMNS = [("forget_quality", "F", 4), ("challenge_score", "challenge score", 4), ("epsilon_median", "eps median", 2),
-           ("epsilon_p90", "eps p90", 2), ("models", "models", 0)]
+           ("epsilon_p90", "eps p90", 2), ("models", "models", 0), ("retrained", "retrained", 0)]
 
 
 def _scores(study, runs: pd.DataFrame) -> np.ndarray | None:
@@ -43,16 +43,19 @@ def audit_table(study) -> tuple[pd.DataFrame, dict]:
         unlearned = _scores(study, group)
         if unlearned is None:
             continue
+        used = len(unlearned)  # the runs whose scores were read (a missing one was named as it was skipped)
         if method == "original":
-            unlearned = np.repeat(unlearned[:1], k, axis=0)  # one deterministic model stands for K copies
+            used, unlearned = 1, np.repeat(unlearned[:1], k, axis=0)  # one deterministic model stands for K copies
         n = min(len(unlearned), k)
+        used = min(used, n)
         quality = forget_quality(unlearned[:n], retrained[:n])
         eps = quality["epsilons"]
         ratio = 1.0
         for col in ("retain_accuracy", "accuracy"):
             if col in group and col in base:
                 ratio *= float(pd.to_numeric(group[col]).mean() / pd.to_numeric(base[col]).mean())
-        rows.append({"method": method, "setting": setting, "models": n, "forget_quality": quality["forget_quality"],
+        rows.append({"method": method, "setting": setting, "models": used, "retrained": n,
+                     "forget_quality": quality["forget_quality"],
                      "challenge_score": quality["forget_quality"] * ratio,
                      "epsilon_median": float(np.nanmedian(eps)), "epsilon_p90": float(np.nanpercentile(eps, 90))})
         epsilons[f"{method}/{setting}"] = eps
@@ -66,12 +69,18 @@ def to_markdown(table: pd.DataFrame, title: str) -> str:
     if len(table) == 0:
         return ""
     lines = [f"**Privacy audit (the unlearning challenge's forgetting quality F, delta 1e-5); {title}**", "",
-             f"{int(table['models'].max())} unlearning runs per setting against as many retrained models; "
-             "the original model is the control. F: 1 is indistinguishable from retraining.", "",
+             f"Up to {int(table['retrained'].max())} unlearning runs per setting against as many retrained models; "
+             "the original model is the control.", "",
              "| method | setting | " + " | ".join(h for _, h, _ in COLUMNS) + " |", "|---|---|" + "---|" * len(COLUMNS)]
     for _, r in table.iterrows():
         cells = [f"{r[k]:.{d}f}" if d else str(int(r[k])) for k, _, d in COLUMNS]
         lines.append(f"| {r['method']} | {r['setting'][:8]} | " + " | ".join(cells) + " |")
+    lines += ["", "F: the forgetting quality, from the per-example privacy losses epsilon of the forget examples' "
+              "scores under the unlearned against the retrained models (1: indistinguishable from retraining). "
+              "Challenge score: F times the retain and test accuracy ratios, unlearned over retrained. eps median, "
+              "eps p90: the median and 90th percentile of the per-example epsilon. models: the unlearning runs whose "
+              "scores were read (the original: one model, scored as K copies); retrained: the retrained models "
+              "they were compared with."]
     return "\n".join(lines) + "\n"
 
 

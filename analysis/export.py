@@ -51,12 +51,37 @@ def _hardware(group: pd.DataFrame, tags: dict) -> dict:
     return json.loads(tags["hardware"]) if tags.get("hardware") else {}
 
 
+def _accel(group: pd.DataFrame, settings: dict, hardware: dict) -> dict | None:
+    """The GPU settings in effect where the trials ran (their own record); for studies written before trials
+    recorded it, the study's settings, every lever off where no GPU ran."""
+    for value in (group["tags.accel"] if "tags.accel" in group else []):
+        if isinstance(value, str) and value:
+            return json.loads(value)
+    asked = settings.get("accel")
+    if asked and hardware.get("cuda_device", "none") == "none":
+        return {**asked, "precision": "fp32", "cuda_graphs": False, "async_attack": False, "cudnn_benchmark": False}
+    return asked
+
+
+def models_location(models_dir: str, results_dir: str | None, storage_path: str | None) -> dict:
+    """Where the base-model checkpoints are, with no path of the machine that ran the study: relative to
+    the results folder (the default) or to the storage path (`study.reproduce` resolves both)."""
+    path = Path(models_dir)
+    for under, root in (("results", results_dir), ("storage", storage_path)):
+        if root and "://" not in root and path.is_relative_to(Path(root)):
+            return {"under": under, "path": path.relative_to(Path(root)).as_posix()}
+    if storage_path and "://" in storage_path:
+        return {"under": "storage", "path": models_dir}
+    return {"under": "elsewhere", "path": path.name}
+
+
 def export_config(method: str, group: pd.DataFrame, params: dict, tags: dict, info: StudyInfo) -> dict:
     settings = params[SETTINGS_PARAM]
+    hardware = _hardware(group, tags)
     first = group.iloc[0]
     return {
         "kind": EXPORT_KIND,
-        "version": 2,
+        "version": 3,
         "method": method,
         "hparams": hparams_of(first) if method not in REFERENCE_ROWS else {},
         "data": {"dataset": params["dataset"], "data_dir": params.get("data_dir"),
@@ -65,10 +90,10 @@ def export_config(method: str, group: pd.DataFrame, params: dict, tags: dict, in
         "train": settings["train"],
         "evaluation": settings["evaluation"],
         "threads": settings["threads"],
-        "accel": settings.get("accel"),
-        "models_dir": settings["models_dir"],
+        "accel": _accel(group, settings, hardware),
+        "models": models_location(settings["models_dir"], params.get("results_dir"), params.get("storage_path")),
         "seeds": sorted(int(s) for s in group["tags.seed"]),
-        "hardware": _hardware(group, tags),
+        "hardware": hardware,
         "protocol": info.protocol,
         "protocol_label": info.label,
         "objective": info.objective,

@@ -1,6 +1,6 @@
 """Figures (PNG and PDF): the GLI Pareto front against the baselines, the forget-vs-unseen loss
 distributions per method (as in the paper), and Optuna's history and importances.
-Every title states the selection protocol.
+Titles are short; the report states the protocol once.
 """
 
 from __future__ import annotations

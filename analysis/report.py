@@ -41,7 +41,12 @@ class StudyInfo:
 
     @property
     def title(self) -> str:
-        return f"{self.experiment} ({self.dataset}); {self.label}"
+        """Short: the protocol is stated once per report (`preamble`), not in every caption and figure."""
+        return f"{self.experiment} ({self.dataset})"
+
+    @property
+    def preamble(self) -> str:
+        return f"# {self.title}\n\nProtocol: {self.label}.\n"
 
     @classmethod
     def from_params(cls, params: dict) -> "StudyInfo":
@@ -119,13 +124,13 @@ def build_report(study: StudyRecords, info: StudyInfo, out_dir: Path) -> tuple[p
         written.append(write_atomic(out_dir / name, text))
 
     pairs = tables.paired(rows, summary)
-    write("summary.md", tables.to_markdown(summary, info.title, info.dataset) + "\n"
+    write("summary.md", info.preamble + "\n" + tables.to_markdown(summary, info.title, info.dataset) + "\n"
           + tables.paired_markdown(pairs, info.title) + "\n" + audit_markdown(audit, info.title))
     if len(audit):
         write("audit.csv", audit.to_csv(index=False))
     if len(pairs):
         write("paired.csv", pairs.to_csv(index=False))
-    write("summary.tex", tables.to_latex(summary, info.title, info.dataset))
+    write("summary.tex", tables.to_latex(summary, f"{info.title}; {info.label}", info.dataset))  # a caption alone
     write("summary.csv", tables.to_csv(summary, info.dataset).to_csv(index=False))
     params = [c for c in gli.columns if c.startswith("params.")] if len(gli) else []
     keep = ["run_id", "tags.seed", "tags.trial_key"] + AXES + ["sel_fs_se", "sel_accuracy_se"] + params
@@ -140,7 +145,7 @@ def build_report(study: StudyRecords, info: StudyInfo, out_dir: Path) -> tuple[p
     write("front.csv", pd.concat(points, ignore_index=True).to_csv(index=False))
     try:
         written += plots.plot_front(gli, front if info.objective == "pareto" else front.head(0), refs,
-                                    f"{info.experiment}: GLI vs baselines, protocol={info.protocol}, selection splits",
+                                    f"{info.title}: GLI vs baselines, selection splits",
                                     out_dir / "front")
         written += plots.plot_losses(_losses(study, rows, summary), info.title, out_dir / "losses")
         if epsilons:

@@ -1,8 +1,8 @@
 """Result tables in the paper's layout: a row per method, mean ± a 95% confidence interval over seeds.
 
 Markdown, LaTeX (booktabs) and CSV. The interval is a t interval, or a percentile
-bootstrap of the mean with 10 seeds or more; every table says which, and states its
-protocol. On mufac and mucac the paper's numbers (SPEC section 6) stand alongside.
+bootstrap of the mean with 10 seeds or more; every table says which, and defines its
+columns once beneath it (the report states the protocol once, above its tables). On mufac and mucac the paper's numbers (SPEC section 6) stand alongside.
 `paired` compares GLI with each baseline seed by seed.
 """
 
@@ -18,6 +18,17 @@ COLUMNS = [  # key, header, decimals
     ("final_score", "final", 4), ("jsd", "JSD", 4), ("seconds", "seconds", 1), ("rte", "RTE", 3),
     ("forget_quality", "F (audit)", 4),  # per setting, from the privacy audit (analysis/audit.py), when run
 ]
+# What each column means, said once under the table that shows it.
+DEFINITIONS = {
+    "acc": "top-1 accuracy on the report split of test",
+    "top-2": "top-2 accuracy (multi-class data sets)",
+    "FS": "forgetting score |M - 0.5|, M the membership attack's balanced accuracy, forget vs unseen (lower is better)",
+    "final": "final score (acc + 1 - 2 FS) / 2",
+    "JSD": "Jensen-Shannon distance between the forget and unseen loss distributions",
+    "seconds": "the method's own run time",
+    "RTE": "run-time efficiency, seconds over the retrained model's seconds (lower is faster)",
+    "F (audit)": "the privacy audit's forgetting quality for the row's setting (see the audit table)",
+}
 AXES = ["sel_accuracy", "sel_forgetting_score", "sel_final_score"]
 UNCERTAINTY = ["sel_accuracy_se", "sel_fs_se", "accuracy_se", "fs_se"]  # per run: binomial and bootstrap errors
 BOOTSTRAP_SEEDS = 10  # from this many seeds on, intervals are bootstrapped rather than t intervals
@@ -128,7 +139,16 @@ def to_markdown(summary: pd.DataFrame, title: str, dataset: str) -> str:
         ref = PAPER.get(dataset, {}).get(r["method"])
         cells += [("-" if ref is None or ref[i] is None else f"{ref[i]:.4f}") for i, _ in paper]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", definitions([h for _, h, _ in cols], paper)]
     return "\n".join(lines) + "\n"
+
+
+def definitions(headers: list[str], paper: list[tuple[int, str]] = ()) -> str:
+    """One line defining each column of a table, in its order."""
+    said = [f"{h}: {DEFINITIONS[h]}" for h in headers if h in DEFINITIONS]
+    if paper:
+        said.append("paper ...: the GLI paper's numbers for the same method")
+    return "; ".join(said) + "."
 
 
 def _tex(text: str) -> str:
@@ -138,7 +158,8 @@ def _tex(text: str) -> str:
 def to_latex(summary: pd.DataFrame, title: str, dataset: str) -> str:
     cols, paper = _columns(summary), paper_columns(dataset)
     header = ["Method"] + [h for _, h, _ in cols] + [h for _, h in paper]
-    lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{_tex(title + '. Mean over seeds; ' + interval_note(_seeds(summary)))}}}",
+    note = f"{title}. Mean over seeds; {interval_note(_seeds(summary))}. {definitions([h for _, h, _ in cols], paper)}"
+    lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{_tex(note)}}}",
              r"\begin{tabular}{l" + "r" * (len(header) - 1) + "}", r"\toprule",
              " & ".join(_tex(h) for h in header) + r" \\", r"\midrule"]
     for _, r in summary.iterrows():
@@ -196,4 +217,7 @@ def paired_markdown(table: pd.DataFrame, title: str) -> str:
                      f"{'yes' if r['final_score_excludes_0'] else 'no'} | "
                      f"{_cell(r['forgetting_score_diff'], r['forgetting_score_ci'], 4)} | "
                      f"{'yes' if r['forgetting_score_excludes_0'] else 'no'} |")
+    lines += ["", "final score: GLI's minus the baseline's; positive favours GLI. forgetting score: GLI's minus the "
+              "baseline's; negative favours GLI (it forgets better). An interval that includes 0 is a difference "
+              "within noise."]
     return "\n".join(lines) + "\n"

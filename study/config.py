@@ -79,23 +79,36 @@ class StudyConfig:
             raise ConfigError(f"data set {self.dataset!r} needs --data-dir")
         if self.protocol not in PROTOCOLS:
             raise ConfigError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {self.protocol!r}")
-        for name, value in (("--image-size", self.image_size), ("--width", self.width),
-                            ("--base-epochs", self.base_epochs)):
-            if value is not None and (int(value) != value or value < 1):
-                raise ConfigError(f"{name} must be a whole number >= 1, got {value}")
+        for name, value, low in (("--image-size", self.image_size, 1), ("--width", self.width, 1),
+                                 ("--base-epochs", self.base_epochs, 1), ("--eval-every", self.eval_every, 1),
+                                 ("--patience", self.patience, 1), ("method_epochs", self.method_epochs, 1),
+                                 ("--forget-count", self.forget_count, 1), ("--train-count", self.train_count, 1),
+                                 ("--unseen-count", self.unseen_count, 1), ("--test-count", self.test_count, 1),
+                                 ("--num-cpus", self.num_cpus, 1), ("--sampler-seed", self.sampler_seed, 0)):
+            if value is not None and not _whole(value, low):
+                raise ConfigError(f"{name} must be a whole number >= {low}, got {value!r}")
         if self.objective not in ("pareto", "final_score"):
             raise ConfigError(f"--objective must be pareto or final_score, got {self.objective!r}")
         unknown = sorted(set(self.baselines) - set(BASELINES))
         if unknown:
             raise ConfigError(f"unknown baseline method(s) {', '.join(unknown)}; known: {', '.join(BASELINES)}")
-        if int(self.bootstrap) != self.bootstrap or self.bootstrap < 0 or self.bootstrap == 1:
-            raise ConfigError(f"--bootstrap must be 0 (none) or a whole number >= 2, got {self.bootstrap}")
-        if self.audit and (int(self.audit) != self.audit or self.audit < 2):
+        if not _whole(self.bootstrap, 0) or self.bootstrap == 1:
+            raise ConfigError(f"--bootstrap must be 0 (none) or a whole number >= 2, got {self.bootstrap!r}")
+        if not _whole(self.audit, 0) or self.audit == 1:
             raise ConfigError(f"--audit needs at least 2 models per setting (the challenge used 512), got {self.audit}")
         for name, value, low in [("--gli-trials", self.gli_trials, 1), ("--seeds", self.seeds, 1),
                                  ("--max-failures", self.max_failures, 0)]:
-            if int(value) != value or value < low:
-                raise ConfigError(f"{name} must be a whole number >= {low}, got {value}")
+            if not _whole(value, low):
+                raise ConfigError(f"{name} must be a whole number >= {low}, got {value!r}")
+        for name, value in (("--num-gpus", self.num_gpus), ("--gpus-per-trial", self.gpus_per_trial),
+                            ("--cpus-per-trial", self.cpus_per_trial), ("--bundle-seconds", self.bundle_seconds),
+                            ("--tracking-outage", self.tracking_outage)):
+            if not _number(value):
+                raise ConfigError(f"{name} must be a number, got {value!r}")
+        for name, value in (("--dataset", self.dataset), ("--protocol", self.protocol),
+                            ("--objective", self.objective)):
+            if not isinstance(value, str):
+                raise ConfigError(f"{name} must be a name, got {value!r}")
         if not self.bundle_seconds >= 0:
             raise ConfigError(f"--bundle-seconds must be >= 0 (0: one trial per Tune trial), got {self.bundle_seconds}")
         if not self.tracking_outage > 0:
@@ -147,12 +160,12 @@ class StudyConfig:
                 raise ConfigError(f"--selection {self.selection} contradicts --protocol {self.protocol}")
             print(f"[study] --selection is deprecated: use --protocol {alias}", file=sys.stderr)
             self.protocol, self.selection = alias, None
-        if self.smoke_test:  # the whole path, small: every method, one seed, short trials
-            self.gli_trials = min(self.gli_trials, 4)
+        if self.smoke_test:  # the whole path, small: every method, one seed, short trials; what the user set stays
+            self.gli_trials = min(self.gli_trials, 4) if _number(self.gli_trials) else self.gli_trials
             self.seeds = 1
-            self.base_epochs = self.base_epochs or 3
-            self.method_epochs = self.method_epochs or 1
-            self.eval_every = self.eval_every or 7
+            self.base_epochs = 3 if self.base_epochs is None else self.base_epochs
+            self.method_epochs = 1 if self.method_epochs is None else self.method_epochs
+            self.eval_every = 7 if self.eval_every is None else self.eval_every
         if not self.experiment_name:  # a paper-protocol study is its own experiment, in its own folder
             suffix = ("-paper" if self.protocol == "paper" else "") + ("-smoke" if self.smoke_test else "")
             self.experiment_name = f"gli-{self.dataset}{suffix}"
@@ -164,6 +177,15 @@ class StudyConfig:
         if self.num_gpus == 0:
             self.gpus_per_trial = 0
         return self
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _whole(value, low: int) -> bool:
+    """A whole number (an int, or a float such as YAML's 3.0) of at least `low`."""
+    return _number(value) and value == int(value) and value >= low
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(StudyConfig)}

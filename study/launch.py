@@ -10,6 +10,7 @@ With no flags it runs the whole study on digits on the local CPU.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import importlib
 import json
@@ -48,56 +49,94 @@ PLACEMENT = {"num_gpus", "num_cpus", "gpus_per_trial", "cpus_per_trial", "addres
              "audit"}  # an audit adds a stage; it changes nothing the other stages compute
 
 
+EXAMPLES = """examples:
+  the whole study on digits, on this machine's CPUs:
+    python -m study.launch
+  the whole path, small and quick:
+    python -m study.launch --smoke-test
+  MUFAC on 8 GPUs, two trials sharing each GPU:
+    python -m study.launch --dataset mufac --data-dir /data/mufac --num-gpus 8
+
+Rerunning the same command resumes the study. README.md says what every setting does."""
+
+
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """The examples as written; each flag's declared default once, from `StudyConfig` (see `_flag`)."""
+
+
+def _declared(name: str):
+    """The default `StudyConfig` declares for setting `name`, or None where it is derived or unset."""
+    f = FIELDS.get(name)
+    if f is None:
+        return None
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+
+
+def _flag(group, flag: str, help: str, **kwargs) -> None:
+    """A flag whose help ends with its setting's declared default (one default, stated once: argparse's own
+    default stays None, so that a flag overrides the YAML file only when given)."""
+    name = flag.lstrip("-").replace("-", "_")
+    default = _declared(name)
+    if default is not None and default is not False and default not in ([], {}) and kwargs.get("action") != "store_true":
+        help = f"{help} (default: {default:g})" if isinstance(default, float) else f"{help} (default: {default})"
+    group.add_argument(flag, help=help, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m study.launch", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter, argument_default=None)
-    a = p.add_argument
-    a("--config", help="YAML file of settings (names as below, with _ or -); flags override it")
-    a("--dataset", help="digits (embedded, default), fashion-mnist, mufac, mucac, mucac-binary or folder")
-    a("--data-dir", help="the data folder (mufac, mucac, folder; fashion-mnist: default the Debian package's)")
-    a("--forget-count", type=int, help="forget-set size (digits, mufac, fashion-mnist)")
+                                formatter_class=_Help, epilog=EXAMPLES)
+    p.add_argument("--config", help="YAML file of settings (names as below, with _ or -); flags override it")
+    g = p.add_argument_group("data")
+    _flag(g, "--dataset", "digits (embedded), fashion-mnist, mufac, mucac, mucac-binary or folder")
+    _flag(g, "--data-dir", "the data folder (mufac, mucac, folder; fashion-mnist: default the Debian package's)")
+    _flag(g, "--forget-count", "forget-set size (digits, mufac, fashion-mnist)", type=int)
     for split, default in (("train", "1,000"), ("unseen", "1,000"), ("test", "1,000")):
-        a(f"--{split}-count", type=int, help=f"fashion-mnist: {split} images (default {default})")
-    a("--results-dir", help="where results go (default ./results/<experiment>)")
-    a("--experiment-name", help="MLflow experiment and results folder name (default gli-<dataset>)")
-    a("--num-gpus", type=float, help="GPUs the study uses (0: CPU only)")
-    a("--num-cpus", type=int, help="CPUs of the local Ray instance (default: all cores)")
-    a("--gpus-per-trial", type=float, help="GPU share of one trial; fractions let small trials share a GPU (default 0.5)")
-    a("--cpus-per-trial", type=float, help="CPU share of one trial (default 1)")
-    a("--address", help="join this running Ray cluster (e.g. ray://head:10001 or auto) instead of starting one")
-    a("--storage-path", help="Ray storage shared by all nodes (default <results>/ray); a shared path for multi-node")
-    a("--tracking-uri", help="MLflow tracking URI (default sqlite:///<results>/mlflow.db)")
-    a("--deterministic", action="store_true", default=None,
-      help="GPU trials that repeat bit for bit on the same GPU, driver and libraries: fp32, deterministic kernels, "
-           "no CUDA graphs (slower; CPU runs repeat without it)")
-    a("--tracking-outage", type=float,
-      help="seconds the tracking store may stay unreachable, writes queued and retried, before the study stops "
-           "(default 300; a rerun resumes)")
-    a("--gli-trials", type=int, help="Optuna trials for GLI, and for each baseline with --tune-baselines (default 24)")
-    a("--seeds", type=int, help="seeds for base models, baselines and confirmation (default 3)")
-    a("--protocol", choices=["fair", "paper"],
-      help="fair (default): the notebooks' loops with one honest selection rule; paper: the notebooks step for step")
-    a("--selection", choices=["val", "test"], help="deprecated: val is --protocol fair, test is --protocol paper")
-    a("--image-size", type=int, help="decode face images at this size (default 128), for small CPU runs")
-    a("--width", type=int, help="use the width-reduced ResNet-18 at this width (small CPU runs)")
-    a("--base-epochs", type=int, help="train the base models for this many epochs (default: the data set's recipe)")
-    a("--attribute", help="mucac-binary: the attribute predicted as two classes (default Young)")
-    a("--objective", choices=["pareto", "final_score"], help="pareto: accuracy vs forgetting score (default); or one scalar")
-    a("--tune-baselines", action="store_true", default=None, help="search each baseline with GLI's trial budget")
-    a("--smoke-test", action="store_true", default=None, help="the whole path, small and quick")
-    a("--allow-cpu", action="store_true", default=None, help="let --num-gpus run on the CPU (logical GPUs)")
-    a("--eval-every", type=int, help="steps between evaluations inside a trial (default ~10 per epoch)")
-    a("--patience", type=int, help="evaluations without improvement before a trial stops")
-    a("--sampler-seed", type=int, help="seed of Optuna's sampler (default 0)")
-    a("--bundle-seconds", type=float,
-      help="when a stage's trials take less than half this, run as many as fill it in one Ray Tune trial, so that "
-           "the driver keeps up with many short trials (default 1; 0: never)")
-    a("--max-failures", type=int, help="retries of a trial whose worker died (default 2)")
-    a("--bootstrap", type=int, help="resamples behind each evaluation's fs_se, the forgetting score's standard "
-      "error (default 200; 0: none, faster)")
-    a("--audit", type=int, metavar="K", help="after confirm, audit GLI's best settings, each baseline and the original "
-      "with K unlearning runs each against K retrained models (the unlearning challenge's forgetting quality)")
-    a("--dashboard", action="store_true", help="start Ray's dashboard on the local instance (off by default)")
+        _flag(g, f"--{split}-count", f"fashion-mnist: {split} images (default: {default})", type=int)
+    _flag(g, "--image-size", "decode face images at this size (default: 128), for small CPU runs", type=int)
+    _flag(g, "--attribute", "mucac-binary: the attribute predicted as two classes (default: Young)")
+    g = p.add_argument_group("protocol and evaluation")
+    _flag(g, "--protocol", "fair: the notebooks' loops with one honest selection rule; paper: the notebooks step "
+          "for step", choices=["fair", "paper"])
+    g.add_argument("--selection", choices=["val", "test"], help=argparse.SUPPRESS)  # deprecated alias of --protocol
+    _flag(g, "--seeds", "seeds for base models, baselines and confirmation", type=int)
+    _flag(g, "--width", "use the width-reduced ResNet-18 at this width (small CPU runs)", type=int)
+    _flag(g, "--base-epochs", "train the base models for this many epochs (default: the data set's recipe)", type=int)
+    _flag(g, "--eval-every", "steps between evaluations inside a trial (default: about 10 per epoch)", type=int)
+    _flag(g, "--patience", "evaluations without improvement before a trial stops (default: none)", type=int)
+    _flag(g, "--bootstrap", "resamples behind each evaluation's fs_se, the forgetting score's standard error "
+          "(0: none, faster)", type=int)
+    _flag(g, "--audit", "after confirm, audit GLI's best settings, each baseline and the original with K unlearning "
+          "runs each against K retrained models (the unlearning challenge's forgetting quality; 0: no audit)",
+          type=int, metavar="K")
+    _flag(g, "--deterministic", "GPU trials that repeat bit for bit on the same GPU, driver and libraries: fp32, "
+          "deterministic kernels, no CUDA graphs (slower; CPU runs repeat without it)", action="store_true", default=None)
+    g = p.add_argument_group("search")
+    _flag(g, "--gli-trials", "Optuna trials for GLI, and for each baseline with --tune-baselines", type=int)
+    _flag(g, "--objective", "pareto: accuracy vs forgetting score; or one scalar", choices=["pareto", "final_score"])
+    _flag(g, "--tune-baselines", "search each baseline with GLI's trial budget", action="store_true", default=None)
+    _flag(g, "--sampler-seed", "seed of Optuna's sampler", type=int)
+    g = p.add_argument_group("cluster")
+    _flag(g, "--num-gpus", "GPUs the study uses (0: CPU only)", type=float)
+    _flag(g, "--num-cpus", "CPUs of the local Ray instance (default: all cores)", type=int)
+    _flag(g, "--gpus-per-trial", "GPU share of one trial; fractions let small trials share a GPU", type=float)
+    _flag(g, "--cpus-per-trial", "CPU share of one trial", type=float)
+    _flag(g, "--address", "join this running Ray cluster (e.g. ray://head:10001 or auto) instead of starting one")
+    _flag(g, "--storage-path", "Ray storage shared by all nodes (default: <results>/ray); a shared path for multi-node")
+    _flag(g, "--allow-cpu", "let --num-gpus run on the CPU (logical GPUs)", action="store_true", default=None)
+    _flag(g, "--max-failures", "retries of a trial whose worker died", type=int)
+    _flag(g, "--dashboard", "start Ray's dashboard on the local instance (off by default)", action="store_true")
+    g = p.add_argument_group("tracking and results")
+    _flag(g, "--results-dir", "where results go (default: ./results/<experiment>)")
+    _flag(g, "--experiment-name", "MLflow experiment and results folder name (default: gli-<dataset>)")
+    _flag(g, "--tracking-uri", "MLflow tracking URI (default: sqlite:///<results>/mlflow.db)")
+    _flag(g, "--tracking-outage", "seconds the tracking store may stay unreachable, writes queued and retried, "
+          "before the study stops (a rerun resumes)", type=float)
+    g = p.add_argument_group("advanced")
+    _flag(g, "--smoke-test", "the whole path, small and quick", action="store_true", default=None)
+    _flag(g, "--bundle-seconds", "when a stage's trials take less than half this, run as many as fill it in one Ray "
+          "Tune trial, so that the driver keeps up with many short trials (0: never)", type=float)
     return p
 
 
@@ -238,19 +277,20 @@ def main(argv: list[str] | None = None) -> int:
     tracker = prepared["tracker"]
     protocol = PROTOCOL_LABEL[cfg.protocol]
     params = {**asdict(cfg), "data_fingerprint": data.fingerprint}
-    ctx = StudyContext(cfg, data, tracker, slots(cfg, resources))
+    ctx = StudyContext(cfg, data, tracker, slots(cfg, resources), started=start)
     params[SETTINGS_PARAM] = ctx.settings.as_dict()  # model, base training and evaluation settings, for export
     tags = {"dataset": cfg.dataset, "protocol": cfg.protocol, "protocol_label": protocol,
             "objective": cfg.objective, "git_commit": git_commit(), "data_fingerprint": data.fingerprint,
             "smoke_test": str(cfg.smoke_test), "hardware": json.dumps(engine.hardware(), sort_keys=True)}
-    parent_id, resumed = tracker.start_parent(study_key(cfg, data.fingerprint), cfg.experiment_name, params, tags)
-    if resumed and (stale := tracker.close_stale_children()):
-        print(f"[study] {stale} trial(s) left running by the interrupted study marked KILLED", file=sys.stderr)
-    print(f"[study] {'resuming' if resumed else 'starting'} {cfg.experiment_name} on {cfg.dataset} "
-          f"({resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs); MLflow run {parent_id}", file=sys.stderr)
     status = "FAILED"
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops cleanly, like Ctrl-C
     try:
+        parent_id, resumed = tracker.start_parent(study_key(cfg, data.fingerprint), cfg.experiment_name, params, tags)
+        if resumed and (stale := tracker.close_stale_children()):
+            print(f"[study] {stale} trial(s) left running by the interrupted study marked KILLED", file=sys.stderr)
+        print(f"[study] {'resuming' if resumed else 'starting'} {cfg.experiment_name} on {cfg.dataset} "
+              f"({resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs); MLflow run {parent_id}",
+              file=sys.stderr)
         stages = run_study(ctx)
         tracker.flush()  # every trial's run written (and counted) before the report reads them
         failure = failed_stage_message(stages)
@@ -261,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
                          cfg.results_dir)
         summary, front, written = build_report(StudyRecords(tracker.client, tracker.experiment_id, parent_id), info,
                                                results)
+        tracker.log_parent_metrics(headline(summary))
         tracker.describe_parent((results / "summary.md").read_text())
         tracker.log_artifact(results / "config.yaml")
         for path in written:
@@ -292,8 +333,20 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if tracker.writer.error is None:
             tracker.end_parent(status)
+        else:
+            tracker.writer.abandon()  # nothing more can be written: its process ends now
         if started_ray:
             _stop_ray()
+        tracker.checkpoint()  # mlflow.db alone then holds every run written
+
+
+def headline(summary) -> dict:
+    """The study's headline numbers for its parent run, per table row: report-split final score, accuracy and
+    forgetting score (mean over seeds; GLI's row is its best confirmed setting), named `<method>/<metric>`."""
+    if summary is None or not len(summary):
+        return {}
+    return {f"{r['method']}/{m}": r[m] for _, r in summary.iterrows()
+            for m in ("final_score", "accuracy", "forgetting_score") if m in r and r[m] == r[m]}
 
 
 def _stop_ray() -> None:

@@ -13,6 +13,7 @@ import gc
 import math
 import os
 import statistics
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -261,9 +262,9 @@ class StudyPlan(Searcher):
         if (stage := self.owner.get(trial.trial_id)) is not None:
             stage.trial_done(trial, ok)
 
-    def trial_written(self, trial_id: str) -> None:
+    def trial_written(self, trial_id: str, run_id: str | None = None) -> None:
         if (stage := self.owner.get(trial_id)) is not None:
-            stage.written(trial_id)
+            stage.written(trial_id, run_id)
 
     def save_to_dir(self, *args, **kwargs) -> None:
         pass
@@ -277,8 +278,10 @@ class StudyContext:
     slots: int
     settings: TrialSettings = field(init=False)
     trainable: Any = None  # what Tune runs for each trial (default `study_trial`; bench/driver.py a stand-in)
+    started: float = field(default_factory=time.time)  # the study's clock, for every progress line
 
     def __post_init__(self):
+        self.dataset = self.data.name
         model_cfg, recipe = default_configs(self.data.name, self.cfg.width, self.cfg.base_epochs)
         evaluation = EvalConfig(protocol=self.cfg.protocol, eval_every=self.cfg.eval_every, patience=self.cfg.patience,
                                 bootstrap=self.cfg.bootstrap)
@@ -287,13 +290,18 @@ class StudyContext:
                                       fault_injection=self.cfg.fault_injection,
                                       accel=engine.Accel.exact() if self.cfg.deterministic else engine.Accel())
 
+    def __getstate__(self) -> dict:
+        """Tune pickles its searcher, the plan, whose stages hold this context: the data set (hundreds of MB
+        on MUFAC) and the trainable stay behind; workers get the data through Ray's object store."""
+        return {**self.__dict__, "data": None, "trainable": None}
+
     def fixed_hparams(self, method: str | None = None) -> dict:
         """Settings every trial of `method` gets: the smoke test's epochs, then the user's overrides."""
         fixed = {"epochs": self.cfg.method_epochs} if self.cfg.method_epochs else {}
         return {**fixed, **self.cfg.method_hparams.get(method or "", {})}
 
     def key(self, stage: str, method: str, seed: int, hparams: dict) -> str:
-        return trial_key(stage, method, seed, resolved_hparams(method, self.data.name, **hparams))
+        return trial_key(stage, method, seed, resolved_hparams(method, self.dataset, **hparams))
 
     def grid(self, stage: str, runs, after: tuple[str, ...] = (), needs=None) -> GridStage:
         return GridStage(self, stage, runs, after, needs)

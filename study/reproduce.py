@@ -23,7 +23,7 @@ from trainables.base_models import BaseRecipe, base_model
 from trainables.data import OPTIONAL_SETTINGS, DataConfig, DataError, load_dataset
 from trainables.metrics import PROTOCOL_LABEL
 from trainables.models import ModelConfig
-from trainables.records import EXPORT_KIND, REFERENCE_ROWS
+from trainables.records import EXPORT_KIND, REFERENCE_ROWS, default_results_dir
 from trainables.run import run_method
 from trainables.unlearn import EvalConfig
 
@@ -65,8 +65,8 @@ def reproduce(spec: dict, seeds: list[int], data_dir: str | None = None, models_
     device = engine.pick_device()
     model_cfg, recipe = ModelConfig(**spec["model"]), BaseRecipe.of(spec["train"])
     evaluation = EvalConfig(**{**spec["evaluation"], **({"protocol": protocol} if protocol else {})})
-    folder = Path(models_dir or spec.get("models_dir") or "")
-    cache = folder if folder.is_dir() else None  # the study's checkpoints, or the local cache
+    folder = Path(models_dir) if models_dir else study_models(spec)
+    cache = folder if folder is not None and folder.is_dir() else None  # the study's checkpoints, or the local cache
     results = {}
     for seed in seeds:
         bases = {}
@@ -76,6 +76,16 @@ def reproduce(spec: dict, seeds: list[int], data_dir: str | None = None, models_
         results[seed] = run_method(spec["method"], data, bases, seed, device, spec["hparams"], evaluation,
                                    accel=accel)
     return results
+
+
+def study_models(spec: dict) -> Path | None:
+    """The study's base-model checkpoints as its export locates them: under its results folder (as a rerun
+    of the study here would find it, ./results/<experiment>), or, for an export written before exports said
+    where, the path it recorded. A storage path elsewhere is the user's to give (--models-dir)."""
+    where = spec.get("models") or {}
+    if where.get("under") == "results":
+        return default_results_dir(spec["experiment"]) / where["path"]
+    return Path(spec["models_dir"]) if spec.get("models_dir") else None
 
 
 def hardware_difference(spec: dict) -> list[str]:

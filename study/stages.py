@@ -32,6 +32,12 @@ from .tracking import git_commit
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 PROGRESS_EVERY_S = 2.0  # at most one progress line per stage in this time, but for failures and the last trial
+ESTIMATE_AFTER = 3  # a stage's trials that must have ended before its time left is estimated
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 OBJECTIVES = {
     "pareto": (["sel_accuracy", "sel_forgetting_score"], ["max", "min"]),
@@ -57,9 +63,16 @@ class StudySearch(OptunaSearch):
     must never reach the front.
     """
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.user_attrs: dict[str, dict] = {}  # trial id -> what its Optuna trial records (set before it ends)
+
     def on_trial_complete(self, trial_id, result=None, error=False):
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
+        for key, value in self.user_attrs.pop(trial_id, {}).items():
+            if value is not None:
+                self._ot_trials[trial_id].set_user_attr(key, value)
         metrics = self._metric if isinstance(self._metric, list) else [self._metric]
         values = [(result or {}).get(m) for m in metrics]
         final = (result or {}).get("final") == 1.0
@@ -79,15 +92,18 @@ class Stage:
     stage is complete when it has handed out all its trials and every one has ended.
     """
 
-    def __init__(self, stage: str, label: str, after: tuple[str, ...] = (), needs=None):
+    def __init__(self, stage: str, label: str, after: tuple[str, ...] = (), needs=None, clock: float | None = None):
         self.stage, self.label, self.after, self.needs = stage, label, tuple(after), needs
         self.active = False
         self.planned = self.issued = self.done = self.failed = 0
         self.live: dict[str, int] = {}  # trial id -> seed
+        self.methods: dict[str, str] = {}  # trial id -> method, until the trial is done (progress lines)
         self.seconds: deque[float] = deque(maxlen=25)  # how long its last ended trials took (bundle sizes)
         self.printed = 0.0  # when the last progress line was printed
         self.first_error: str | None = None
-        self.best, self.started = -math.inf, 0.0
+        self.best, self.best_method = -math.inf, ""  # best selection final score so far, and whose
+        self.clock = clock if clock is not None else time.time()  # the study's start: one clock for every line
+        self.started = 0.0  # when this stage was activated (its rate, for the estimate)
 
     @property
     def complete(self) -> bool:
@@ -99,8 +115,11 @@ class Stage:
         if self.planned:
             print(f"[study] stage {self.label}: {self.planned} trial(s)", file=sys.stderr, flush=True)
 
-    def next_config(self, trial_id: str) -> dict | None:
-        return self._suggest(trial_id) if self.issued < self.planned else None
+    def next_config(self, trial_id: str) -> tuple[dict, int] | None:
+        given = self._suggest(trial_id) if self.issued < self.planned else None
+        if given is not None:
+            self.methods[trial_id] = given[0]["method"]
+        return given
 
     def ready(self, seed: int) -> bool:
         return self.needs is None or self.needs(seed)
@@ -108,8 +127,8 @@ class Stage:
     def ended(self, trial_id: str, result: dict | None, error: bool) -> None:
         self.live.pop(trial_id, None)
 
-    def written(self, trial_id: str) -> None:
-        """The trial's MLflow run is written (called from the tracking writer's thread)."""
+    def written(self, trial_id: str, run_id: str | None = None) -> None:
+        """The trial's MLflow run (`run_id`) is written (called from the tracking writer's thread)."""
 
     def trial_done(self, trial, ok: bool) -> None:
         """Progress, once the trial is recorded in MLflow (on the tracking writer's thread)."""
@@ -118,16 +137,35 @@ class Stage:
         if not ok and self.first_error is None:
             reason = (trial.last_result or {}).get("error") or getattr(trial, "error_msg", None) or "no final report"
             self.first_error = str(reason).strip().splitlines()[-1][:300]
-        score = (trial.last_result or {}).get("sel_final_score", -math.inf) if ok else -math.inf
-        self.best = max(self.best, score if math.isfinite(score) else -math.inf)
+        result = trial.last_result or {}
+        self._better(result.get("sel_final_score", -math.inf) if ok else -math.inf, self.methods.pop(trial.trial_id, ""))
         now = time.time()
         if ok and self.done < self.planned and now - self.printed < PROGRESS_EVERY_S:
             return  # many short trials: a line every few seconds, not one per trial
         self.printed = now
-        best = f"; best selection final score {self.best:.4f}" if math.isfinite(self.best) else ""
+        print(f"[study] {self.progress(now)}", file=sys.stderr, flush=True)
+
+    def _better(self, score, method: str) -> None:
+        if isinstance(score, (int, float)) and math.isfinite(score) and score > self.best:
+            self.best, self.best_method = float(score), method
+
+    def progress(self, now: float) -> str:
+        """The stage's progress line: trials done, the best so far (whose, on which split), time left."""
         failed = f" ({self.failed} failed)" if self.failed else ""
-        print(f"[study] {self.label}: {self.done}/{self.planned} done{failed}{best} [{now - self.started:.0f}s]",
-              file=sys.stderr, flush=True)
+        best = (f"; best final score on the selection split {self.best:.4f} ({self.best_method})"
+                if math.isfinite(self.best) else "")
+        left = self.planned - self.done
+        eta = ""
+        if 0 < left and self.done >= ESTIMATE_AFTER and now > self.started:  # its trials' pace is known
+            eta = f"; about {_duration(left * (now - self.started) / self.done)} left"
+        return f"{self.label}: {self.done}/{self.planned} done{failed}{best}{eta} [{_duration(now - self.clock)}]"
+
+    def resume_best(self, finished) -> None:
+        """The best so far includes the stage's trials that an earlier run of the study finished
+        (`finished`: their rows, as `Tracker.children` reads them)."""
+        if finished is not None and len(finished) and "sel_final_score" in finished:
+            i = finished["sel_final_score"].astype(float).idxmax()
+            self._better(float(finished.loc[i, "sel_final_score"]), str(finished.loc[i].get("tags.method", "")))
 
     @property
     def all_failed(self) -> bool:
@@ -148,13 +186,17 @@ class GridStage(Stage):
     """
 
     def __init__(self, ctx, stage: str, runs, after: tuple[str, ...] = (), needs=None):
-        super().__init__(stage, stage, after, needs)
+        super().__init__(stage, stage, after, needs, getattr(ctx, "started", None))
         self.ctx, self.runs, self.pending = ctx, runs, []
 
     def _plan(self) -> int:
         runs = self.runs() if callable(self.runs) else self.runs
-        done = self.ctx.tracker.finished_keys(self.stage)
-        self.pending = [r for r in runs if self.ctx.key(self.stage, r["method"], r["seed"], r["hparams"]) not in done]
+        finished = self.ctx.tracker.children(self.stage)
+        done = set(finished["tags.trial_key"]) if len(finished) else set()
+        keys = [self.ctx.key(self.stage, r["method"], r["seed"], r["hparams"]) for r in runs]
+        self.pending = [r for r, key in zip(runs, keys) if key not in done]
+        if len(finished):
+            self.resume_best(finished[finished["tags.trial_key"].isin(keys)])
         if len(self.pending) < len(runs):
             print(f"[study] stage {self.stage}: {len(runs) - len(self.pending)} of {len(runs)} trial(s) already finished",
                   file=sys.stderr, flush=True)
@@ -178,8 +220,10 @@ class SearchStage(Stage):
 
     def __init__(self, ctx, stage: str, method: str, space, point: dict | None, budget: int,
                  after: tuple[str, ...] = (), needs=None):
-        super().__init__(stage, stage if stage == method else f"{stage}-{method}", after, needs)
+        super().__init__(stage, stage if stage == method else f"{stage}-{method}", after, needs,
+                         getattr(ctx, "started", None))
         self.ctx, self.method, self.space, self.point, self.budget = ctx, method, space, point, budget
+        self.attrs: dict[str, dict] = {}  # trial id -> its Optuna trial's user attributes, as they become known
         self.study: optuna.Study | None = None
         self.searcher: StudySearch | None = None
         # Optuna hears of a trial's end only once its MLflow run is written, so the two agree one to
@@ -211,6 +255,10 @@ class SearchStage(Stage):
             storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
         finished = len([t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
                         if not t.system_attrs.get("interrupted")])
+        if finished:
+            earlier = self.ctx.tracker.children(self.stage)
+            if len(earlier):
+                self.resume_best(earlier[earlier["tags.method"] == self.method])
         remaining = self.budget - finished
         if remaining <= 0:
             print(f"[study] stage {self.stage} ({self.method}): all {self.budget} trials already in the Optuna study",
@@ -233,6 +281,9 @@ class SearchStage(Stage):
                 self.planned = self.issued  # nothing running and nothing more to give: never wait forever
             return None
         hparams = {**self.ctx.fixed_hparams(self.method), **params}  # the suggestion goes into hparams
+        paper = bool(self.point) and set(params) == set(self.point) and all(
+            math.isclose(float(params[k]), float(self.point[k]), rel_tol=1e-9) for k in params)
+        self.attrs[trial_id] = {"seed": 0, "setting": "paper" if paper else "searched"}
         return TrialSpec(self.stage, self.method, 0, hparams).config(), 0
 
     def on_result(self, trial_id: str, result: dict) -> None:
@@ -242,21 +293,31 @@ class SearchStage(Stage):
     def ended(self, trial_id: str, result: dict | None, error: bool) -> None:
         super().ended(trial_id, result, error)
         with self.lock:
+            score = (result or {}).get("sel_final_score")
+            self.attrs.setdefault(trial_id, {})["final_score"] = (
+                float(score) if isinstance(score, (int, float)) and math.isfinite(score) else None)
             if trial_id in self.written_ids:
-                self.searcher.on_trial_complete(trial_id, result=result, error=error)
+                self._tell(trial_id, result, error)
             else:
                 self.untold[trial_id] = (result, error)
 
     def __getstate__(self) -> dict:  # Tune pickles its searcher; a lock does not travel
         return {**self.__dict__, "lock": None}
 
-    def written(self, trial_id: str) -> None:
+    def written(self, trial_id: str, run_id: str | None = None) -> None:
         with self.lock:
+            self.attrs.setdefault(trial_id, {})["mlflow_run_id"] = run_id
             if trial_id in self.untold:
-                result, error = self.untold.pop(trial_id)
-                self.searcher.on_trial_complete(trial_id, result=result, error=error)
+                self._tell(trial_id, *self.untold.pop(trial_id))
             else:
                 self.written_ids.add(trial_id)
+
+    def _tell(self, trial_id: str, result: dict | None, error: bool) -> None:
+        """Optuna hears of the trial's end, with what leads from it to the rest of the study: its seed, its
+        MLflow run, its selection final score and whether it is the paper's setting."""
+        self.written_ids.discard(trial_id)
+        self.searcher.user_attrs[trial_id] = self.attrs.pop(trial_id, {})
+        self.searcher.on_trial_complete(trial_id, result=result, error=error)
 
     def chosen(self, limit: int) -> list[dict]:
         """The settings the search chose, best selection final score first: the Pareto front

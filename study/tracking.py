@@ -15,6 +15,7 @@ import contextlib
 import os
 import sqlite3
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -138,7 +139,7 @@ class Tracker:
 
         self.parent_id = self.writer.call(create)
         self.writer.call(lambda attempt: self.client.log_batch(
-            self.parent_id, params=[Param(k, records.encode(v)[:6000]) for k, v in params.items()]))
+            self.parent_id, params=[Param(k, records.param_text(v)[:6000]) for k, v in params.items() if v is not None]))
         self.writer.store_args = (self.experiment_id, self.parent_id)
         return self.parent_id, False
 
@@ -155,6 +156,25 @@ class Tracker:
             self.flush()
             self.writer.call(lambda attempt: self.client.set_terminated(self.parent_id, status=status))
         self.writer.close()
+
+    def log_parent_metrics(self, metrics: dict) -> None:
+        """The study's headline numbers on its parent run, so that studies sort and compare in the runs table."""
+        self.writer.submit("log_parent", run_id=self.parent_id, metrics=_numbers(metrics))
+
+    def checkpoint(self) -> None:
+        """Fold a sqlite:/// store's write-ahead log into the database file, so that `mlflow.db` alone holds
+        everything (a copy of it without `mlflow.db-wal` would otherwise miss the last writes)."""
+        if self.uri.startswith("sqlite:///"):
+            try:
+                with contextlib.closing(sqlite3.connect(self.uri[len("sqlite:///"):], timeout=30)) as db:
+                    busy, _, _ = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            except sqlite3.Error as exc:
+                busy, reason = 1, str(exc)
+            else:
+                reason = "another connection is reading it"
+            if busy:
+                print(f"[tracking] warning: {self.uri}: the write-ahead log could not be folded in ({reason}); "
+                      "keep mlflow.db-wal beside mlflow.db when copying it", file=sys.stderr)
 
     def describe_parent(self, markdown: str) -> None:
         """The parent run's description in the UI (the study's summary table)."""
@@ -197,7 +217,7 @@ class Tracker:
                tags: dict | None = None, arrays: dict | None = None, curve: list[dict] | None = None,
                then=None) -> None:
         """The trial's last writes and its status, in one queued write: its final metrics after the points of
-        its `curve` (one dict of selection metrics and `step` per evaluation); `then()` once they are in."""
+        its `curve` (one dict of selection metrics and `step` per evaluation); `then(run_id)` once they are in."""
         self.writer.submit("finish", then=then, key=handle.key, status=status,
                            metrics=_numbers(metrics), step=step, tags=tags or {}, arrays=arrays or {},
                            points=_points(curve))
@@ -208,7 +228,7 @@ class Tracker:
                then=None) -> None:
         """A trial that ended before its run was opened (an item of a bundle), written whole in one queued
         write: created (or the run an earlier attempt left reused) with its tags, params, metrics, curve and
-        arrays, then terminated; `then()` once it is all in."""
+        arrays, then terminated; `then(run_id)` once it is all in."""
         name, run_tags = self._child_tags(key, stage, method, seed, trial_id)
         self.writer.submit("record", then=then, key=key, name=name, tags={**run_tags, **(tags or {})},
                            params=params, status=status, metrics=_numbers(metrics), step=step, arrays=arrays or {},
@@ -219,14 +239,20 @@ IGNORED = ("final", "step", "pid", "timestamp", "time_this_iter_s", "done", "tra
            "iterations_since_restore", "time_since_restore", "time_total_s", "item_seconds")
 
 
+def metric_name(name: str) -> str:
+    """The name a trial's reported value has in its run: `system/<name>` for when, where and at what cost it
+    ran, the name itself for what it computed (`records`, the three kinds of metric)."""
+    return records.SYSTEM_PREFIX + name if name in records.SYSTEM_VALUES else name
+
+
 def outcome(result: dict) -> tuple[str, dict, int, dict, dict, list]:
     """What a trial's final report becomes in its run: (status, metrics, step, tags, arrays, curve)."""
     curve = result.get("curve") or []  # the evaluations, sent with the final report
-    tags = {k: str(result[k]) for k in ("node_id", "hardware") if k in result}  # where it ran, on what
+    tags = {k: str(result[k]) for k in ("node_id", "hardware", "accel") if k in result}  # where, on what, how
     if result.get("final") != 1.0:
         reason = str(result.get("error") or "the trial ended without a final report")
         return "FAILED", {}, 0, {**tags, "error": reason[:4000]}, {}, curve
-    metrics = {k: v for k, v in result.items()
+    metrics = {metric_name(k): v for k, v in result.items()
                if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in IGNORED}
     arrays = {}
     if "forget_losses" in result:
@@ -237,8 +263,9 @@ def outcome(result: dict) -> tuple[str, dict, int, dict, dict, list]:
 
 
 def _points(curve: list[dict] | None) -> list[tuple[str, float, int]]:
-    """A trial's curve (one dict of selection metrics and its `step` per evaluation) as (name, value, step)."""
-    return [(k, float(v), int(point.get("step", 0))) for point in curve or []
+    """A trial's curve (one dict of selection metrics and its `step` per evaluation) as (name, value, step),
+    named `eval/<metric>`: a curve holds the evaluations, never the chosen checkpoint's final value."""
+    return [(records.CURVE_PREFIX + k, float(v), int(point.get("step", 0))) for point in curve or []
             for k, v in point.items() if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)]
 
 
@@ -262,7 +289,7 @@ class TrackingCallback(tune.Callback):
 
     def __init__(self, tracker: Tracker, dataset: str, stages: set[str], on_done=None, on_written=None):
         self.tracker, self.dataset, self.stages, self.on_done = tracker, dataset, set(stages), on_done
-        self.on_written = on_written or (lambda trial_id: None)  # called once the trial's run is written
+        self.on_written = on_written or (lambda trial_id, run_id: None)  # once the trial's run is written
         self.runs: dict[str, RunHandle] = {}
         self.attempts: dict[str, int] = {}
 
@@ -274,7 +301,7 @@ class TrackingCallback(tune.Callback):
         key = trial_key(spec.stage, spec.method, spec.seed, hparams)
         self.attempts[trial.trial_id] = self.attempts.get(trial.trial_id, 0) + 1  # > 1: Tune retried it
         first = {"tags": {"attempts": str(self.attempts[trial.trial_id])},
-                 "metrics": {"scheduled_at": time.time()}}  # for the start-up latency
+                 "metrics": {metric_name("scheduled_at"): time.time()}}  # for the start-up latency
         self.runs[trial.trial_id] = self.tracker.open_child(key, spec.stage, spec.method, spec.seed, hparams,
                                                             trial.trial_id, first)
 
@@ -287,12 +314,12 @@ class TrackingCallback(tune.Callback):
             return
         handle = self.runs.pop(trial.trial_id, None)
         if handle is None:
-            self.on_written(trial.trial_id)
+            self.on_written(trial.trial_id, None)
             return
         ended = _ended(trial)
         status, metrics, step, tags, arrays, curve = outcome(ended.last_result)
         self.tracker.finish(handle, status, metrics, step, tags, arrays, curve,
-                            then=lambda: self._written(ended, status == "FINISHED"))
+                            then=lambda run_id: self._written(ended, status == "FINISHED", run_id))
 
     def _record_item(self, item_id: str, config: dict, report: dict) -> None:
         spec = TrialSpec.of(config)
@@ -302,7 +329,7 @@ class TrackingCallback(tune.Callback):
         self.tracker.record(trial_key(spec.stage, spec.method, spec.seed, hparams), spec.stage, spec.method, spec.seed,
                             hparams, item_id, status, metrics, step, tags, arrays, curve,
                             started=report.get("started_at"), ended=report.get("ended_at"),
-                            then=lambda: self._written(item, status == "FINISHED"))
+                            then=lambda run_id: self._written(item, status == "FINISHED", run_id))
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         """A worker died and Tune will retry the trial: the same child run carries on."""
@@ -317,13 +344,14 @@ class TrackingCallback(tune.Callback):
             return
         handle, ended = self.runs.pop(trial.trial_id, None), _ended(trial)
         if handle is not None:
-            self.tracker.finish(handle, "FAILED", tags={"error": reason}, then=lambda: self._written(ended, False))
+            self.tracker.finish(handle, "FAILED", tags={"error": reason},
+                                then=lambda run_id: self._written(ended, False, run_id))
         else:
             self._written(ended, False)
 
-    def _written(self, trial, ok: bool) -> None:
-        """The trial's run is in the store: Optuna hears of its end, then the progress line."""
-        self.on_written(trial.trial_id)
+    def _written(self, trial, ok: bool, run_id: str | None = None) -> None:
+        """The trial's run (`run_id`) is in the store: Optuna hears of its end, then the progress line."""
+        self.on_written(trial.trial_id, run_id)
         if self.on_done:
             self.on_done(trial, ok=ok)
 

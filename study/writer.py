@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import pickle
 import queue
+import re
 import signal
 import subprocess
 import shutil
@@ -33,24 +34,52 @@ from pathlib import Path
 
 from trainables import records
 
-OUTAGE_WORDS = ("connection refused", "max retries exceeded", "failed to establish", "connection aborted",
-                "connection reset", "remote end closed", "read timed out", "temporarily unavailable",
-                "database is locked", "503", "502")
+# HTTP statuses that say the server (or a proxy in front of it) cannot answer now, not that it refused the write.
+TRANSIENT_STATUS = frozenset({408, 429, 502, 503, 504})
+HTTP_STATUS = re.compile(r"API request to endpoint \S+ failed with error code (\d{3}) != \d{3}")  # MLflow's words
 
 
 class TrackingError(RuntimeError):
     """The tracking store cannot be reached or written: one line for the user."""
 
 
-def unreachable(exc: BaseException) -> bool:
-    """Whether `exc` says the store could not be reached (worth retrying), not that a write was refused."""
-    import requests
+def _chain(exc: BaseException):
+    """`exc` and the exceptions it was raised from or while handling (MLflow's client wraps the one that
+    says what happened, a connection error, in an exception of its own)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
 
-    if isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout, ConnectionError,
-                        TimeoutError)):
-        return True
-    text = str(exc).lower()
-    return any(word in text for word in OUTAGE_WORDS)
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether `exc` says the store could not be reached (worth retrying), not that a write was refused:
+    a connection error or time-out anywhere in its chain, an HTTP status that says "not now" (a proxy's 502,
+    an overloaded server's 503, MLflow's own retries of those given up), or SQLite's lock time-out. A
+    refused write (any other 4xx or 5xx, a value the store will not take) is not retried."""
+    import requests
+    import sqlite3
+    from mlflow.exceptions import MlflowException, RestException
+
+    for link in _chain(exc):
+        if isinstance(link, (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
+                             requests.exceptions.RetryError, ConnectionError, TimeoutError)):
+            return True
+        if isinstance(link, sqlite3.OperationalError) and "database is locked" in str(link):
+            return True
+        if isinstance(link, MlflowException):
+            if link.get_http_status_code() in TRANSIENT_STATUS:
+                return True
+            # A non-JSON answer (a proxy's 502 page): MLflow keeps the status only in its own sentence
+            said = None if isinstance(link, RestException) else HTTP_STATUS.match(link.message)
+            if said and int(said.group(1)) in TRANSIENT_STATUS:
+                return True
+            # SQLite's lock time-out reaches us wrapped by SQLAlchemy and MLflow, its text kept (a server
+            # sends it back as an internal error); a REST answer's text is the server's, so not read.
+            if not isinstance(link, RestException) and "(sqlite3.OperationalError) database is locked" in link.message:
+                return True
+    return False
 
 
 class Retry:
@@ -126,16 +155,15 @@ class Store:
 
     def _batch(self, run_id: str, metrics: dict | None = None, step: int = 0, params: dict | None = None,
                tags: dict | None = None, points: list | None = None) -> None:
-        """Metrics (after the curve `points`, (name, value, step) each), params and tags of one run in as few
-        requests as MLflow allows (1,000 entries each)."""
+        """Metrics (the curve `points`, (name, value, step) each, and the final values at `step`), params and
+        tags of one run in as few requests as MLflow allows (1,000 entries each). Curves and final values
+        have names of their own (`records.CURVE_PREFIX`), so a curve holds evaluations only."""
         from mlflow.entities import Metric, Param, RunTag
 
         now = int(time.time() * 1000)
-        # The final values one millisecond after the curve: MLflow's latest value of a metric is the one with
-        # the highest (step, timestamp, value), and the last evaluation can share the final report's step.
         items = [Metric(k, v, now, s) for k, v, s in points or []] + [
-            Metric(k, float(v), now + 1, step) for k, v in (metrics or {}).items()]
-        params_ = [Param(k, records.encode(v)) for k, v in (params or {}).items()]
+            Metric(k, float(v), now, step) for k, v in (metrics or {}).items()]
+        params_ = [Param(k, records.param_text(v)) for k, v in (params or {}).items() if v is not None]
         tags_ = [RunTag(k, str(v)) for k, v in (tags or {}).items()]
         if not (items or params_ or tags_):
             return
@@ -151,38 +179,52 @@ class Store:
             records.save_arrays(self.client, run_id, name, self.scratch, self.repos.get(run_id), **values)
 
     # --- the operations `Writer.submit` names; each takes the attempt number first ------------
-    def open(self, attempt: int, key: str, name: str, tags: dict, params: dict, first_tags: dict,
-             first_metrics: dict) -> None:
-        """A trial's run as it starts: created, or the one an earlier attempt left reopened."""
+    def _run(self, key: str, name: str, tags: dict, attempt: int, started: float | None = None) -> tuple[str, bool]:
+        """The run of trial `key`: the one an earlier attempt (or an earlier study) left, or a new one;
+        returns (run id, created now)."""
         run_id = self._known().get(key) or (self._find(key) if attempt else None)
         if run_id is not None:
-            self.client.update_run(run_id, status="RUNNING")
-            self._batch(run_id, first_metrics, tags={"trial_id": tags["trial_id"], **first_tags})
-        else:
-            run_id = self._create(key, name, tags)
-            self._batch(run_id, first_metrics, params=params, tags=first_tags)
+            return run_id, False
+        return self._create(key, name, tags, started), True
 
-    def log(self, attempt: int, key: str, metrics: dict | None = None, step: int = 0, tags: dict | None = None):
+    def open(self, attempt: int, key: str, name: str, tags: dict, params: dict, first_tags: dict,
+             first_metrics: dict) -> str:
+        """A trial's run as it starts: created, or the one an earlier attempt left reopened. Its params go
+        with every attempt: a create whose batch failed leaves a run without them, found again here
+        (MLflow takes a param logged again with the same value)."""
+        run_id, created = self._run(key, name, tags, attempt)
+        if not created:
+            self.client.update_run(run_id, status="RUNNING")
+        self._batch(run_id, first_metrics, params=params,
+                    tags=first_tags if created else {"trial_id": tags["trial_id"], **first_tags})
+        return run_id
+
+    def log(self, attempt: int, key: str, metrics: dict | None = None, step: int = 0, tags: dict | None = None) -> str:
         self._batch(self._known()[key], metrics, step, tags=tags)
+        return self._known()[key]
 
     def finish(self, attempt: int, key: str, status: str, metrics: dict, step: int, tags: dict, arrays: dict,
-               points: list) -> None:
+               points: list) -> str:
         run_id = self._known()[key]
         self._batch(run_id, metrics, step, tags=tags, points=points)
         self._arrays(run_id, arrays)
         self.client.set_terminated(run_id, status=status)
+        return run_id
 
     def record(self, attempt: int, key: str, name: str, tags: dict, params: dict, status: str, metrics: dict,
-               step: int, arrays: dict, points: list, started: float | None, ended: float | None) -> None:
-        """A trial written whole once it has ended (an item of a bundle): three requests, not five."""
-        run_id = self._known().get(key) or (self._find(key) if attempt else None)
-        fresh = run_id is None
-        if fresh:
-            run_id = self._create(key, name, tags, started)
-        self._batch(run_id, metrics, step, params=params if fresh else None, tags=None if fresh else tags,
-                    points=points)
+               step: int, arrays: dict, points: list, started: float | None, ended: float | None) -> str:
+        """A trial written whole once it has ended (an item of a bundle): three requests, not five. Params
+        and tags go with every attempt, as in `open`."""
+        run_id, created = self._run(key, name, tags, attempt, started)
+        self._batch(run_id, metrics, step, params=params, tags=None if created else tags, points=points)
         self._arrays(run_id, arrays)
         self.client.set_terminated(run_id, status=status, end_time=int(ended * 1000) if ended else None)
+        return run_id
+
+    def log_parent(self, attempt: int, run_id: str, metrics: dict) -> str:
+        """The study's headline numbers on its parent run."""
+        self._batch(run_id, metrics)
+        return run_id
 
     def kill(self, attempt: int, run_id: str) -> None:
         """A run left RUNNING by a killed study: marked interrupted and KILLED."""
@@ -242,10 +284,10 @@ class Writer:
         self.ack_thread.start()
 
     def submit(self, op: str, then=None, **kwargs) -> None:
-        """Queue `Store.<op>(**kwargs)`; `then()` runs once it is written."""
-        if self.error:
-            raise self.error
-        with self.done:
+        """Queue `Store.<op>(**kwargs)`; `then(run_id)` runs once it is written (the run it wrote to)."""
+        with self.done:  # the error is read under the lock that `_acks` sets it under, with `sent` and `acked`
+            if self.error:
+                raise self.error
             if self.proc is None:
                 self._start()
             seq = self.sent
@@ -254,21 +296,23 @@ class Writer:
         self.outbox.put((seq, op, kwargs))
 
     def _feed(self) -> None:
+        proc, outbox = self.proc, self.outbox  # this process's: `close` replaces both for a later one
         try:
-            while (message := self.outbox.get()) is not None:
-                pickle.dump(message, self.proc.stdin)
-                if self.outbox.empty():
-                    self.proc.stdin.flush()
-            self.proc.stdin.close()
+            while (message := outbox.get()) is not None:
+                pickle.dump(message, proc.stdin)
+                if outbox.empty():
+                    proc.stdin.flush()
+            proc.stdin.close()
         except (OSError, ValueError):
             pass  # the process is gone: `_acks` says so
 
     def _acks(self) -> None:
+        proc = self.proc
         while True:
             try:
-                kind, seq, detail, busy = pickle.load(self.proc.stdout)
+                kind, seq, detail, busy = pickle.load(proc.stdout)
             except (EOFError, OSError, pickle.UnpicklingError):
-                kind, seq, detail, busy = "died", None, self.proc.wait(), 0.0
+                kind, seq, detail, busy = "died", None, proc.wait(), 0.0
             if kind == "fatal" and self.error is None:
                 self.error = TrackingError(detail)
             elif kind == "died" and self.error is None and not self.closing:  # idle or not: nothing more can be
@@ -277,8 +321,11 @@ class Writer:
                                            "run the same command to resume")
             with self.done:
                 then = self.waiting.pop(seq, None) if kind == "ack" else None
-            if then is not None and detail and self.error is None:  # detail: written (False: the store refused
-                then()  # it, and its trial stays untold, to run again on resume)
+            if then is not None and detail and self.error is None:  # detail: the run id written (None: the
+                try:  # store refused it, and its trial stays untold, to run again on resume)
+                    then(detail)
+                except Exception as exc:  # a bug in the launcher's follow-up: every waiter must still be released
+                    self.error = TrackingError(f"after a tracking write: {type(exc).__name__}: {exc}")
             with self.done:
                 self.busy_s += busy
                 if kind == "ack":
@@ -291,15 +338,31 @@ class Writer:
 
     def flush(self) -> None:
         with self.done:
-            self.done.wait_for(lambda: self.acked >= self.sent)
-        if self.error:
-            raise self.error
+            self.done.wait_for(lambda: self.acked >= self.sent or self.error is not None)
+            if self.error:
+                raise self.error
 
     def call(self, write):
-        """Run `write(attempt)` now, in the launcher, retried like a queued write."""
+        """Run `write(attempt)` now, in the launcher, retried like a queued write; an outage past its limit
+        stops the writer as one in the process would (`error` set, every later write refused)."""
         if self.error:
             raise self.error
-        return self.retry(write)
+        try:
+            return self.retry(write)
+        except TrackingError as exc:
+            with self.done:
+                self.error = self.error or exc
+                self.acked, self.waiting = self.sent, {}
+                self.done.notify_all()
+            raise
+
+    def abandon(self) -> None:
+        """The process ends now, what is still queued unwritten (after an outage past its limit: a rerun
+        resumes from what the store holds)."""
+        if self.proc is not None:
+            self.closing = True
+            self.proc.kill()
+            self.close()
 
     def close(self) -> None:
         """Every queued write done, then the process ends."""
@@ -346,20 +409,20 @@ def _serve() -> None:
         if message is None:
             break
         seq, op, kwargs = message
-        started, ok = time.perf_counter(), False
+        started, written = time.perf_counter(), None
         if not failed and not orphaned():
             try:
-                retry(lambda attempt: getattr(store, op)(attempt, **kwargs))
-                ok = True
+                written = retry(lambda attempt: getattr(store, op)(attempt, **kwargs)) or True
             except TrackingError as exc:
                 failed = True
                 pickle.dump(("fatal", seq, str(exc), time.perf_counter() - started), outbox)
                 outbox.flush()
                 continue
             except Exception as exc:  # a write the store refused: one line, the study goes on
-                print(f"[tracking] warning: a write was refused ({str(exc).splitlines()[0][:200]})",
-                      file=sys.stderr, flush=True)
-        pickle.dump(("ack", seq, ok, time.perf_counter() - started), outbox)
+                what = kwargs.get("key") or kwargs.get("run_id") or ""
+                print(f"[tracking] warning: the store refused {op} {what} ({str(exc).splitlines()[0][:200]}); "
+                      "its trial is not recorded and runs again on resume", file=sys.stderr, flush=True)
+        pickle.dump(("ack", seq, written, time.perf_counter() - started), outbox)
         outbox.flush()
     shutil.rmtree(scratch, ignore_errors=True)
 

@@ -172,3 +172,66 @@ class MlflowServer:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(timeout=10)
         self.proc = None
+
+
+class StoppingProxy:
+    """An HTTP proxy in front of an `MlflowServer` that stops the server right after chosen requests.
+
+    `stop_after(method, path, body)` is asked of every request; where it says yes, the proxy forwards the
+    request, stops the server before it answers the client, answers, and starts the server again
+    `down_s` later. Meanwhile every request finds the server gone and its connection dropped, as a
+    client sees a stopped server. The outage thus falls exactly between that request and the next one
+    (for a child run's create: before its first batch), which no timing from outside could promise.
+    """
+
+    def __init__(self, server: "MlflowServer", stop_after, down_s: float = 4.0):
+        import http.client
+        import http.server
+        import threading
+
+        self.server, self.stop_after, self.down_s = server, stop_after, down_s
+        self.stops: list[str] = []
+        lock = threading.Lock()
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _forward(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+                try:
+                    conn = http.client.HTTPConnection("127.0.0.1", proxy.server.port, timeout=120)
+                    conn.request(self.command, self.path, body=body, headers=headers)
+                    answer = conn.getresponse()
+                    payload = answer.read()
+                    conn.close()
+                except OSError:  # the server is stopped: the client's connection drops, unanswered
+                    self.close_connection = True
+                    return
+                with lock:
+                    stop = proxy.stop_after(self.command, self.path, body)
+                    if stop:
+                        proxy.stops.append(self.path)
+                        proxy.server.stop()
+                        threading.Timer(proxy.down_s, proxy.server.start).start()
+                self.send_response(answer.status)
+                for key, value in answer.getheaders():
+                    if key.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _forward
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.uri = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()

@@ -97,3 +97,40 @@ def test_logit_scaled_confidence_is_finite_and_exact():
     assert conf[0] == pytest.approx(1000 - math.log(2)) and conf[1] == pytest.approx(-1000 - 0.0, abs=1e-9)
     p = np.exp(2.0) / np.exp([2.0, 1.0, 0.5]).sum()
     assert conf[2] == pytest.approx(math.log(p) - math.log(1 - p))
+
+
+def test_an_audit_with_a_missing_array_says_so_and_counts_only_what_it_used(tmp_path, capfd):
+    """A run whose scores artifact is missing is named in one line, and the table's `models` column is the
+    number of runs whose scores were used, not the number that ran."""
+    from mlflow.tracking import MlflowClient
+
+    from analysis.audit import audit_table
+    from analysis.results import StudyRecords
+    from trainables import records
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/m.db")
+    experiment = client.create_experiment("a", artifact_location=(tmp_path / "art").as_uri())
+    parent = client.create_run(experiment).info.run_id
+    rng = np.random.default_rng(0)
+    missing = None
+    for method, seed in [("retrain", s) for s in range(4)] + [("scrub", s) for s in range(4)]:
+        run = client.create_run(experiment, tags={records.PARENT_TAG: parent, "stage": records.AUDIT_STAGE,
+                                                  "method": method, "seed": str(seed),
+                                                  "trial_key": f"audit/{method}/seed{seed}/abc"}).info.run_id
+        if (method, seed) == ("scrub", 2):
+            missing = run  # this run's scores never reached the store
+        else:
+            records.save_arrays(client, run, records.SCORES_ARTIFACT, tmp_path, forget=rng.normal(size=30))
+        client.set_terminated(run)
+    table, _ = audit_table(StudyRecords(client, experiment, parent))
+    row = table.set_index("method").loc["scrub"]
+    assert row["models"] == 3 and row["retrained"] == 3  # compared with as many retrained models
+    err = capfd.readouterr().err
+    assert f"run {missing}: scores.npz missing or unreadable" in err and err.count("missing or unreadable") == 1
+    # a torn file is named the same way
+    (tmp_path / "torn").mkdir()
+    torn = client.create_run(experiment).info.run_id
+    (tmp_path / "torn" / records.SCORES_ARTIFACT).write_bytes(b"PK\x03\x04 not a whole zip")
+    client.log_artifact(torn, str(tmp_path / "torn" / records.SCORES_ARTIFACT))
+    assert records.load_arrays(client, torn, records.SCORES_ARTIFACT) is None
+    assert f"run {torn}: scores.npz missing or unreadable" in capfd.readouterr().err

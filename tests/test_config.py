@@ -1,5 +1,7 @@
 """Study configuration: defaults, YAML then flags, and one clear error per bad setting."""
 
+import re
+
 import pytest
 
 from study.config import ConfigError, load_yaml, resolve
@@ -52,6 +54,14 @@ def test_bad_yaml(tmp_path, text, message):
     ({"gli_trials": 0}, "--gli-trials must be a whole number >= 1"),
     ({"baselines": ["finetune", "magic"]}, "unknown baseline method(s) magic"),
     ({"num_gpus": 2, "gpus_per_trial": 0}, "--gpus-per-trial must be in"),
+    ({"eval_every": -1}, "--eval-every must be a whole number >= 1, got -1"),
+    ({"eval_every": 0, "smoke_test": True}, "--eval-every must be a whole number >= 1, got 0"),  # 0 is not unset
+    ({"patience": 0}, "--patience must be a whole number >= 1"),
+    ({"base_epochs": 0, "smoke_test": True}, "--base-epochs must be a whole number >= 1, got 0"),
+    ({"forget_count": 2.5}, "--forget-count must be a whole number >= 1, got 2.5"),
+    ({"sampler_seed": "zero"}, "--sampler-seed must be a whole number >= 0, got 'zero'"),
+    ({"bundle_seconds": "1s"}, "--bundle-seconds must be a number, got '1s'"),
+    ({"audit": True}, "--audit needs at least 2 models"),
 ])
 def test_bad_values(values, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -84,3 +94,21 @@ def test_deterministic_trials_run_fp32_with_deterministic_kernels(tmp_path):
     assert exact.as_dict()["accel"]["deterministic"]  # exported with the settings, and so reproduced that way
     default = StudyContext(resolve({}, {"results_dir": str(tmp_path)}), data, None, 1).settings
     assert default.accel == engine.Accel()
+
+
+def test_help_states_each_default_once_in_groups_with_examples(capsys):
+    from study.launch import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--help"])
+    text = capsys.readouterr().out
+    assert "default: None" not in text and "(default 24) (default" not in text
+    flat = " ".join(text.split())
+    assert "--gli-trials GLI_TRIALS Optuna trials for GLI, and for each baseline with --tune-baselines (default: 24)" in flat
+    for group in ("data:", "protocol and evaluation:", "search:", "cluster:", "tracking and results:", "advanced:"):
+        assert f"\n{group}\n" in text
+    assert "--selection" not in text  # deprecated: accepted, not shown
+    assert text.rstrip().endswith("README.md says what every setting does.") and "examples:" in text
+    # one default per flag: no help text says "default" twice
+    for block in re.split(r"\n  (?=--)", text.split("examples:")[0]):
+        assert block.count("default") <= 1, block

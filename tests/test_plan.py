@@ -16,8 +16,11 @@ from study.stages import GridStage
 
 
 def _ctx(finished: set[str] = frozenset()):
-    """What a grid stage asks of the study: finished trial keys (MLflow) and the key of a run."""
-    tracker = SimpleNamespace(finished_keys=lambda stage: {k for k in finished if k.startswith(f"{stage}/")})
+    """What a grid stage asks of the study: its finished trials (MLflow) and the key of a run."""
+    import pandas as pd
+
+    tracker = SimpleNamespace(children=lambda stage: pd.DataFrame(
+        {"tags.trial_key": [k for k in finished if k.startswith(f"{stage}/")]}))
     return SimpleNamespace(tracker=tracker, key=lambda stage, method, seed, hparams: f"{stage}/{method}/{seed}")
 
 
@@ -229,3 +232,37 @@ def test_a_bundle_item_that_raises_fails_alone():
     reports = run_bundle(items, run_one)["items"]
     assert [r["final"] for r in reports] == [1.0, 0.0, 1.0]
     assert reports[1]["error"] == "ValueError: bad setting" and all(r["item_seconds"] >= 0 for r in reports)
+
+
+def test_progress_lines_keep_one_study_clock_name_the_best_and_estimate_what_is_left(capsys):
+    """Every stage counts from the study's start (not its own), names whose score is best and on which split,
+    and estimates the time left once three of its trials have ended."""
+    import pandas as pd
+
+    from study.tracking import ItemTrial
+
+    ctx = SimpleNamespace(**vars(_ctx()), started=1000.0)
+    stage = GridStage(ctx, "confirm", [_run("gli", s) for s in range(5)] + [_run("scrub", 0)])
+    stage.activate()
+    stage.started = 1100.0  # activated 100 s into the study
+    stage.printed = -1e18
+    for i, (method, score) in enumerate([("gli", 0.91), ("scrub", 0.95), ("gli", 0.93)]):
+        config, _ = stage.next_config(f"t{i}")
+        assert config["method"] in ("gli", "scrub")
+        stage.methods[f"t{i}"] = method
+        stage.ended(f"t{i}", {}, False)
+        stage.trial_done(ItemTrial(f"t{i}", {"sel_final_score": score}), ok=True)
+        stage.printed = -1e18
+    line = stage.progress(now=1130.0)
+    assert "confirm: 3/6 done" in line and "best final score on the selection split 0.9500 (scrub)" in line
+    assert line.endswith("[2m10s]")  # the study's clock: 130 s since it started, not 30 s since the stage did
+    assert "about 30s left" in line  # 3 trials in 30 s, 3 to go
+    assert "left" not in GridStage(ctx, "base", []).progress(now=1130.0)
+
+    # A resumed stage's best includes the trials an earlier run finished.
+    finished = pd.DataFrame({"tags.trial_key": ["confirm/gli/0"], "tags.method": ["gli"], "sel_final_score": [0.99]})
+    ctx = SimpleNamespace(tracker=SimpleNamespace(children=lambda stage: finished), started=1000.0,
+                          key=lambda stage, method, seed, hparams: f"{stage}/{method}/{seed}")
+    resumed = GridStage(ctx, "confirm", [_run("gli", 0), _run("gli", 1)])
+    resumed.activate()
+    assert resumed.planned == 1 and "best final score on the selection split 0.9900 (gli)" in resumed.progress(1001.0)

@@ -235,6 +235,31 @@ def test_bad_input_one_line_no_running_parent(ray_instance, tmp_path, capsys, ca
     assert not (results / "ray" / "models").exists()  # nothing was trained
 
 
+def test_an_outage_met_by_the_launcher_itself_stops_the_study_in_one_line(ray_instance, tmp_path, capsys,
+                                                                        monkeypatch):
+    """The store goes away while the launcher (not the writer process) reads or writes it: one line, exit 3,
+    no traceback, and no second wait for the store when the study closes."""
+    import requests
+
+    from study.tracking import Tracker
+
+    def down(self, *args, **kwargs):  # what a store gone at that moment does to the launcher's call
+        def write(attempt):
+            raise requests.exceptions.ConnectionError("('Connection aborted.', RemoteDisconnected())")
+        return self.writer.call(write)
+
+    monkeypatch.setattr(Tracker, "start_parent", down)
+    ended = []
+    monkeypatch.setattr(Tracker, "end_parent", lambda self, status: ended.append(status))
+    code = launch(["--smoke-test", "--results-dir", str(tmp_path / "r"), "--tracking-outage", "0.5"])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 3 and "Traceback" not in err, err[-2000:]
+    assert len(errors) == 1 and "unreachable for more than 0s" in errors[0] and "run the same command" in errors[0]
+    assert ended == []  # the parent is not closed through a store that is gone
+    assert not (tmp_path / "r" / "ray" / "models").exists()  # nothing was trained
+
+
 def _tune_trials(results: Path) -> dict[str, dict]:
     """Each study trial's final result as Tune wrote it: trial id -> last reported result."""
     import json
@@ -313,6 +338,45 @@ def test_tracking_server_down_past_the_limit_stops_cleanly_and_a_rerun_resumes(t
     assert rerun.returncode == 0, out[-3000:]
     assert "resuming gli-digits-smoke" in out
     _check_resumed_once(mlflow_server.uri, results)
+
+
+@pytest.mark.slow
+def test_server_stopped_between_a_child_s_create_and_its_first_batch_loses_no_params(tmp_path, mlflow_server):
+    """A real `mlflow server`, stopped right after it created a child run and before that run's first batch
+    (which carries its hyper-parameters), twice: for a trial opened as it starts and for one recorded
+    whole (a bundle's). Every child must end with all its params: its trial key, a digest of them, is
+    recomputed from what MLflow holds."""
+    from tests.fixtures import StoppingProxy
+    from trainables import records
+
+    stopped = set()
+
+    def stop_after(method, path, body):
+        if not path.endswith("/runs/create") or b"mlflow.parentRunId" not in body:
+            return False
+        kind = "recorded" if b'"hardware"' in body else "opened"  # a run recorded whole is created with its tags
+        if kind in stopped:
+            return False
+        stopped.add(kind)
+        return True
+
+    proxy = StoppingProxy(mlflow_server, stop_after)
+    results = tmp_path / "r"
+    proc = _start(results, tmp_path / "cache", "--tracking-uri", proxy.uri, "--tracking-outage", "120",
+                  "--bundle-seconds", "60")  # trials run in bundles once a stage's first three have ended
+    out = proc.communicate(timeout=600)[0]
+    proxy.close()
+    assert proc.returncode == 0, out[-3000:]
+    assert stopped == {"opened", "recorded"} and len(proxy.stops) == 2 and "unreachable" in out, out[-3000:]
+    _, children = _runs(mlflow_server.uri, "gli-digits-smoke")
+    assert children and all(c.info.status == "FINISHED" for c in children)
+    for c in children:
+        tags = c.data.tags
+        hparams = records.decode_params(c.data.params)
+        assert records.trial_key(tags["stage"], tags["method"], int(tags["seed"]), hparams) == tags["trial_key"], (
+            tags["trial_key"], c.data.params)
+        assert tags["stage"] == "base" or hparams  # every unlearning trial has hyper-parameters
+    _check_tracking_matches_trials(mlflow_server.uri, results)
 
 
 def _writer_of(launcher: int) -> int:

@@ -53,7 +53,16 @@ def test_smoke_study_records_everything(smoke, capsys):
     assert parent.info.status == "FINISHED"
     for tag in ("dataset", "protocol", "objective", "git_commit", "data_fingerprint"):
         assert tag in parent.data.tags
-    assert parent.data.params["dataset"] == '"digits"' and parent.data.params["gli_trials"] == "4"  # JSON values
+    params = parent.data.params
+    assert params["dataset"] == "digits" and params["gli_trials"] == "4"  # plain values, as the runs table shows them
+    assert "null" not in params.values() and "data_dir" not in params  # unset settings are not logged
+    # the headline numbers, per table row, so that studies sort in the runs table
+    summary = {line.split(",")[0]: line.split(",") for line in (results / "summary.csv").read_text().splitlines()}
+    header = summary["method"]
+    for method in ("gli", "finetune", "retrain"):
+        for metric in ("final_score", "accuracy", "forgetting_score"):
+            assert parent.data.metrics[f"{method}/{metric}"] == pytest.approx(
+                float(summary[method][header.index(metric)])), (method, metric)
     methods = {c.data.tags["method"] for c in children}
     assert methods == set(REFERENCE_ROWS) | set(available())
     for c in children:
@@ -63,10 +72,17 @@ def test_smoke_study_records_everything(smoke, capsys):
     gli = [c for c in children if c.data.tags["stage"] == "gli"]
     assert len(gli) == 4
     assert {"step_size", "iterations", "w_start", "w_end"} <= set(gli[0].data.params)
-    history = client.get_metric_history(gli[0].info.run_id, "sel_final_score")
-    assert len(history) >= 2  # a curve: one point per evaluation, plus the final value
+    curve = client.get_metric_history(gli[0].info.run_id, "eval/sel_final_score")
+    assert len(curve) >= 2  # a curve: one point per evaluation
+    assert len(client.get_metric_history(gli[0].info.run_id, "sel_final_score")) == 1  # the chosen value, once
+    assert gli[0].data.metrics["sel_final_score"] in {m.value for m in curve}  # one of the evaluations
     for key in ("accuracy", "forgetting_score", "final_score", "jsd", "sel_accuracy", "sel_forgetting_score"):
         assert key in gli[0].data.metrics
+    for c in children:  # the runs table's metric columns are results; when, where and at what cost go apart
+        assert not {"scheduled_at", "gpu_id", "peak_rss_mb", "trial_seconds", "started_at"} & set(c.data.metrics)
+        assert "system/started_at" in c.data.metrics and "system/ended_at" in c.data.metrics
+        assert c.data.tags["accel"] == '{"async_attack": false, "cuda_graphs": false, "cudnn_benchmark": false, ' \
+                                       '"deterministic": false, "precision": "fp32"}'  # what ran on this CPU
     # the paper's setting is the first trial, and every Optuna trial holds both objectives
     storage = JournalStorage(JournalFileBackend(str(results / "optuna.journal")))
     study = optuna.load_study(study_name="gli-digits-smoke-gli-fair-pareto", storage=storage)
@@ -75,6 +91,13 @@ def test_smoke_study_records_everything(smoke, capsys):
     assert study.trials[0].params == {"step_size": 0.01, "iterations": 2, "w_start": 200.0, "w_end": 1000.0}
     assert all(t.params["w_end"] >= t.params["w_start"] for t in study.trials)
     assert study.metric_names == ["sel_accuracy", "sel_forgetting_score"]  # optuna-dashboard's axis names
+    # each Optuna trial leads to its MLflow run: its seed, run id and selection final score; the paper's labelled
+    by_id = {c.info.run_id: c for c in gli}
+    for t in study.trials:
+        run = by_id[t.user_attrs["mlflow_run_id"]]
+        assert t.user_attrs["seed"] == 0 and t.user_attrs["final_score"] == pytest.approx(run.data.metrics["sel_final_score"])
+        assert t.values == pytest.approx([run.data.metrics["sel_accuracy"], run.data.metrics["sel_forgetting_score"]])
+    assert [t.user_attrs["setting"] for t in study.trials] == ["paper", "searched", "searched", "searched"]
     assert study.user_attrs["dataset"] == "digits" and study.user_attrs["protocol"] == "fair"
     assert len(study.user_attrs["git_commit"]) in (7, 40) or study.user_attrs["git_commit"] == "unknown"
     # what a new user sees in MLflow's UI: the runs table (not the GenAI overview), the table as the description
@@ -87,6 +110,23 @@ def test_smoke_study_records_everything(smoke, capsys):
     front = (results / "front.csv").read_text()
     assert "gli_front" in front and "reference" in front and "baseline" in front
     assert (results / "config.yaml").exists()
+    # Tune's pickle of the study holds no data set (the plan's stages hold the study's context)
+    assert (results / "ray" / "gli-digits-smoke" / "tuner.pkl").stat().st_size < 100_000
+
+
+def test_the_database_file_alone_holds_the_whole_study(smoke, tmp_path):
+    """The write-ahead log is folded in when the study ends: a copy of the .db file alone is the study."""
+    import subprocess
+
+    results, uri = smoke
+    # copied by another process, as a user would: a file of the database opened and closed in this process
+    # would drop the locks this process's own SQLite connections hold on it (POSIX locks are per process)
+    subprocess.run(["cp", str(results / "store.db"), str(tmp_path / "alone.db")], check=True)
+    assert not (tmp_path / "alone.db-wal").exists()
+    _, parents, children = _runs(uri, "gli-digits-smoke")
+    _, parents_alone, children_alone = _runs(f"sqlite:///{tmp_path}/alone.db", "gli-digits-smoke")
+    assert len(children_alone) == len(children) and len(parents_alone) == 1
+    assert {r.info.status for r in parents_alone + children_alone} == {"FINISHED"}
 
 
 def test_second_run_reuses_finished_work(smoke, capsys):
@@ -116,8 +156,8 @@ def test_logical_gpus_run_trials_concurrently(tmp_path):
                    "--num-gpus", "4", "--allow-cpu", "--gpus-per-trial", "0.5"])
     assert code == 0
     _, _, children = _runs(uri, "gli-digits-smoke")
-    assert all(c.data.metrics["gpu_id"] >= 0 for c in children)  # every trial was given a (logical) GPU
-    spans = sorted((c.data.metrics["started_at"], c.data.metrics["ended_at"]) for c in children)
+    assert all(c.data.metrics["system/gpu_id"] >= 0 for c in children)  # every trial was given a (logical) GPU
+    spans = sorted((c.data.metrics["system/started_at"], c.data.metrics["system/ended_at"]) for c in children)
     overlapping = sum(1 for (s1, e1), (s2, e2) in zip(spans, spans[1:]) if s2 < e1)
     assert overlapping >= 1  # at least two trials ran at the same time
 
@@ -147,8 +187,8 @@ def test_short_trials_run_in_bundles_each_recorded_once(tmp_path):
     bundled = [c for c in children if "#" in c.data.tags["trial_id"]]  # an item's id is its bundle's, numbered
     assert sum(len(items) for items in bundles) == len(bundled)
     for c in bundled:  # recorded whole: the run spans the trial's own start and end
-        assert c.info.start_time == int(c.data.metrics["started_at"] * 1000)
-        assert c.info.end_time == int(c.data.metrics["ended_at"] * 1000)
+        assert c.info.start_time == int(c.data.metrics["system/started_at"] * 1000)
+        assert c.info.end_time == int(c.data.metrics["system/ended_at"] * 1000)
         assert {"accuracy", "forgetting_score", "sel_final_score"} <= set(c.data.metrics)
     storage = JournalStorage(JournalFileBackend(str(results / "optuna.journal")))
     study = optuna.load_study(study_name="bundles-gli-fair-pareto", storage=storage)
@@ -193,6 +233,7 @@ def test_export_then_reproduce_agrees(smoke, tmp_path, capsys):
     from study.reproduce import main as reproduce_main
 
     results, uri = smoke
+    models = ["--models-dir", str(results / "ray" / "models")]  # the export names them relative to the results
     out = tmp_path / "export"
     assert export_main(["--experiment", "gli-digits-smoke", "--tracking-uri", uri, "--out", str(out)]) == 0
     for name in list(REFERENCE_ROWS) + available() + ["gli-pareto"]:
@@ -201,13 +242,17 @@ def test_export_then_reproduce_agrees(smoke, tmp_path, capsys):
         assert (out / name).exists(), name
     import yaml
 
-    spec = yaml.safe_load((out / "gli.yaml").read_text())
+    text = (out / "gli.yaml").read_text()
+    spec = yaml.safe_load(text)
     assert spec["data"]["fingerprint"] and spec["git_commit"] and spec["seeds"] == [0]
+    # what ran: on this CPU no GPU lever was in effect; and no path of this machine
+    assert spec["accel"]["precision"] == "fp32" and spec["accel"]["cuda_graphs"] is False
+    assert spec["models"] == {"under": "results", "path": "ray/models"} and str(results) not in text
     assert set(spec["hparams"]) >= {"step_size", "iterations", "w_start", "w_end"}
     pareto = yaml.safe_load((out / "gli-pareto.yaml").read_text())
     assert len(pareto["settings"]) >= 1 and "confirmed" in pareto["settings"][0]
     capsys.readouterr()
-    assert reproduce_main([str(out / "gli.yaml"), "--check"]) == 0
+    assert reproduce_main([str(out / "gli.yaml"), "--check", *models]) == 0
     printed = capsys.readouterr().out
     assert "same hardware and libraries as the study" in printed
     assert "reproduced numbers agree with the export" in printed
@@ -217,22 +262,22 @@ def test_export_then_reproduce_agrees(smoke, tmp_path, capsys):
     # Another machine: the numbers are compared within their exported standard errors, not for equality.
     other = {**spec, "hardware": {**spec["hardware"], "cpu": "Some Other CPU @ 2.0GHz"}}
     (tmp_path / "other.yaml").write_text(yaml.safe_dump(other))
-    assert reproduce_main([str(tmp_path / "other.yaml"), "--check"]) == 0
+    assert reproduce_main([str(tmp_path / "other.yaml"), "--check", *models]) == 0
     printed = capsys.readouterr().out
     assert "other hardware than the study's (cpu: " in printed and "Some Other CPU" in printed
     assert "agree within their uncertainty" in printed
     far = yaml.safe_load((tmp_path / "other.yaml").read_text())
     far["metrics"]["per_seed"][0]["forgetting_score"] += 10 * far["metrics"]["per_seed"][0]["fs_se"]
     (tmp_path / "far.yaml").write_text(yaml.safe_dump(far))
-    assert reproduce_main([str(tmp_path / "far.yaml"), "--check"]) == 1
+    assert reproduce_main([str(tmp_path / "far.yaml"), "--check", *models]) == 1
     assert "differ beyond 3 standard errors (seed 0 forgetting_score)" in capsys.readouterr().out
-    assert reproduce_main([str(out / "finetune.yaml"), "--check"]) == 0
+    assert reproduce_main([str(out / "finetune.yaml"), "--check", *models]) == 0
     # the study's data fingerprint is recorded everywhere, and another one is warned about
     assert yaml.safe_load((results / "config.yaml").read_text())["data_fingerprint"] == spec["data"]["fingerprint"]
     spec["data"]["fingerprint"] = "0000000000000000"
     (tmp_path / "moved.yaml").write_text(yaml.safe_dump(spec))
     capsys.readouterr()
-    assert reproduce_main([str(tmp_path / "moved.yaml"), "--seeds", "1"]) == 0
+    assert reproduce_main([str(tmp_path / "moved.yaml"), "--seeds", "1", *models]) == 0
     assert "warning: the data set's fingerprint is" in capsys.readouterr().err
 
 

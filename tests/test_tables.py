@@ -38,6 +38,9 @@ def test_markdown_and_latex_formatting():
     table = summarise(_rows())
     md = to_markdown(table, "digits; selection on held-out halves", "digits")
     assert md.startswith("**digits; selection on held-out halves**")
+    defined = md.strip().splitlines()[-1]  # every column defined once, under the table
+    for header in ("acc:", "FS: forgetting score", "final: final score", "seconds:"):
+        assert defined.count(header) == 1, header
     # ± is a 95% t interval's half-width: t(0.975, 1) = 12.706 times std / sqrt(2)
     assert "| gli | 2 | 0.8500 ± 0.6353 | 0.0300 ± 0.1271 | 0.8950 ± 0.4447 | 3.0 ± 12.7 |" in md
     assert "over 2 seeds (a t interval)" in md and "| original | 1 | 0.9500 |" in md  # one seed: no interval
@@ -74,3 +77,11 @@ def test_paired_differences_per_seed():
     assert table.loc["scrub", "final_score_diff"] == pytest.approx(0.11) and table.loc["scrub", "final_score_excludes_0"]
     assert not table.loc["unsir", "final_score_excludes_0"]  # differences of -0.01, +0.02, -0.02
     assert "| scrub | 3 | 0.1100 ±" in paired_markdown(table.reset_index(), "t")
+
+
+def test_paired_table_says_which_direction_favours_gli():
+    rows = _rows().assign(**{"tags.seed": lambda d: d["seed"]})
+    rows = pd.concat([rows, rows[rows["method"] == "original"].assign(method="finetune")])
+    text = paired_markdown(paired(rows, summarise(rows)), "t")
+    assert "forgetting score: GLI's minus the baseline's; negative favours GLI" in text
+    assert "final score: GLI's minus the baseline's; positive favours GLI" in text

@@ -28,7 +28,7 @@ def test_a_trial_recorded_whole_has_its_run_params_curve_arrays_and_times(tmp_pa
                    {"accuracy": 0.9, "flag": True, "name": "not a number"}, 12, {"node_id": "n1"},
                    {records.LOSSES_ARTIFACT: {"forget": [1.0, 2.0], "unseen": [3.0]}},
                    [{"step": 1, "sel_accuracy": 0.5}, {"step": 2, "sel_accuracy": 0.6}], started, ended,
-                   then=lambda: told.append("t1#0"))
+                   then=lambda run_id: told.append("t1#0"))
     tracker.flush()
     assert told == ["t1#0"]  # `then` has run once flush returns
     df = tracker.children("gli")
@@ -38,7 +38,7 @@ def test_a_trial_recorded_whole_has_its_run_params_curve_arrays_and_times(tmp_pa
     assert row["params.step_size"] == "0.01" and row["accuracy"] == 0.9 and "flag" not in df and "name" not in df
     run = tracker.client.get_run(row["run_id"])
     assert (run.info.start_time, run.info.end_time) == (int(started * 1000), int(ended * 1000))
-    history = tracker.client.get_metric_history(row["run_id"], "sel_accuracy")
+    history = tracker.client.get_metric_history(row["run_id"], "eval/sel_accuracy")  # the curve: evaluations only
     assert [(m.step, m.value) for m in history] == [(1, 0.5), (2, 0.6)]
     forget, unseen = records.load_losses(tracker.client, row["run_id"])
     assert forget.tolist() == [1.0, 2.0] and unseen.tolist() == [3.0]
@@ -54,7 +54,7 @@ def test_a_trial_recorded_again_reuses_its_run(tmp_path):
     tracker.flush()
     df = tracker.children(status=None)
     assert len(df) == 1 and df.iloc[0]["status"] == "FINISHED" and df.iloc[0]["tags.trial_id"] == "t2#0"
-    assert handle.key == "k1"
+    assert df.iloc[0]["params.step_size"] == "0.01"
     tracker.end_parent("FINISHED")
 
 
@@ -64,11 +64,12 @@ def test_a_refused_write_warns_and_leaves_its_trial_untold(tmp_path, capfd):
     tracker.log(tracker.open_child("k1", "gli", "gli", 0, {}, "t1"), {"accuracy": 0.5})
     # A write for a trial the writer never opened is refused by the store's side: one line, no `then`.
     tracker.finish(RunHandle("never-opened"), "FINISHED",
-                   {"accuracy": 0.5}, then=lambda: told.append("x"))
-    tracker.record("k2", "gli", "gli", 0, {}, "t2", "FINISHED", {"accuracy": 0.5}, then=lambda: told.append("k2"))
+                   {"accuracy": 0.5}, then=lambda run_id: told.append("x"))
+    tracker.record("k2", "gli", "gli", 0, {}, "t2", "FINISHED", {"accuracy": 0.5}, then=lambda run_id: told.append(run_id))
     tracker.flush()
-    assert told == ["k2"]  # the study goes on after a refused write
-    assert "a write was refused" in capfd.readouterr().err
+    assert told == list(tracker.children(status=None).query("`tags.trial_key` == 'k2'")["run_id"])  # goes on
+    err = capfd.readouterr().err
+    assert "the store refused finish never-opened" in err and "runs again on resume" in err
     tracker.end_parent("FINISHED")
 
 
@@ -147,9 +148,9 @@ def test_the_tracking_database_is_in_write_ahead_log_mode(tmp_path):
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
-def test_a_metric_s_value_is_the_final_report_s_even_where_an_evaluation_shares_its_step(tmp_path):
-    """MLflow keeps as a metric's value the point with the highest (step, timestamp, value): the final report's
-    must win over the curve's last evaluation at the same step, whatever the values."""
+def test_a_curve_holds_evaluations_only_and_the_chosen_value_has_its_own_name(tmp_path):
+    """The final (chosen) value never lands on the curve: a curve whose last evaluation is not the chosen one
+    ends where the evaluations end, and the chosen value is one point under the plain name."""
     tracker = _tracker(tmp_path)
     curve = [{"step": 5, "sel_accuracy": 0.7}, {"step": 10, "sel_accuracy": 0.99}]  # the last one is not chosen
     tracker.record("k1", "gli", "gli", 0, {}, "t1", "FINISHED", {"sel_accuracy": 0.7}, 10, curve=curve)
@@ -157,5 +158,137 @@ def test_a_metric_s_value_is_the_final_report_s_even_where_an_evaluation_shares_
     tracker.finish(handle, "FINISHED", {"sel_accuracy": 0.7}, 10, curve=curve)
     tracker.flush()
     df = tracker.children("gli")
-    assert sorted(df["sel_accuracy"]) == [0.7, 0.7]
+    assert sorted(df["sel_accuracy"]) == [0.7, 0.7] and not any(c.startswith("eval/") for c in df.columns)
+    for run_id in df["run_id"]:
+        points = tracker.client.get_metric_history(run_id, "eval/sel_accuracy")
+        assert [(m.step, m.value) for m in points] == [(5, 0.7), (10, 0.99)]
+        assert [(m.step, m.value) for m in tracker.client.get_metric_history(run_id, "sel_accuracy")] == [(10, 0.7)]
     tracker.end_parent("FINISHED")
+
+
+def test_system_values_are_named_apart_from_results():
+    from study.tracking import outcome
+
+    status, metrics, _, tags, _, _ = outcome({"final": 1.0, "accuracy": 0.9, "scheduled_at": 1.0, "gpu_id": 0.0,
+                                             "peak_rss_mb": 300.0, "trial_seconds": 2.0, "accel": '{"precision": "fp32"}'})
+    assert status == "FINISHED" and metrics == {"accuracy": 0.9, "system/scheduled_at": 1.0, "system/gpu_id": 0.0,
+                                                 "system/peak_rss_mb": 300.0, "system/trial_seconds": 2.0}
+    assert tags == {"accel": '{"precision": "fp32"}'}
+
+
+class _FailingOnce:
+    """A client method that fails the first `times` calls as an unreachable server does, then works."""
+
+    def __init__(self, method, times: int = 1):
+        self.method, self.left = method, times
+
+    def __call__(self, *args, **kwargs):
+        if self.left:
+            self.left -= 1
+            import requests
+
+            raise requests.exceptions.ConnectionError("('Connection aborted.', RemoteDisconnected())")
+        return self.method(*args, **kwargs)
+
+
+@pytest.mark.parametrize("op", ["open", "record"])
+def test_a_create_whose_first_batch_failed_still_ends_with_its_params(tmp_path, op):
+    """The store fails between a child's create and its first batch: the retry finds the run the create
+    made and must still log its params (not only its tags)."""
+    from study.writer import Retry, Store
+
+    tracker = _tracker(tmp_path)
+    tracker.flush()
+    store = Store(tracker.uri, tracker.experiment_id, tracker.parent_id, tmp_path)
+    store.client.log_batch = _FailingOnce(store.client.log_batch)
+    retry = Retry(30, tracker.uri)
+    tags = {records.PARENT_TAG: tracker.parent_id, "method": "gli", "stage": "gli", "seed": "0", "trial_key": "k1",
+            "trial_id": "t1"}
+    params = {"step_size": 0.01, "iterations": 3}
+    if op == "open":
+        run_id = retry(lambda attempt: store.open(attempt, "k1", "n", tags, params, {}, {"system/scheduled_at": 1.0}))
+    else:
+        run_id = retry(lambda attempt: store.record(attempt, "k1", "n", tags, params, "FINISHED", {"accuracy": 0.5},
+                                                    1, {}, [], None, None))
+    assert store.client.log_batch.left == 0  # the failure did happen
+    assert tracker.client.get_run(run_id).data.params == {"step_size": "0.01", "iterations": "3"}
+    assert len(tracker.children(status=None)) == 1  # one run, found again, not a second one
+    tracker.end_parent("FINISHED")
+
+
+def test_an_outage_in_a_launcher_side_call_stops_the_writer_like_one_in_its_process(tmp_path):
+    """`Writer.call` past the outage limit sets the writer's error: the launcher then prints one line, and
+    every later write is refused at once instead of waiting out a second outage."""
+    import requests
+
+    tracker = _tracker(tmp_path)
+    tracker.writer.outage_s = tracker.writer.retry.outage_s = 0.2
+
+    def down(attempt):
+        raise requests.exceptions.ConnectionError("connection refused")
+
+    with pytest.raises(TrackingError, match="unreachable for more than 0s"):
+        tracker.writer.call(down)
+    assert isinstance(tracker.writer.error, TrackingError)
+    with pytest.raises(TrackingError):
+        tracker.record("k1", "gli", "gli", 0, {}, "t1", "FINISHED", {"accuracy": 0.5})
+    with pytest.raises(TrackingError):
+        tracker.flush()
+    tracker.writer.abandon()
+    assert tracker.writer.proc is None
+
+
+def test_flush_returns_once_the_writer_has_failed_even_with_a_write_counted_after_the_failure(tmp_path):
+    """A write counted as sent after the writer failed (a submit racing the failure) must not leave flush
+    waiting for an acknowledgement that can never come."""
+    import threading
+
+    tracker = _tracker(tmp_path)
+    tracker.record("k0", "gli", "gli", 0, {}, "t0", "FINISHED", {"accuracy": 0.5})
+    tracker.flush()
+    tracker.writer.proc.kill()
+    tracker.writer.ack_thread.join()  # the failure is recorded, every waiter released
+    assert tracker.writer.error is not None
+    with tracker.writer.done:
+        tracker.writer.sent += 1  # what a submit that read the error before it was set went on to do
+    raised = []
+    flusher = threading.Thread(target=lambda: raised.append(pytest.raises(TrackingError, tracker.writer.flush)))
+    flusher.start()
+    flusher.join(timeout=60)  # a hang guard, not a speed bound: it returns at once or never
+    assert not flusher.is_alive() and len(raised) == 1
+
+
+@pytest.mark.parametrize("make,outage", [
+    (lambda E: E.MlflowException("INVALID_PARAMETER_VALUE: param 'run_503' = '502' exceeds the limit",
+                                 error_code=E.INVALID_PARAMETER_VALUE), False),
+    (lambda E: E.RestException({"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "run 5035020 not found"}), False),
+    (lambda E: E.RestException({"error_code": "TEMPORARILY_UNAVAILABLE", "message": "try later"}), True),
+    (lambda E: E.MlflowException("API request to endpoint /x failed with error code 502 != 200",
+                                 error_code=E.get_error_code(502)), True),
+    (lambda E: E.MlflowException("API request to endpoint /x failed with error code 400 != 200 (a value 503)",
+                                 error_code=E.get_error_code(400)), False),
+    (lambda E: E.wrapped_connection_error(), True),
+])
+def test_outages_are_told_from_refused_writes_by_status_and_cause_not_by_digits_in_the_text(make, outage):
+    from mlflow import exceptions as mlflow_exceptions
+    from mlflow.protos import databricks_pb2
+
+    from study.writer import unreachable
+
+    def wrapped_connection_error():  # as MLflow's REST client raises it: its own exception, the cause inside
+        import requests
+
+        try:
+            raise requests.exceptions.ConnectionError("Max retries exceeded (run 503)")
+        except requests.exceptions.ConnectionError as exc:
+            try:
+                raise mlflow_exceptions.MlflowException(f"API request to /x failed with exception {exc}")
+            except mlflow_exceptions.MlflowException as wrapped:
+                return wrapped
+
+    E = type("E", (), {"MlflowException": mlflow_exceptions.MlflowException,
+                       "RestException": mlflow_exceptions.RestException,
+                       "get_error_code": staticmethod(mlflow_exceptions.get_error_code),
+                       "INVALID_PARAMETER_VALUE": databricks_pb2.INVALID_PARAMETER_VALUE,
+                       "wrapped_connection_error": staticmethod(wrapped_connection_error)})
+    assert unreachable(make(E)) is outage

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import functools
 import math
 import os
@@ -126,6 +127,14 @@ class Accel:
     def exact(cls) -> "Accel":
         """The settings under which a GPU run repeats bit for bit on the same GPU, driver and libraries."""
         return cls(precision="fp32", cuda_graphs=False, async_attack=False, cudnn_benchmark=False, deterministic=True)
+
+    def in_effect(self, device: torch.device) -> dict:
+        """The settings as they act on `device`: on a CPU every lever is off (fp32, no graphs, the attack
+        inline), whatever was asked; what an export records, so that it says what ran."""
+        if device.type == "cuda":
+            return {**dataclasses.asdict(self), "async_attack": self.async_attack is not False}
+        return {"precision": "fp32", "cuda_graphs": False, "async_attack": False, "cudnn_benchmark": False,
+                "deterministic": self.deterministic}
 
     def validate(self) -> None:
         if self.precision not in ("bf16", "fp32"):

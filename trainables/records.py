@@ -28,6 +28,15 @@ AUDIT_STAGE = "audit"  # its runs start from seed 0's original model; their seed
 EXPORT_KIND = "gli-study-export"  # the `kind` of a file written by analysis.export
 CONFIRM_LIMIT = 5  # Pareto-optimal GLI settings confirmed over every seed, best selection final score first
 
+# A trial's metrics in MLflow, three kinds under three kinds of name (README, "Results and MLflow"):
+# - final values, plain names (`accuracy`, `sel_final_score`): one value each, the chosen checkpoint's;
+# - curves, `eval/<name>`: the selection metrics at every evaluation, by step (nothing else);
+# - system values, `system/<name>`: when, where and at what cost the trial ran, not what it computed.
+CURVE_PREFIX = "eval/"
+SYSTEM_PREFIX = "system/"
+SYSTEM_VALUES = ("scheduled_at", "started_at", "ended_at", "gpu_id", "peak_rss_mb", "startup_seconds",
+                 "trial_seconds", "cached")
+
 
 def default_results_dir(experiment: str) -> Path:
     return (Path("results") / experiment).resolve()
@@ -114,6 +123,13 @@ def encode(value: Any) -> str:
     return json.dumps(value)
 
 
+def param_text(value: Any) -> str:
+    """A param as MLflow's runs table should show it: text as it is (`digits`, not `"digits"`), anything
+    else as JSON (numbers, booleans, lists, mappings). `decode` reads both back; unset values (None) are
+    not logged at all."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
 def decode(text: str) -> Any:
     try:
         return json.loads(text)
@@ -132,7 +148,8 @@ def hparams_of(row) -> dict[str, Any]:
 
 def child_runs(client, experiment_id: str, parent_id: str, stage: str | None = None,
                status: str | None = "FINISHED"):
-    """The trials of one study as a DataFrame: run_id, status, `tags.*`, `params.*` and the final metrics."""
+    """The trials of one study as a DataFrame: run_id, status, `tags.*`, `params.*`, the final metrics and the
+    system values (`system/*`); not the curves."""
     import pandas as pd
 
     query = f"tags.`{PARENT_TAG}` = '{parent_id}'"
@@ -144,7 +161,7 @@ def child_runs(client, experiment_id: str, parent_id: str, stage: str | None = N
             continue
         row = {"run_id": r.info.run_id, "status": r.info.status, **{f"tags.{k}": v for k, v in r.data.tags.items()}}
         row.update({f"params.{k}": v for k, v in r.data.params.items()})
-        row.update(r.data.metrics)
+        row.update({k: v for k, v in r.data.metrics.items() if not k.startswith(CURVE_PREFIX)})
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -163,14 +180,23 @@ def save_arrays(client, run_id: str, name: str, folder: Path, repo=None, **array
 
 
 def load_arrays(client, run_id: str, name: str) -> dict | None:
-    """The arrays of artifact `name`, or None when the run has none."""
+    """The arrays of artifact `name` of a run; None, said in one line on stderr, when the run has none or it
+    cannot be read (a torn file, an unreachable artifact store): a reader never computes over fewer runs
+    without saying so."""
+    import sys
+    import zipfile
+
     import numpy as np
+    from mlflow.exceptions import MlflowException
 
     try:
         with tempfile.TemporaryDirectory() as tmp:
             with np.load(client.download_artifacts(run_id, name, tmp)) as z:
                 return {k: z[k] for k in z.files}
-    except Exception:  # a run without the artifact (or an unreachable artifact store)
+    except (OSError, MlflowException, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        print(f"[records] warning: run {run_id}: {name} missing or unreadable ({reason}); left out",
+              file=sys.stderr, flush=True)
         return None
 
 

@@ -114,6 +114,7 @@ def run_trial(spec: TrialSpec, settings: TrialSettings, data: Dataset, bundled: 
     if settings.accel.deterministic:
         engine.make_deterministic()
     device = engine.pick_device()
+    placement["accel"] = json.dumps(settings.accel.in_effect(device), sort_keys=True)  # what ran, for exports
     models_dir = Path(settings.models_dir)
     audit = spec.stage == AUDIT_STAGE
     evaluation = replace(settings.evaluation, bootstrap=0) if audit else settings.evaluation
@@ -132,7 +133,8 @@ def run_trial(spec: TrialSpec, settings: TrialSettings, data: Dataset, bundled: 
         if spec.method == "retrain":
             row["rte"] = 1.0
         scores = {"forget_scores": audit_scores(model, data, device).tolist()} if audit else {}
-        return {**_numbers(row), **_loss_lists(losses), **scores}
+        where = {k: v for k, v in placement.items() if isinstance(v, str)}  # node, hardware, accel: tags
+        return {**_numbers(row), **where, **_loss_lists(losses), **scores}
     method = create(spec.method, data.name, **spec.hparams)
     _inject_fault(settings, spec.method, bundled)
     startup = time.perf_counter() - start
