@@ -191,6 +191,8 @@ def gli_trial(sizes: dict, image_size: int, model: ModelConfig, reference_steps:
 def study(smoke: bool) -> dict:
     from mlflow.tracking import MlflowClient
 
+    from trainables.records import SYSTEM_PREFIX
+
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "study.launch", "--results-dir", tmp, "--experiment-name", "bench"]
         if smoke:
@@ -204,7 +206,7 @@ def study(smoke: bool) -> dict:
         exp = client.get_experiment_by_name("bench")
         runs = [r for r in client.search_runs([exp.experiment_id], max_results=10000)
                 if "mlflow.parentRunId" in r.data.tags]
-    m = [r.data.metrics for r in runs]
+    m = [{k[len(SYSTEM_PREFIX):]: v for k, v in r.data.metrics.items() if k.startswith(SYSTEM_PREFIX)} for r in runs]
     slots = os.cpu_count() or 1
     busy = sum(x.get("trial_seconds", 0.0) for x in m)
     startups = [x["started_at"] - x["scheduled_at"] + x.get("startup_seconds", 0.0)

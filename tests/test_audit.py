@@ -113,7 +113,7 @@ def test_an_audit_with_a_missing_array_says_so_and_counts_only_what_it_used(tmp_
     parent = client.create_run(experiment).info.run_id
     rng = np.random.default_rng(0)
     missing = None
-    for method, seed in [("retrain", s) for s in range(4)] + [("scrub", s) for s in range(4)]:
+    for method, seed in [("retrain", s) for s in range(4)] + [("scrub", s) for s in range(4)] + [("original", 0)]:
         run = client.create_run(experiment, tags={records.PARENT_TAG: parent, "stage": records.AUDIT_STAGE,
                                                   "method": method, "seed": str(seed),
                                                   "trial_key": f"audit/{method}/seed{seed}/abc"}).info.run_id
@@ -125,6 +125,8 @@ def test_an_audit_with_a_missing_array_says_so_and_counts_only_what_it_used(tmp_
     table, _ = audit_table(StudyRecords(client, experiment, parent))
     row = table.set_index("method").loc["scrub"]
     assert row["models"] == 3 and row["retrained"] == 3  # compared with as many retrained models
+    control = table.set_index("method").loc["original"]  # one deterministic model, scored as K copies
+    assert control["models"] == 1 and control["retrained"] == 4
     err = capfd.readouterr().err
     assert f"run {missing}: scores.npz missing or unreadable" in err and err.count("missing or unreadable") == 1
     # a torn file is named the same way

@@ -252,7 +252,8 @@ def test_flush_returns_once_the_writer_has_failed_even_with_a_write_counted_afte
     with tracker.writer.done:
         tracker.writer.sent += 1  # what a submit that read the error before it was set went on to do
     raised = []
-    flusher = threading.Thread(target=lambda: raised.append(pytest.raises(TrackingError, tracker.writer.flush)))
+    flusher = threading.Thread(target=lambda: raised.append(pytest.raises(TrackingError, tracker.writer.flush)),
+                               daemon=True)
     flusher.start()
     flusher.join(timeout=60)  # a hang guard, not a speed bound: it returns at once or never
     assert not flusher.is_alive() and len(raised) == 1
