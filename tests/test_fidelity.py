@@ -117,9 +117,14 @@ def test_paper_step_counts_and_modes(folders, tmp_path, dataset, family):
 
 
 def test_rd_closed_form_on_these_sizes():
-    """reference-loops.md 4.3: E nR - E - floor(E nR / nF) when no last batches coincide (51 / 21 at 8)."""
+    """reference-loops.md 4.3: E nR - E - floor(E nR / nF) when no last batches coincide (51 / 21 at 8): the
+    project's retain-driven loop takes exactly that many steps."""
+    from trainables.methods.loops import retain_driven
+
     nr, nf = math.ceil(51 / B), math.ceil(21 / B)
-    assert _rd(51, 21, 2) == 2 * nr - 2 - (2 * nr) // nf == 8
+    steps = list(retain_driven(51, 21, B, 2, torch.Generator().manual_seed(0)))
+    assert len(steps) == _rd(51, 21, 2) == 2 * nr - 2 - (2 * nr) // nf == 8
+    assert all(len(d.retain) == len(d.forget) for d in steps)
 
 
 def test_fair_trains_every_step_in_train_mode(folders, tmp_path):
