@@ -15,14 +15,14 @@ import numpy as np
 import pandas as pd
 
 from trainables.audit import forget_quality
-from trainables.records import AUDIT_STAGE, setting_of
+from trainables.records import AUDIT_STAGE, METHOD_COL, SEED_COL, TRIAL_KEY_COL, setting_of
 
 COLUMNS = [("forget_quality", "F", 4), ("challenge_score", "challenge score", 4), ("epsilon_median", "eps median", 2),
            ("epsilon_p90", "eps p90", 2), ("models", "models", 0), ("retrained", "retrained", 0)]
 
 
 def _scores(study, runs: pd.DataFrame) -> np.ndarray | None:
-    arrays = [study.load_scores(r["run_id"]) for _, r in runs.sort_values("tags.seed", key=pd.to_numeric).iterrows()]
+    arrays = [study.load_scores(r["run_id"]) for _, r in runs.sort_values(SEED_COL, key=pd.to_numeric).iterrows()]
     arrays = [a for a in arrays if a is not None]
     return np.stack(arrays) if arrays else None
 
@@ -32,7 +32,7 @@ def audit_table(study) -> tuple[pd.DataFrame, dict]:
     runs = study.children(AUDIT_STAGE)
     if len(runs) == 0:
         return pd.DataFrame(), {}
-    runs = runs.assign(method=runs["tags.method"], setting=runs["tags.trial_key"].map(setting_of))
+    runs = runs.assign(method=runs[METHOD_COL], setting=runs[TRIAL_KEY_COL].map(setting_of))
     retrained = _scores(study, runs[runs["method"] == "retrain"])
     if retrained is None or len(retrained) < 2:
         return pd.DataFrame(), {}

@@ -19,7 +19,9 @@ import pandas as pd
 import yaml
 
 from trainables.data import OPTIONAL_SETTINGS
-from trainables.records import EXPORT_KIND, REFERENCE_ROWS, SETTINGS_PARAM, hparams_of, setting_of, write_atomic
+from trainables.records import (ACCEL_TAG, DATA_FINGERPRINT_TAG, EXPORT_KIND, GIT_COMMIT_TAG, HARDWARE_TAG,
+                                REFERENCE_ROWS, SEED_COL, SETTINGS_PARAM, STAGE_COL, STUDIED, TRIAL_KEY_COL,
+                                hparams_of, setting_of, write_atomic)
 
 from .report import AXES, StudyInfo, build_report, method_rows
 from .results import ResultsError, open_study
@@ -37,24 +39,24 @@ def _clean(value):
 
 def _metrics(group: pd.DataFrame) -> dict:
     per_seed = {}
-    for _, r in group.sort_values("tags.seed").iterrows():
-        per_seed[int(r["tags.seed"])] = {k: _clean(float(r[k])) for k in METRICS if k in r and pd.notna(r[k])}
+    for _, r in group.sort_values(SEED_COL).iterrows():
+        per_seed[int(r[SEED_COL])] = {k: _clean(float(r[k])) for k in METRICS if k in r and pd.notna(r[k])}
     mean = {k: _clean(float(pd.to_numeric(group[k]).mean())) for k in METRICS if k in group}
     return {"mean": mean, "per_seed": per_seed}
 
 
 def _hardware(group: pd.DataFrame, tags: dict) -> dict:
     """What the exported numbers were computed on: the trials' own record, else the launcher's."""
-    for value in (group["tags.hardware"] if "tags.hardware" in group else []):
+    for value in (group[f"tags.{HARDWARE_TAG}"] if f"tags.{HARDWARE_TAG}" in group else []):
         if isinstance(value, str) and value:
             return json.loads(value)
-    return json.loads(tags["hardware"]) if tags.get("hardware") else {}
+    return json.loads(tags[HARDWARE_TAG]) if tags.get(HARDWARE_TAG) else {}
 
 
 def _accel(group: pd.DataFrame, settings: dict, hardware: dict) -> dict | None:
     """The GPU settings in effect where the trials ran (their own record); for studies written before trials
     recorded it, the study's settings, every lever off where no GPU ran."""
-    for value in (group["tags.accel"] if "tags.accel" in group else []):
+    for value in (group[f"tags.{ACCEL_TAG}"] if f"tags.{ACCEL_TAG}" in group else []):
         if isinstance(value, str) and value:
             return json.loads(value)
     asked = settings.get("accel")
@@ -85,21 +87,21 @@ def export_config(method: str, group: pd.DataFrame, params: dict, tags: dict, in
         "method": method,
         "hparams": hparams_of(first) if method not in REFERENCE_ROWS else {},
         "data": {"dataset": params["dataset"], "data_dir": params.get("data_dir"),
-                 **{k: params.get(k) for k in OPTIONAL_SETTINGS}, "fingerprint": tags.get("data_fingerprint")},
+                 **{k: params.get(k) for k in OPTIONAL_SETTINGS}, "fingerprint": tags.get(DATA_FINGERPRINT_TAG)},
         "model": settings["model"],
         "train": settings["train"],
         "evaluation": settings["evaluation"],
         "threads": settings["threads"],
         "accel": _accel(group, settings, hardware),
         "models": models_location(settings["models_dir"], params.get("results_dir"), params.get("storage_path")),
-        "seeds": sorted(int(s) for s in group["tags.seed"]),
+        "seeds": sorted(int(s) for s in group[SEED_COL]),
         "hardware": hardware,
         "protocol": info.protocol,
         "protocol_label": info.label,
         "objective": info.objective,
-        "stage": first["tags.stage"],
-        "experiment": info.experiment,
-        "git_commit": tags.get("git_commit", "unknown"),
+        "stage": first[STAGE_COL],
+        "experiment": info.experiment_name,
+        "git_commit": tags.get(GIT_COMMIT_TAG, "unknown"),
         "metrics": _metrics(group),
     }
 
@@ -114,17 +116,17 @@ def export(experiment: str, tracking_uri: str | None, out: Path) -> list[Path]:
         path = out / f"{r['method']}.yaml"
         write_atomic(path, yaml.safe_dump(export_config(r["method"], group, params, tags, info), sort_keys=False))
         written.append(path)
-    confirm = rows[rows["method"] == "gli"]
+    confirm = rows[rows["method"] == STUDIED]
     pareto = []
     for _, t in front.iterrows():
-        setting = setting_of(t["tags.trial_key"])
+        setting = setting_of(t[TRIAL_KEY_COL])
         group = confirm[confirm["setting"] == setting]
         entry = {"hparams": hparams_of(t), "search_trial": {k: _clean(float(t[k])) for k in AXES if k in t}}
         if len(group):
             entry["confirmed"] = _metrics(group)
         pareto.append(entry)
     path = out / "gli-pareto.yaml"
-    write_atomic(path, yaml.safe_dump({"kind": EXPORT_KIND + "-pareto", "experiment": info.experiment,
+    write_atomic(path, yaml.safe_dump({"kind": EXPORT_KIND + "-pareto", "experiment": info.experiment_name,
                                     "protocol": info.protocol, "protocol_label": info.label, "objective": info.objective,
                                     "settings": pareto}, sort_keys=False))
     return written + [path]

@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from trainables.records import SEL_ACCURACY, SEL_FORGETTING
+
 
 def pareto_mask(accuracy, forgetting) -> np.ndarray:
     """True where no other point has accuracy >= and forgetting <=, with one of them strict.
@@ -28,7 +30,7 @@ def pareto_mask(accuracy, forgetting) -> np.ndarray:
     return mask
 
 
-def pareto_front(df: pd.DataFrame, accuracy: str = "sel_accuracy", forgetting: str = "sel_forgetting_score") -> pd.DataFrame:
+def pareto_front(df: pd.DataFrame, accuracy: str = SEL_ACCURACY, forgetting: str = SEL_FORGETTING) -> pd.DataFrame:
     """The front's rows, sorted by forgetting score (ascending) for plotting as a line."""
     if len(df) == 0:
         return df

@@ -9,13 +9,15 @@ before and after an interruption alike.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import pandas as pd
 
 from trainables.metrics import PROTOCOL_LABEL
-from trainables.records import CONFIRM_LIMIT, journal_path, optuna_study_name, setting_of, write_atomic
+from trainables.records import (BASE_STAGE, BASELINE_STAGE, CONFIRM_LIMIT, CONFIRM_STAGE, METHOD_COL, REFERENCE_ROWS,
+                                SEARCH_STAGE, SEED_COL, SEL_FINAL, STAGE_COL, STUDIED, TRIAL_KEY_COL, journal_path,
+                                optuna_study_name, setting_of, write_atomic)
 
 from . import plots, tables
 from .audit import audit_table, plot_epsilons
@@ -28,7 +30,10 @@ AXES = tables.AXES
 
 @dataclass
 class StudyInfo:
-    experiment: str
+    """What the report needs of a study's settings. Its fields are named as the study's settings
+    (`study.config.StudyConfig`) and so as the parent run's params, which is how both are read."""
+
+    experiment_name: str
     dataset: str
     protocol: str
     objective: str
@@ -42,7 +47,7 @@ class StudyInfo:
     @property
     def title(self) -> str:
         """Short: the protocol is stated once per report (`preamble`), not in every caption and figure."""
-        return f"{self.experiment} ({self.dataset})"
+        return f"{self.experiment_name} ({self.dataset})"
 
     @property
     def preamble(self) -> str:
@@ -50,9 +55,8 @@ class StudyInfo:
 
     @classmethod
     def from_params(cls, params: dict) -> "StudyInfo":
-        """From the parent run's (decoded) params."""
-        return cls(params["experiment_name"], params["dataset"], params["protocol"], params["objective"],
-                   bool(params.get("tune_baselines")), params["results_dir"])
+        """From the parent run's (decoded) params, or from a `StudyConfig` as a dict."""
+        return cls(**{f.name: params.get(f.name) for f in fields(cls)})
 
 
 def gli_front(trials: pd.DataFrame, objective: str, limit: int = CONFIRM_LIMIT) -> pd.DataFrame:
@@ -60,8 +64,8 @@ def gli_front(trials: pd.DataFrame, objective: str, limit: int = CONFIRM_LIMIT) 
     if len(trials) == 0:
         return trials
     if objective == "final_score":
-        return trials.sort_values("sel_final_score", ascending=False).head(1)
-    return pareto_front(trials).sort_values("sel_final_score", ascending=False).head(limit)
+        return trials.sort_values(SEL_FINAL, ascending=False).head(1)
+    return pareto_front(trials).sort_values(SEL_FINAL, ascending=False).head(limit)
 
 
 def method_rows(children: pd.DataFrame, tuned: bool) -> pd.DataFrame:
@@ -69,11 +73,11 @@ def method_rows(children: pd.DataFrame, tuned: bool) -> pd.DataFrame:
     ones with --tune-baselines) and GLI's confirmed settings."""
     if len(children) == 0:
         return children
-    stage = children["tags.stage"]
-    keep = (stage == "base") | ((stage == "baseline") & (not tuned)) | (stage == "confirm")
+    stage = children[STAGE_COL]
+    keep = (stage == BASE_STAGE) | ((stage == BASELINE_STAGE) & (not tuned)) | (stage == CONFIRM_STAGE)
     rows = children[keep].copy()
-    rows["method"] = rows["tags.method"]
-    rows["setting"] = rows["tags.trial_key"].map(setting_of)
+    rows["method"] = rows[METHOD_COL]
+    rows["setting"] = rows[TRIAL_KEY_COL].map(setting_of)
     return rows
 
 
@@ -83,14 +87,14 @@ def _losses(study: StudyRecords, rows: pd.DataFrame, summary: pd.DataFrame) -> d
     for _, r in summary.iterrows():
         match = rows[(rows["method"] == r["method"]) & (rows["setting"] == r.get("setting", ""))]
         if len(match):
-            first = match.sort_values("tags.seed").iloc[0]
+            first = match.sort_values(SEED_COL).iloc[0]
             loaded = study.load_losses(first["run_id"])
             if loaded is not None:
                 out[r["method"]] = loaded
     return out
 
 
-def load_optuna(info: StudyInfo, method: str = "gli"):
+def load_optuna(info: StudyInfo, method: str = STUDIED):
     import optuna
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
@@ -100,7 +104,7 @@ def load_optuna(info: StudyInfo, method: str = "gli"):
         return None
     storage = JournalStorage(JournalFileBackend(str(journal)))
     try:
-        name = optuna_study_name(info.experiment, method, info.protocol, info.objective)
+        name = optuna_study_name(info.experiment_name, method, info.protocol, info.objective)
         return optuna.load_study(study_name=name, storage=storage)
     except KeyError:
         return None
@@ -110,7 +114,7 @@ def build_report(study: StudyRecords, info: StudyInfo, out_dir: Path) -> tuple[p
     """Write every table, CSV and figure to `out_dir`; returns (summary, GLI front, paths)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     children = study.children()
-    gli = children[children["tags.stage"] == "gli"] if len(children) else children
+    gli = children[children[STAGE_COL] == SEARCH_STAGE] if len(children) else children
     front = gli_front(gli, info.objective)
     rows = method_rows(children, info.tune_baselines)
     summary = tables.summarise(rows)
@@ -133,15 +137,15 @@ def build_report(study: StudyRecords, info: StudyInfo, out_dir: Path) -> tuple[p
     write("summary.tex", tables.to_latex(summary, f"{info.title}; {info.label}", info.dataset))  # a caption alone
     write("summary.csv", tables.to_csv(summary, info.dataset).to_csv(index=False))
     params = [c for c in gli.columns if c.startswith("params.")] if len(gli) else []
-    keep = ["run_id", "tags.seed", "tags.trial_key"] + AXES + ["sel_fs_se", "sel_accuracy_se"] + params
+    keep = ["run_id", SEED_COL, TRIAL_KEY_COL] + AXES + ["sel_fs_se", "sel_accuracy_se"] + params
     trials = gli[[c for c in keep if c in gli]].copy() if len(gli) else pd.DataFrame(columns=keep)
-    trials["on_front"] = trials["tags.trial_key"].isin(front["tags.trial_key"]) if len(front) else False
+    trials["on_front"] = trials[TRIAL_KEY_COL].isin(front[TRIAL_KEY_COL]) if len(front) else False
     write("gli_trials.csv", trials.to_csv(index=False))
-    refs = summary[summary["method"] != "gli"] if len(summary) else summary
-    points = [trials[trials["on_front"]].assign(kind="gli_front", method="gli")]
+    refs = summary[summary["method"] != STUDIED] if len(summary) else summary
+    points = [trials[trials["on_front"]].assign(kind="gli_front", method=STUDIED)]
     if len(refs):
         points.append(refs[["method"] + [a for a in AXES if a in refs]].assign(
-            kind=["reference" if m in ("original", "retrain") else "baseline" for m in refs["method"]]))
+            kind=["reference" if m in REFERENCE_ROWS else "baseline" for m in refs["method"]]))
     write("front.csv", pd.concat(points, ignore_index=True).to_csv(index=False))
     try:
         written += plots.plot_front(gli, front if info.objective == "pareto" else front.head(0), refs,
@@ -153,6 +157,8 @@ def build_report(study: StudyRecords, info: StudyInfo, out_dir: Path) -> tuple[p
         search = load_optuna(info)
         if search is not None:
             written += plots.plot_optuna(search, info.title, out_dir)
-    except Exception as exc:  # a figure must never cost the study its tables
+    except (ValueError, TypeError, KeyError, IndexError, RuntimeError, OSError) as exc:
+        # what matplotlib, pandas and the disk raise for a figure they cannot draw or write: the tables are
+        # written already, and a figure must never cost the study them; one line says which failed
         print(f"[report] warning: a figure failed ({type(exc).__name__}: {exc})", file=sys.stderr)
     return summary, front, written

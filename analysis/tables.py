@@ -13,6 +13,8 @@ import math
 import numpy as np
 import pandas as pd
 
+from trainables.records import REFERENCE_ROWS, SEED_COL, SEL_ACCURACY, SEL_FINAL, SEL_FORGETTING, STUDIED
+
 COLUMNS = [  # key, header, decimals
     ("accuracy", "acc", 4), ("top2_accuracy", "top-2", 4), ("forgetting_score", "FS", 4),
     ("final_score", "final", 4), ("jsd", "JSD", 4), ("seconds", "seconds", 1), ("rte", "RTE", 3),
@@ -29,7 +31,7 @@ DEFINITIONS = {
     "RTE": "run-time efficiency, seconds over the retrained model's seconds (lower is faster)",
     "F (audit)": "the privacy audit's forgetting quality for the row's setting (see the audit table)",
 }
-AXES = ["sel_accuracy", "sel_forgetting_score", "sel_final_score"]
+AXES = [SEL_ACCURACY, SEL_FORGETTING, SEL_FINAL]
 UNCERTAINTY = ["sel_accuracy_se", "sel_fs_se", "accuracy_se", "fs_se"]  # per run: binomial and bootstrap errors
 BOOTSTRAP_SEEDS = 10  # from this many seeds on, intervals are bootstrapped rather than t intervals
 ORDER = ["original", "retrain", "finetune", "cf_k", "neggrad", "advanced_neggrad", "unsir", "scrub",
@@ -88,8 +90,8 @@ def summarise(rows: pd.DataFrame, method_col: str = "method", setting_col: str =
         return pd.DataFrame(columns=["method", "seeds"])
     out = []
     for method, group in rows.groupby(method_col, sort=False):
-        if setting_col in group and group[setting_col].nunique() > 1 and "sel_final_score" in group:
-            best = group.groupby(setting_col)["sel_final_score"].mean().idxmax()
+        if setting_col in group and group[setting_col].nunique() > 1 and SEL_FINAL in group:
+            best = group.groupby(setting_col)[SEL_FINAL].mean().idxmax()
             group = group[group[setting_col] == best]
         entry: dict = {"method": method, "seeds": len(group)}
         if setting_col in group:
@@ -180,7 +182,7 @@ def to_csv(summary: pd.DataFrame, dataset: str) -> pd.DataFrame:
     return out
 
 
-def paired(rows: pd.DataFrame, summary: pd.DataFrame, method: str = "gli") -> pd.DataFrame:
+def paired(rows: pd.DataFrame, summary: pd.DataFrame, method: str = STUDIED) -> pd.DataFrame:
     """`method` minus each other unlearning method, seed by seed (each at its table row's setting):
     mean difference of the final score and of the forgetting score, 95% interval, whether it excludes 0."""
     if len(rows) == 0 or method not in set(summary["method"]):
@@ -188,10 +190,10 @@ def paired(rows: pd.DataFrame, summary: pd.DataFrame, method: str = "gli") -> pd
     chosen = dict(zip(summary["method"], summary.get("setting", pd.Series([""] * len(summary)))))
     def per_seed(name):
         group = rows[(rows["method"] == name) & (rows["setting"] == chosen.get(name, ""))]
-        return group.set_index(pd.to_numeric(group["tags.seed"]))
+        return group.set_index(pd.to_numeric(group[SEED_COL]))
     ours, out = per_seed(method), []
     for other in summary["method"]:
-        if other in (method, "original", "retrain"):
+        if other == method or other in REFERENCE_ROWS:
             continue
         theirs = per_seed(other)
         seeds = sorted(set(ours.index) & set(theirs.index))

@@ -33,24 +33,25 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
 def ask_ms(finished: int, asks: int = 20) -> float:
-    """One TPE ask over GLI's four hyper-parameters, two objectives, `finished` trials told."""
+    """One TPE ask over GLI's search space as the study declares it (`study.spaces.SearchSpace`, its bounds and
+    w_end >= w_start), two objectives, `finished` trials told."""
     import optuna
 
+    from study.spaces import SearchSpace
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    space = {"step_size": optuna.distributions.FloatDistribution(1e-3, 0.1, log=True),
-             "iterations": optuna.distributions.IntDistribution(1, 10),
-             "w_start": optuna.distributions.FloatDistribution(10, 2000, log=True),
-             "w_end": optuna.distributions.FloatDistribution(10, 20000, log=True)}
-    study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.TPESampler(seed=0))
+    space = SearchSpace("gli")
     rng = __import__("random").Random(0)
-    for _ in range(finished):
-        params = {k: (rng.randint(d.low, d.high) if isinstance(d, optuna.distributions.IntDistribution)
-                      else d.low * (d.high / d.low) ** rng.random()) for k, d in space.items()}
-        study.add_trial(optuna.trial.create_trial(params=params, distributions=space,
-                                                  values=[rng.random(), rng.random()]))
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(finished):  # a history of `finished` trials, drawn at random
+        trial = study.ask()
+        space(trial)
+        study.tell(trial, [rng.random(), rng.random()])
+    study.sampler = optuna.samplers.TPESampler(seed=0)
     start = time.perf_counter()
     for _ in range(asks):
-        trial = study.ask(space)
+        trial = study.ask()
+        space(trial)
         study.tell(trial, [rng.random(), rng.random()])
     return (time.perf_counter() - start) / asks * 1000
 

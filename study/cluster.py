@@ -51,7 +51,7 @@ def _check_token(address: str) -> None:
     twenty seconds, printing a warning a second, then says only that it cannot connect)."""
     if address == "auto" or "://" in address:
         return
-    from ray.exceptions import AuthenticationError
+    from ray.exceptions import AuthenticationError, RayError
 
     try:
         ray._raylet.GcsClient(address=address)
@@ -59,7 +59,7 @@ def _check_token(address: str) -> None:
         mode = os.environ.get("RAY_AUTH_MODE", "unset")
         raise ConfigError(f"--address {address}: the Ray cluster wants an authentication token and this process sends "
                           f"none it accepts (RAY_AUTH_MODE is {mode}): {TOKEN_HELP}") from None
-    except Exception:  # anything else is for ray.init to report
+    except (RayError, OSError, ValueError):  # not a Ray cluster, or it did not answer: ray.init says so in its words
         return
 
 

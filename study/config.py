@@ -16,15 +16,21 @@ import yaml
 
 from trainables.data import DATASETS, NEEDS_FOLDER
 from trainables.methods import HyperParameterError, available, get
-from trainables.methods.interface import PROTOCOLS
+from trainables.methods.interface import PROTOCOLS, SELECTION_ALIAS
+from trainables.metrics import BOOTSTRAP
 from trainables.records import default_results_dir, default_tracking_uri, write_atomic
 
 BASELINES = [m for m in available() if m != "gli"]
-SELECTION_ALIAS = {"val": "fair", "test": "paper"}  # the deprecated --selection values
 
 
 class ConfigError(ValueError):
     """A configuration problem, one line, raised before any expensive work."""
+
+
+def where(default):
+    """A setting that says where and on what a study runs, not what it computes: a rerun that changes only
+    such settings resumes the same study (they are left out of its key, `study.launch.study_key`)."""
+    return field(default=default, metadata={"placement": True})
 
 
 @dataclass
@@ -35,25 +41,25 @@ class StudyConfig:
     train_count: int | None = None  # fashion-mnist split sizes (None: the data set's defaults)
     unseen_count: int | None = None
     test_count: int | None = None
-    results_dir: str | None = None  # default ./results/<experiment_name>
+    results_dir: str | None = where(None)  # default ./results/<experiment_name>
     experiment_name: str | None = None  # default gli-<dataset>
-    num_gpus: float = 0
-    num_cpus: int | None = None  # default: every core of this machine (local cluster only)
-    gpus_per_trial: float = 0.5  # two GLI trials per GPU: 91% of the best aggregate measured (docs/benchmarks.md)
-    cpus_per_trial: float = 1
-    address: str | None = None  # join this Ray cluster instead of starting one
-    storage_path: str | None = None  # shared storage for multi-node runs; default <results_dir>/ray
-    tracking_uri: str | None = None  # default sqlite:///<results_dir>/mlflow.db
-    tracking_outage: float = 300.0  # seconds the store may be unreachable (writes queued, retried) before stopping
-    gli_trials: int = 24
+    num_gpus: float = where(0)
+    num_cpus: int | None = where(None)  # default: every core of this machine (local cluster only)
+    gpus_per_trial: float = where(0.5)  # two GLI trials per GPU: 91% of the best aggregate measured (docs/benchmarks.md)
+    cpus_per_trial: float = where(1)
+    address: str | None = where(None)  # join this Ray cluster instead of starting one
+    storage_path: str | None = where(None)  # shared storage for multi-node runs; default <results_dir>/ray
+    tracking_uri: str | None = where(None)  # default sqlite:///<results_dir>/mlflow.db
+    tracking_outage: float = where(300.0)  # seconds the store may be unreachable (writes queued, retried) before stopping
+    gli_trials: int = where(24)
     seeds: int = 3
     protocol: str = "fair"  # fair: one honest selection rule; paper: the reference notebooks step for step
     selection: str | None = None  # deprecated: val is protocol fair, test is protocol paper
-    objective: str = "pareto"
+    objective: str = "pareto"  # a key of study.stages.OBJECTIVES
     tune_baselines: bool = False
     baselines: list[str] = field(default_factory=lambda: list(BASELINES))
     smoke_test: bool = False
-    allow_cpu: bool = False
+    allow_cpu: bool = where(False)
     sampler_seed: int = 0
     eval_every: int | None = None  # steps between evaluations inside a trial (default: ~10 per epoch)
     patience: int | None = None  # evaluations without improvement before a trial stops early
@@ -63,14 +69,13 @@ class StudyConfig:
     attribute: str | None = None  # mucac-binary: the attribute predicted (default Young)
     deterministic: bool = False  # GPU trials in fp32 with deterministic kernels, no CUDA graphs (slower; exact repeats)
     method_epochs: int | None = None  # override every method's epochs (the smoke test uses 1)
-    bundle_seconds: float = 1.0  # trials shorter than half this run several to a Tune trial (study/plan.py)
-    max_failures: int = 2  # retries of a trial whose worker died (a diverging trial is never retried)
-    audit: int = 0  # models per setting in the privacy audit after confirm (0: no audit; trainables/audit.py)
-    bootstrap: int = 200  # resamples behind each evaluation's fs_se, the forgetting score's standard error (0: none)
+    bundle_seconds: float = where(1.0)  # trials shorter than half this run several to a Tune trial (study/plan.py)
+    max_failures: int = where(2)  # retries of a trial whose worker died (a diverging trial is never retried)
+    audit: int = where(0)  # models per setting in the privacy audit after confirm (0: no audit; trainables/audit.py)
+    bootstrap: int = BOOTSTRAP  # resamples behind each evaluation's fs_se, the forgetting score's standard error (0: none)
     gli_space: dict[str, list[float]] = field(default_factory=lambda: get("gli").Params.bounds())  # as declared
-    cache_dir: str | None = None  # decoded-image cache (default ~/.cache/gli-study)
+    cache_dir: str | None = where(None)  # decoded-image cache (default ~/.cache/gli-study)
     method_hparams: dict[str, dict] = field(default_factory=dict)  # per-method overrides of the paper's settings
-    fault_injection: dict | None = None  # testing aid: {method, marker} kills one worker once
 
     def validate(self) -> None:
         if self.dataset not in DATASETS:
@@ -189,6 +194,7 @@ def _whole(value, low: int) -> bool:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(StudyConfig)}
+PLACEMENT = {name for name, f in FIELDS.items() if f.metadata.get("placement")}
 
 
 def load_yaml(path: str) -> dict[str, Any]:

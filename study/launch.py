@@ -25,12 +25,14 @@ from typing import TYPE_CHECKING
 from trainables import engine
 from trainables.data import OPTIONAL_SETTINGS, DataConfig, DataError, load_dataset
 from trainables.methods import REFERENCE_ROWS
-from trainables.records import AUDIT_STAGE, CONFIRM_LIMIT, SETTINGS_PARAM, journal_path
+from trainables.records import (AUDIT_STAGE, BASE_STAGE, BASELINE_STAGE, CONFIRM_LIMIT, CONFIRM_STAGE,
+                                DATA_FINGERPRINT_TAG, GIT_COMMIT_TAG, HARDWARE_TAG, SEARCH_STAGE, SETTINGS_PARAM,
+                                STUDIED, journal_path)
 
 AUDIT_SETTINGS = 3  # GLI's confirmed settings audited, best mean selection final score first
 
 from .cluster import connect, preflight, slots
-from .config import FIELDS, ConfigError, StudyConfig, load_yaml, resolve, write_resolved
+from .config import FIELDS, PLACEMENT, ConfigError, StudyConfig, load_yaml, resolve, write_resolved
 from .spaces import SearchSpace, paper_point
 
 if TYPE_CHECKING:
@@ -41,12 +43,6 @@ if TYPE_CHECKING:
 
 os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")  # Ctrl-C reaches the launcher, which stops cleanly
 
-# Settings that say where and on what a study runs, not what it computes: a rerun that
-# changes only these resumes the same study.
-PLACEMENT = {"num_gpus", "num_cpus", "gpus_per_trial", "cpus_per_trial", "address", "storage_path", "tracking_uri",
-             "tracking_outage", "bundle_seconds",
-             "results_dir", "allow_cpu", "max_failures", "gli_trials", "cache_dir", "fault_injection",
-             "audit"}  # an audit adds a stage; it changes nothing the other stages compute
 
 
 EXAMPLES = """examples:
@@ -181,27 +177,28 @@ def run_study(ctx: StudyContext) -> list:
     """Base models first; each seed's trials as soon as its base models exist; GLI's search before the
     baselines (they fill the slots while the search's last trials run); confirm once the searches end."""
     cfg, seeds = ctx.cfg, list(range(ctx.cfg.seeds))
-    base = ctx.grid("base", [{"method": m, "seed": s, "hparams": {}} for s in seeds for m in REFERENCE_ROWS])
+    base = ctx.grid(BASE_STAGE, [{"method": m, "seed": s, "hparams": {}} for s in seeds for m in REFERENCE_ROWS])
     needs = base.seed_done
-    searches = [ctx.search("gli", "gli", SearchSpace("gli", cfg.gli_space), paper_point("gli", cfg.dataset, cfg.gli_space),
+    searches = [ctx.search(SEARCH_STAGE, STUDIED, SearchSpace(STUDIED, cfg.gli_space),
+                           paper_point(STUDIED, cfg.dataset, cfg.gli_space),
                            cfg.gli_trials, needs)]
     if cfg.tune_baselines:
-        searches += [ctx.search("baseline", m, SearchSpace(m), paper_point(m, cfg.dataset), cfg.gli_trials, needs)
+        searches += [ctx.search(BASELINE_STAGE, m, SearchSpace(m), paper_point(m, cfg.dataset), cfg.gli_trials, needs)
                      for m in cfg.baselines]
     grid = [] if cfg.tune_baselines else [
-        ctx.grid("baseline", [{"method": m, "seed": s, "hparams": ctx.fixed_hparams(m)}
+        ctx.grid(BASELINE_STAGE, [{"method": m, "seed": s, "hparams": ctx.fixed_hparams(m)}
                               for s in seeds for m in cfg.baselines], needs=needs)]
 
     def confirm_runs() -> list[dict]:  # built once the searches have ended, from their Optuna studies
         runs = []
         for search in searches:
-            limit = CONFIRM_LIMIT if search.method == "gli" else 1
+            limit = CONFIRM_LIMIT if search.method == STUDIED else 1
             runs += [{"method": search.method, "seed": s, "hparams": {**ctx.fixed_hparams(search.method), **chosen}}
                      for chosen in search.chosen(limit) for s in seeds]
         return runs
 
-    confirm = ctx.grid("confirm", confirm_runs, tuple(s.label for s in searches), needs)
-    audit = [ctx.grid(AUDIT_STAGE, lambda: audit_runs(ctx, searches), ("confirm",))] if cfg.audit else []
+    confirm = ctx.grid(CONFIRM_STAGE, confirm_runs, tuple(s.label for s in searches), needs)
+    audit = [ctx.grid(AUDIT_STAGE, lambda: audit_runs(ctx, searches), (CONFIRM_STAGE,))] if cfg.audit else []
     stages = [base, *searches, confirm, *grid, *audit]
     ctx.run(stages)
     return stages
@@ -222,18 +219,18 @@ def audit_runs(ctx: StudyContext, searches) -> list[dict]:
     """The audit's trials, built once confirm has ended: K retrained models, the original as a control,
     and K runs (seeds 0..K-1, all from seed 0's original) of GLI's best confirmed settings and of each
     baseline's chosen setting."""
-    from trainables.records import hparams_of, setting_of
+    from trainables.records import METHOD_COL, SEL_FINAL, TRIAL_KEY_COL, hparams_of, setting_of
 
     cfg, k = ctx.cfg, ctx.cfg.audit
     runs = [{"method": "retrain", "seed": s, "hparams": {}} for s in range(k)]
     runs.append({"method": "original", "seed": 0, "hparams": {}})  # deterministic: one run stands for all K
     settings = []
-    confirmed = ctx.tracker.children("confirm")
+    confirmed = ctx.tracker.children(CONFIRM_STAGE)
     if len(confirmed):
-        gli = confirmed[confirmed["tags.method"] == "gli"].copy()
-        gli["setting"] = gli["tags.trial_key"].map(setting_of)
-        best = gli.groupby("setting")["sel_final_score"].mean().sort_values(ascending=False).head(AUDIT_SETTINGS)
-        settings += [("gli", hparams_of(gli[gli["setting"] == s].iloc[0])) for s in best.index]
+        gli = confirmed[confirmed[METHOD_COL] == STUDIED].copy()
+        gli["setting"] = gli[TRIAL_KEY_COL].map(setting_of)
+        best = gli.groupby("setting")[SEL_FINAL].mean().sort_values(ascending=False).head(AUDIT_SETTINGS)
+        settings += [(STUDIED, hparams_of(gli[gli["setting"] == s].iloc[0])) for s in best.index]
     tuned = {s.method: s for s in searches[1:]}
     for method in cfg.baselines:
         chosen = tuned[method].chosen(1) if method in tuned else [{}]
@@ -280,8 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     ctx = StudyContext(cfg, data, tracker, slots(cfg, resources), started=start)
     params[SETTINGS_PARAM] = ctx.settings.as_dict()  # model, base training and evaluation settings, for export
     tags = {"dataset": cfg.dataset, "protocol": cfg.protocol, "protocol_label": protocol,
-            "objective": cfg.objective, "git_commit": git_commit(), "data_fingerprint": data.fingerprint,
-            "smoke_test": str(cfg.smoke_test), "hardware": json.dumps(engine.hardware(), sort_keys=True)}
+            "objective": cfg.objective, GIT_COMMIT_TAG: git_commit(), DATA_FINGERPRINT_TAG: data.fingerprint,
+            "smoke_test": str(cfg.smoke_test), HARDWARE_TAG: json.dumps(engine.hardware(), sort_keys=True)}
     status = "FAILED"
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM stops cleanly, like Ctrl-C
     try:
@@ -297,8 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         if started_ray:  # the trials are over: Ray stops while the report is built
             stopping = threading.Thread(target=_stop_ray, daemon=True)
             stopping.start()
-        info = StudyInfo(cfg.experiment_name, cfg.dataset, cfg.protocol, cfg.objective, cfg.tune_baselines,
-                         cfg.results_dir)
+        info = StudyInfo.from_params(asdict(cfg))
         summary, front, written = build_report(StudyRecords(tracker.client, tracker.experiment_id, parent_id), info,
                                                results)
         tracker.log_parent_metrics(headline(summary))
@@ -307,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         for path in written:
             tracker.log_artifact(path, "summary")
         print((results / "summary.md").read_text())  # the table, and GLI against each baseline seed by seed
-        print(f"GLI: {len(tracker.children('gli'))} trials finished, {len(front)} setting(s) confirmed "
+        print(f"GLI: {len(tracker.children(SEARCH_STAGE))} trials finished, {len(front)} setting(s) confirmed "
               f"(front.csv, front.png). Wall time {time.time() - start:.0f}s.")
         print(f"Results: {results}\nMLflow:  {cfg.tracking_uri} (experiment {cfg.experiment_name})")
         if cfg.tracking_uri.startswith(("http://", "https://")):

@@ -34,6 +34,7 @@ from trainables.records import trial_key
 from trainables.trial import TrialSettings, TrialSpec, run_trial
 from trainables.unlearn import EvalConfig
 
+from . import internals
 from .cluster import trial_resources
 from .config import StudyConfig
 from .stages import GridStage, SearchStage, Stage
@@ -59,7 +60,7 @@ def study_trial(config: dict, data: Dataset | None = None, settings: TrialSettin
         wait_for_plan(spec.hparams["marker"], int(spec.hparams["version"]), signal=spec.hparams.get("signal"))
         return
     if (items := bundle_items(config)) is not None:
-        tune.report(run_bundle(items, lambda item: run_trial(TrialSpec.of(item), settings, data, bundled=True)))
+        tune.report(run_bundle(items, lambda item: run_trial(TrialSpec.of(item), settings, data)))
         return
     tune.report(run_trial(spec, settings, data))
 
@@ -82,16 +83,6 @@ class StudyJsonLogger(JsonLoggerCallback):
         super().log_trial_result(iteration, trial, _slim(result))
 
 
-def _worker_starting(controller, trial) -> bool:
-    """Whether `trial` already has a worker of its own being created (its resources granted). Read from
-    Tune's internals (Ray 2.60); when they cannot be read, False, and the choice below is Tune's FIFO."""
-    try:
-        actor = controller._trial_to_actor.get(trial)
-        return actor is not None and controller._actor_manager.is_actor_started(actor)
-    except AttributeError:
-        return False
-
-
 class SpareStartingWorkers(FIFOScheduler):
     """Tune's FIFO scheduler, except that a freed worker skips pending trials whose own worker is starting.
 
@@ -101,18 +92,17 @@ class SpareStartingWorkers(FIFOScheduler):
     workers start (the study's start; a lost node's replacements) and trials are shorter than a
     worker's start-up, every ended trial thus killed a starting worker and the freed slot began
     another one, which met the same end: the run stayed on the workers that were up when the
-    first trial ended (48 slots on 2 CPUs: 2 workers ran all 228 Tune trials while 173 were
-    started and killed; `bench/driver.py`, docs/benchmarks.md). Here the freed worker goes to
-    the oldest pending trial with no worker starting (in practice the one made for the slot
-    that just freed), and the starting workers finish starting. A trial waiting for resources
-    that are gone (its node was lost) has no worker starting either, so it is not passed over
-    for ever: always choosing the newest trial starved it, and the study never ended.
+    first trial ended (measured in docs/benchmarks.md). Here the freed worker goes to the oldest
+    pending trial with no worker starting (in practice the one made for the slot that just
+    freed), and the starting workers finish starting. A trial waiting for resources that are
+    gone (its node was lost) has no worker starting either, so it is not passed over for ever.
+    Whether a worker is starting is read from Tune's internals (`study.internals`).
     """
 
     def choose_trial_to_run(self, tune_controller):
-        controller = getattr(tune_controller, "_tune_controller", tune_controller)  # Tune passes a wrapper
+        controller = internals.tune_controller(tune_controller)
         for trial in tune_controller.get_trials():
-            if trial.status == "PENDING" and not _worker_starting(controller, trial):
+            if trial.status == "PENDING" and not internals.worker_starting(controller, trial):
                 return trial
         return super().choose_trial_to_run(tune_controller)  # every pending trial has a worker starting
 
@@ -168,12 +158,15 @@ class StudyPlan(Searcher):
                 f.write(str(self.version))
             os.replace(tmp, self.marker)
         if self.signal is not None:
+            # Fire and forget, in order (one caller, one actor). A dead actor does not fail this call: the
+            # wait trials find it dead and read the marker file instead (study.waits).
             try:
                 if self._signal is None:
                     self._signal = ray.get_actor(self.signal)
-                self._signal.set.remote(self.version)  # in order: one caller, one actor
-            except Exception:  # the actor is gone: wait trials read the marker file from now on
-                self.signal = self._signal = None
+            except ValueError:  # never created (or gone before the first publish): the file alone from now on
+                self.signal = None
+                return
+            self._signal.set.remote(self.version)
 
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
         return True
@@ -183,9 +176,8 @@ class StudyPlan(Searcher):
         are shorter than that (typical of its last ended ones), never more than an even share of what is
         left across the slots, so that the last trials still run side by side; unless the bundle is brief
         (under `BRIEF` of `bundle_seconds`): then the tail it could add is as short, and trials handed out
-        one or two at a time would cost the driver more than the slots gain (48 slots, trials of no time,
-        bench/driver.py: 33 to 36 completions a second with the even share alone, 50 to 57 with this
-        exception; docs/benchmarks.md)."""
+        one or two at a time would cost the driver more than the slots gain (measured with
+        `bench/driver.py`, docs/benchmarks.md)."""
         if self.bundle_seconds <= 0 or len(stage.seconds) < TIMED_BEFORE_BUNDLING:
             return 1
         typical = statistics.median(stage.seconds)
@@ -287,7 +279,6 @@ class StudyContext:
                                 bootstrap=self.cfg.bootstrap)
         self.settings = TrialSettings(models_dir=self.cfg.models_dir, model=model_cfg, train=recipe,
                                       evaluation=evaluation, threads=max(1, int(self.cfg.cpus_per_trial)),
-                                      fault_injection=self.cfg.fault_injection,
                                       accel=engine.Accel.exact() if self.cfg.deterministic else engine.Accel())
 
     def __getstate__(self) -> dict:
@@ -339,7 +330,7 @@ class StudyContext:
         finally:
             try:
                 ray.kill(actor)
-            except Exception:  # Ray already stopped (an interrupt): the actor went with it; keep the first error
+            except ValueError:  # Ray already stopped (an interrupt): the actor went with it; keep the first error
                 pass
         # Tune's controller leaves cycles holding Ray object references (seen: the controller, its trials, 15
         # ObjectRefs after the smoke study). Collected later, on whichever thread allocates, after Ray has

@@ -24,9 +24,11 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from trainables.metrics import final_score
-from trainables.records import journal_path, optuna_study_name, repair_journal
+from trainables.records import (METHOD_COL, SEL_ACCURACY, SEL_FINAL, SEL_FORGETTING, TRIAL_KEY_COL, journal_path,
+                                optuna_study_name, repair_journal)
 from trainables.trial import TrialSpec
 
+from . import internals
 from .tracking import git_commit
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -40,8 +42,8 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 OBJECTIVES = {
-    "pareto": (["sel_accuracy", "sel_forgetting_score"], ["max", "min"]),
-    "final_score": ("sel_final_score", "max"),
+    "pareto": ([SEL_ACCURACY, SEL_FORGETTING], ["max", "min"]),
+    "final_score": (SEL_FINAL, "max"),
 }
 
 
@@ -68,19 +70,20 @@ class StudySearch(OptunaSearch):
         self.user_attrs: dict[str, dict] = {}  # trial id -> what its Optuna trial records (set before it ends)
 
     def on_trial_complete(self, trial_id, result=None, error=False):
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+        trials, completed = internals.optuna_trials(self), internals.completed_trials(self)
+        if trial_id in completed or trial_id not in trials:
             return
         for key, value in self.user_attrs.pop(trial_id, {}).items():
             if value is not None:
-                self._ot_trials[trial_id].set_user_attr(key, value)
-        metrics = self._metric if isinstance(self._metric, list) else [self._metric]
-        values = [(result or {}).get(m) for m in metrics]
+                trials[trial_id].set_user_attr(key, value)
+        values = [(result or {}).get(m) for m in internals.objectives(self)]
         final = (result or {}).get("final") == 1.0
+        study = internals.optuna_study(self)
         if error or not final or any(v is None or not math.isfinite(v) for v in values):
-            self._ot_study.tell(self._ot_trials[trial_id], None, state=TrialState.FAIL)
+            study.tell(trials[trial_id], None, state=TrialState.FAIL)
         else:
-            self._ot_study.tell(self._ot_trials[trial_id], values if len(values) > 1 else values[0])
-        self._completed_trials.add(trial_id)
+            study.tell(trials[trial_id], values if len(values) > 1 else values[0])
+        completed.add(trial_id)
 
 
 class Stage:
@@ -138,7 +141,7 @@ class Stage:
             reason = (trial.last_result or {}).get("error") or getattr(trial, "error_msg", None) or "no final report"
             self.first_error = str(reason).strip().splitlines()[-1][:300]
         result = trial.last_result or {}
-        self._better(result.get("sel_final_score", -math.inf) if ok else -math.inf, self.methods.pop(trial.trial_id, ""))
+        self._better(result.get(SEL_FINAL, -math.inf) if ok else -math.inf, self.methods.pop(trial.trial_id, ""))
         now = time.time()
         if ok and self.done < self.planned and now - self.printed < PROGRESS_EVERY_S:
             return  # many short trials: a line every few seconds, not one per trial
@@ -163,9 +166,9 @@ class Stage:
     def resume_best(self, finished) -> None:
         """The best so far includes the stage's trials that an earlier run of the study finished
         (`finished`: their rows, as `Tracker.children` reads them)."""
-        if finished is not None and len(finished) and "sel_final_score" in finished:
-            i = finished["sel_final_score"].astype(float).idxmax()
-            self._better(float(finished.loc[i, "sel_final_score"]), str(finished.loc[i].get("tags.method", "")))
+        if finished is not None and len(finished) and SEL_FINAL in finished:
+            i = finished[SEL_FINAL].astype(float).idxmax()
+            self._better(float(finished.loc[i, SEL_FINAL]), str(finished.loc[i].get(METHOD_COL, "")))
 
     @property
     def all_failed(self) -> bool:
@@ -192,11 +195,11 @@ class GridStage(Stage):
     def _plan(self) -> int:
         runs = self.runs() if callable(self.runs) else self.runs
         finished = self.ctx.tracker.children(self.stage)
-        done = set(finished["tags.trial_key"]) if len(finished) else set()
+        done = set(finished[TRIAL_KEY_COL]) if len(finished) else set()
         keys = [self.ctx.key(self.stage, r["method"], r["seed"], r["hparams"]) for r in runs]
         self.pending = [r for r, key in zip(runs, keys) if key not in done]
         if len(finished):
-            self.resume_best(finished[finished["tags.trial_key"].isin(keys)])
+            self.resume_best(finished[finished[TRIAL_KEY_COL].isin(keys)])
         if len(self.pending) < len(runs):
             print(f"[study] stage {self.stage}: {len(runs) - len(self.pending)} of {len(runs)} trial(s) already finished",
                   file=sys.stderr, flush=True)
@@ -251,14 +254,14 @@ class SearchStage(Stage):
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             # Left behind by a killed study: it will never report. Closed as failed, marked so that
             # it does not use up the budget (its setting may be drawn again).
-            storage.set_trial_system_attr(t._trial_id, "interrupted", True)
-            storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            storage.set_trial_system_attr(internals.storage_id(t), "interrupted", True)
+            storage.set_trial_state_values(internals.storage_id(t), TrialState.FAIL)
         finished = len([t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
                         if not t.system_attrs.get("interrupted")])
         if finished:
             earlier = self.ctx.tracker.children(self.stage)
             if len(earlier):
-                self.resume_best(earlier[earlier["tags.method"] == self.method])
+                self.resume_best(earlier[earlier[METHOD_COL] == self.method])
         remaining = self.budget - finished
         if remaining <= 0:
             print(f"[study] stage {self.stage} ({self.method}): all {self.budget} trials already in the Optuna study",
@@ -293,7 +296,7 @@ class SearchStage(Stage):
     def ended(self, trial_id: str, result: dict | None, error: bool) -> None:
         super().ended(trial_id, result, error)
         with self.lock:
-            score = (result or {}).get("sel_final_score")
+            score = (result or {}).get(SEL_FINAL)
             self.attrs.setdefault(trial_id, {})["final_score"] = (
                 float(score) if isinstance(score, (int, float)) and math.isfinite(score) else None)
             if trial_id in self.written_ids:

@@ -43,13 +43,13 @@ def git_commit() -> str:
         return "unknown"
 
 
-def check_writable(uri: str) -> None:
+def open_sqlite_store(uri: str) -> None:
     """Fail early, with one line, when a sqlite:/// store's folder cannot be written; and put the database in
     write-ahead-log mode: each commit then appends to one file and syncs it once, instead of creating,
-    syncing and deleting a rollback journal (the writer's time per trial, 22.6 to 18.5 ms on this
-    project's 2-core machine, docs/benchmarks.md). Durability is unchanged (synchronous stays FULL). The mode is the
-    file's, so every later connection, `mlflow ui`'s included, uses it; where the file system cannot hold a
-    write-ahead log (some network mounts) SQLite keeps its rollback journal."""
+    syncing and deleting a rollback journal (faster per trial, docs/benchmarks.md). Durability is unchanged
+    (synchronous stays FULL). The mode is the file's, so every later connection, `mlflow ui`'s included,
+    uses it; where the file system cannot hold a write-ahead log (some network mounts) SQLite keeps its
+    rollback journal. `Tracker.checkpoint` folds the log back into the file when the study ends."""
     if uri.startswith("sqlite:///"):
         path = Path(uri[len("sqlite:///"):])
         try:
@@ -83,13 +83,9 @@ class RunHandle(NamedTuple):
     key: str
 
 
-def _numbers(values: dict | None) -> dict:
-    return {k: float(v) for k, v in (values or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-
-
 class Tracker:
     def __init__(self, uri: str, experiment: str, artifact_dir: Path | None = None, outage_s: float = 300.0):
-        check_writable(uri)
+        open_sqlite_store(uri)
         if uri.startswith(("http://", "https://")):  # our writer retries and says so; MLflow's own retries
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")  # would block silently for minutes
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
@@ -159,7 +155,7 @@ class Tracker:
 
     def log_parent_metrics(self, metrics: dict) -> None:
         """The study's headline numbers on its parent run, so that studies sort and compare in the runs table."""
-        self.writer.submit("log_parent", run_id=self.parent_id, metrics=_numbers(metrics))
+        self.writer.submit("log_parent", run_id=self.parent_id, metrics=records.numbers(metrics))
 
     def checkpoint(self) -> None:
         """Fold a sqlite:/// store's write-ahead log into the database file, so that `mlflow.db` alone holds
@@ -193,12 +189,12 @@ class Tracker:
         """Trial keys of the finished children (of `stage`: a stage's keys name it, and reading only its
         runs keeps a stage's start quick after a search of hundreds of trials)."""
         df = self.children(stage)
-        return set(df["tags.trial_key"]) if len(df) else set()
+        return set(df[records.TRIAL_KEY_COL]) if len(df) else set()
 
     def _child_tags(self, key: str, stage: str, method: str, seed: int, trial_id: str) -> tuple[str, dict]:
         name = f"{stage}-{method}-s{seed}-{records.setting_of(key)[:6]}"  # one setting's seeds share the suffix
-        return name, {PARENT_TAG: self.parent_id, "method": method, "stage": stage, "seed": str(seed),
-                      "trial_key": key, "trial_id": trial_id}
+        return name, {PARENT_TAG: self.parent_id, records.METHOD_TAG: method, records.STAGE_TAG: stage,
+                      records.SEED_TAG: str(seed), records.TRIAL_KEY_TAG: key, records.TRIAL_ID_TAG: trial_id}
 
     def open_child(self, key: str, stage: str, method: str, seed: int, params: dict, trial_id: str,
                    first: dict | None = None) -> RunHandle:
@@ -207,11 +203,11 @@ class Tracker:
         first = first or {}
         name, tags = self._child_tags(key, stage, method, seed, trial_id)
         self.writer.submit("open", key=key, name=name, tags=tags, params=params,
-                           first_tags=first.get("tags", {}), first_metrics=_numbers(first.get("metrics")))
+                           first_tags=first.get("tags", {}), first_metrics=records.numbers(first.get("metrics")))
         return RunHandle(key)
 
     def log(self, handle: RunHandle, metrics: dict | None = None, step: int = 0, tags: dict | None = None) -> None:
-        self.writer.submit("log", key=handle.key, metrics=_numbers(metrics), step=step, tags=tags)
+        self.writer.submit("log", key=handle.key, metrics=records.numbers(metrics), step=step, tags=tags)
 
     def finish(self, handle: RunHandle, status: str, metrics: dict | None = None, step: int = 0,
                tags: dict | None = None, arrays: dict | None = None, curve: list[dict] | None = None,
@@ -219,10 +215,10 @@ class Tracker:
         """The trial's last writes and its status, in one queued write: its final metrics after the points of
         its `curve` (one dict of selection metrics and `step` per evaluation); `then(run_id)` once they are in."""
         self.writer.submit("finish", then=then, key=handle.key, status=status,
-                           metrics=_numbers(metrics), step=step, tags=tags or {}, arrays=arrays or {},
+                           metrics=records.numbers(metrics), step=step, tags=tags or {}, arrays=arrays or {},
                            points=_points(curve))
 
-    def record(self, key: str, stage: str, method: str, seed: int, params: dict, trial_id: str, status: str,
+    def write_ended(self, key: str, stage: str, method: str, seed: int, params: dict, trial_id: str, status: str,
                metrics: dict | None = None, step: int = 0, tags: dict | None = None, arrays: dict | None = None,
                curve: list[dict] | None = None, started: float | None = None, ended: float | None = None,
                then=None) -> None:
@@ -230,8 +226,8 @@ class Tracker:
         write: created (or the run an earlier attempt left reused) with its tags, params, metrics, curve and
         arrays, then terminated; `then(run_id)` once it is all in."""
         name, run_tags = self._child_tags(key, stage, method, seed, trial_id)
-        self.writer.submit("record", then=then, key=key, name=name, tags={**run_tags, **(tags or {})},
-                           params=params, status=status, metrics=_numbers(metrics), step=step, arrays=arrays or {},
+        self.writer.submit("write_ended", then=then, key=key, name=name, tags={**run_tags, **(tags or {})},
+                           params=params, status=status, metrics=records.numbers(metrics), step=step, arrays=arrays or {},
                            points=_points(curve), started=started, ended=ended)
 
 
@@ -248,7 +244,7 @@ def metric_name(name: str) -> str:
 def outcome(result: dict) -> tuple[str, dict, int, dict, dict, list]:
     """What a trial's final report becomes in its run: (status, metrics, step, tags, arrays, curve)."""
     curve = result.get("curve") or []  # the evaluations, sent with the final report
-    tags = {k: str(result[k]) for k in ("node_id", "hardware", "accel") if k in result}  # where, on what, how
+    tags = {k: str(result[k]) for k in ("node_id", records.HARDWARE_TAG, records.ACCEL_TAG) if k in result}
     if result.get("final") != 1.0:
         reason = str(result.get("error") or "the trial ended without a final report")
         return "FAILED", {}, 0, {**tags, "error": reason[:4000]}, {}, curve
@@ -326,7 +322,7 @@ class TrackingCallback(tune.Callback):
         hparams = resolved_hparams(spec.method, self.dataset, **spec.hparams)
         status, metrics, step, tags, arrays, curve = outcome(report)
         item = ItemTrial(item_id, report)
-        self.tracker.record(trial_key(spec.stage, spec.method, spec.seed, hparams), spec.stage, spec.method, spec.seed,
+        self.tracker.write_ended(trial_key(spec.stage, spec.method, spec.seed, hparams), spec.stage, spec.method, spec.seed,
                             hparams, item_id, status, metrics, step, tags, arrays, curve,
                             started=report.get("started_at"), ended=report.get("ended_at"),
                             then=lambda run_id: self._written(item, status == "FINISHED", run_id))

@@ -3,10 +3,8 @@
 The plan counts versions: each ended trial that can let another start bumps it. The version
 is written to a marker file on the storage path and, while the study runs, held by a small
 Ray actor (`PlanSignal`) that the wait trials block on: a blocked worker uses no CPU, where
-polling the file every 50 ms took 7.8 ms of CPU a second per idle slot on this project's
-2-core test machine (a third of a core for 46 idle slots), and on a cluster it is twenty reads
-of the shared storage a second per idle slot. The file stays as the fallback when the actor cannot be
-reached.
+polling the file costs CPU on every idle slot and, on a cluster, reads of the shared storage
+(docs/benchmarks.md). The file stays as the fallback when the actor cannot be reached.
 
 Torch-free on purpose: the driver benchmark's stand-in trial (`bench/standin.py`) waits the same way.
 """
@@ -58,8 +56,8 @@ def wait_for_plan(marker: str, version: int, limit_s: float = 30.0, poll_s: floa
                 _handles[signal] = ray.get_actor(signal)
             ray.get(_handles[signal].wait.remote(version, limit_s), timeout=limit_s + 10)
             return
-        except Exception:  # the actor is gone or unreachable: the file says the same, more slowly
-            pass
+        except (ValueError, ray.exceptions.RayError):  # no such actor (ValueError), or it died or did not answer:
+            pass  # the file says the same, more slowly
     while time.monotonic() < deadline:
         try:
             if Path(marker).read_text().strip() != str(version):

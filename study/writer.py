@@ -1,6 +1,6 @@
 """The tracking writer: every queued MLflow write of a study, in order, in a process of its own.
 
-Writing one trial's run costs about 21 ms of CPU in MLflow's store (the SQLAlchemy ORM;
+Writing one trial's run costs tens of milliseconds of CPU in MLflow's store (the SQLAlchemy ORM;
 `bench/driver.py`, docs/benchmarks.md). On a thread of the launcher that work would hold
 the interpreter's lock the driver needs to hand out trials and ask Optuna; in this process
 it does not. The launcher (`Writer`) sends each write as a message (an operation of
@@ -136,7 +136,7 @@ class Store:
     def _known(self) -> dict[str, str]:
         if self.known is None:
             df = records.child_runs(self.client, self.experiment_id, self.parent_id, None, None)
-            self.known = dict(zip(df["tags.trial_key"], df["run_id"])) if len(df) else {}
+            self.known = dict(zip(df[records.TRIAL_KEY_COL], df["run_id"])) if len(df) else {}
         return self.known
 
     def _find(self, key: str) -> str | None:
@@ -211,7 +211,7 @@ class Store:
         self.client.set_terminated(run_id, status=status)
         return run_id
 
-    def record(self, attempt: int, key: str, name: str, tags: dict, params: dict, status: str, metrics: dict,
+    def write_ended(self, attempt: int, key: str, name: str, tags: dict, params: dict, status: str, metrics: dict,
                step: int, arrays: dict, points: list, started: float | None, ended: float | None) -> str:
         """A trial written whole once it has ended (an item of a bundle): three requests, not five. Params
         and tags go with every attempt, as in `open`."""
@@ -241,9 +241,8 @@ class Store:
 class Writer:
     """The launcher's side: writes queued, in order, to the writer process, started on the first write.
 
-    One process: a second one, with SQLite, only made the two wait for each other's locks
-    (36 to 39 trials a second against 41 to 44 with one, bench/driver.py); against a tracking
-    server on the same machine it changed nothing measurable. `submit` never waits for the
+    One process: a second one, with SQLite, only made the two wait for each other's locks, and
+    against a tracking server it gained nothing (docs/benchmarks.md). `submit` never waits for the
     store (a thread feeds the process); `flush()` waits until every queued write is
     acknowledged and its `then` has run (on one thread, in order); `call(write)` runs a write
     (or a read) now, in the launcher, retried like a queued one. Once the process reports an

@@ -152,11 +152,13 @@ def test_diverging_trials_fail_without_stopping_the_study(ray_instance, tmp_path
     assert "neggrad" not in summary and "gli" not in summary and "finetune" in summary
 
 
-def test_dying_worker_is_retried(ray_instance, tmp_path):
+def test_dying_worker_is_retried(ray_instance, tmp_path, monkeypatch):
+    from tests.faults import dying_once
+
     marker = tmp_path / "killed-once"
+    monkeypatch.setattr("study.plan.study_trial", dying_once("finetune", str(marker)))  # from outside the study
     config = tmp_path / "study.yaml"
-    config.write_text(yaml.safe_dump({"baselines": ["finetune"], "gli_trials": 1, "max_failures": 2,
-                                      "fault_injection": {"method": "finetune", "marker": str(marker)}}))
+    config.write_text(yaml.safe_dump({"baselines": ["finetune"], "gli_trials": 1, "max_failures": 2}))
     uri = f"sqlite:///{tmp_path}/store.db"
     assert launch(["--smoke-test", "--config", str(config), "--results-dir", str(tmp_path / "r"),
                    "--tracking-uri", uri]) == 0
@@ -167,14 +169,17 @@ def test_dying_worker_is_retried(ray_instance, tmp_path):
     assert int(finetune[0].data.tags["attempts"]) == 2
 
 
-def test_a_worker_dying_mid_bundle_reruns_the_bundle_and_records_each_trial_once(ray_instance, tmp_path):
+def test_a_worker_dying_mid_bundle_reruns_the_bundle_and_records_each_trial_once(ray_instance, tmp_path,
+                                                                                   monkeypatch):
     """A worker killed while it runs a bundle of short trials: Tune retries the bundle as a whole; its trials'
     runs are written only once it ends, so each is recorded once, and Optuna holds each once."""
+    from tests.faults import dying_once
+
     marker = tmp_path / "killed-once"
+    monkeypatch.setattr("study.plan.study_trial", dying_once("gli", str(marker), bundled=True))
     config = tmp_path / "study.yaml"
     config.write_text(yaml.safe_dump({"baselines": ["finetune"], "seeds": 1, "base_epochs": 3, "method_epochs": 1,
-                                      "eval_every": 7, "gli_trials": 10, "max_failures": 2, "bundle_seconds": 60,
-                                      "fault_injection": {"method": "gli", "marker": str(marker), "bundled": True}}))
+                                      "eval_every": 7, "gli_trials": 10, "max_failures": 2, "bundle_seconds": 60}))
     uri = f"sqlite:///{tmp_path}/store.db"
     assert launch(["--config", str(config), "--results-dir", str(tmp_path / "r"), "--tracking-uri", uri,
                    "--experiment-name", "gli-digits-smoke"]) == 0

@@ -24,7 +24,7 @@ def test_a_trial_recorded_whole_has_its_run_params_curve_arrays_and_times(tmp_pa
     tracker = _tracker(tmp_path)
     told = []
     started, ended = time.time() - 5, time.time() - 1
-    tracker.record("gli/gli/0/abc", "gli", "gli", 0, {"step_size": 0.01, "iterations": 3}, "t1#0", "FINISHED",
+    tracker.write_ended("gli/gli/0/abc", "gli", "gli", 0, {"step_size": 0.01, "iterations": 3}, "t1#0", "FINISHED",
                    {"accuracy": 0.9, "flag": True, "name": "not a number"}, 12, {"node_id": "n1"},
                    {records.LOSSES_ARTIFACT: {"forget": [1.0, 2.0], "unseen": [3.0]}},
                    [{"step": 1, "sel_accuracy": 0.5}, {"step": 2, "sel_accuracy": 0.6}], started, ended,
@@ -50,7 +50,7 @@ def test_a_trial_recorded_again_reuses_its_run(tmp_path):
     tracker = _tracker(tmp_path)
     handle = tracker.open_child("k1", "gli", "gli", 0, {"step_size": 0.01}, "t1")  # an attempt that died
     tracker.flush()
-    tracker.record("k1", "gli", "gli", 0, {"step_size": 0.01}, "t2#0", "FINISHED", {"accuracy": 0.5})
+    tracker.write_ended("k1", "gli", "gli", 0, {"step_size": 0.01}, "t2#0", "FINISHED", {"accuracy": 0.5})
     tracker.flush()
     df = tracker.children(status=None)
     assert len(df) == 1 and df.iloc[0]["status"] == "FINISHED" and df.iloc[0]["tags.trial_id"] == "t2#0"
@@ -65,7 +65,7 @@ def test_a_refused_write_warns_and_leaves_its_trial_untold(tmp_path, capfd):
     # A write for a trial the writer never opened is refused by the store's side: one line, no `then`.
     tracker.finish(RunHandle("never-opened"), "FINISHED",
                    {"accuracy": 0.5}, then=lambda run_id: told.append("x"))
-    tracker.record("k2", "gli", "gli", 0, {}, "t2", "FINISHED", {"accuracy": 0.5}, then=lambda run_id: told.append(run_id))
+    tracker.write_ended("k2", "gli", "gli", 0, {}, "t2", "FINISHED", {"accuracy": 0.5}, then=lambda run_id: told.append(run_id))
     tracker.flush()
     assert told == list(tracker.children(status=None).query("`tags.trial_key` == 'k2'")["run_id"])  # goes on
     err = capfd.readouterr().err
@@ -75,22 +75,22 @@ def test_a_refused_write_warns_and_leaves_its_trial_untold(tmp_path, capfd):
 
 def test_the_writer_process_gone_with_writes_queued_stops_the_study_in_one_line(tmp_path):
     tracker = _tracker(tmp_path)
-    tracker.record("k0", "gli", "gli", 0, {}, "t0", "FINISHED", {"accuracy": 0.5})
+    tracker.write_ended("k0", "gli", "gli", 0, {}, "t0", "FINISHED", {"accuracy": 0.5})
     tracker.flush()
     proc = tracker.writer.proc
     os.kill(proc.pid, signal.SIGSTOP)  # writes queue up behind a writer that cannot run
     for i in range(1, 5):
-        tracker.record(f"k{i}", "gli", "gli", 0, {}, f"t{i}", "FINISHED", {"accuracy": 0.5})
+        tracker.write_ended(f"k{i}", "gli", "gli", 0, {}, f"t{i}", "FINISHED", {"accuracy": 0.5})
     os.kill(proc.pid, signal.SIGKILL)
     with pytest.raises(TrackingError, match=r"tracking writer process ended .* write\(s\) unwritten; run the same"):
         tracker.flush()
     with pytest.raises(TrackingError):
-        tracker.record("k9", "gli", "gli", 0, {}, "t9", "FINISHED", {"accuracy": 0.5})
+        tracker.write_ended("k9", "gli", "gli", 0, {}, "t9", "FINISHED", {"accuracy": 0.5})
 
 
 def test_the_writer_process_gone_while_idle_fails_the_next_write_instead_of_hanging(tmp_path):
     tracker = _tracker(tmp_path)
-    tracker.record("k0", "gli", "gli", 0, {}, "t0", "FINISHED", {"accuracy": 0.5})
+    tracker.write_ended("k0", "gli", "gli", 0, {}, "t0", "FINISHED", {"accuracy": 0.5})
     tracker.flush()
     os.kill(tracker.writer.proc.pid, signal.SIGKILL)
     tracker.writer.proc.wait(timeout=10)
@@ -98,7 +98,7 @@ def test_the_writer_process_gone_while_idle_fails_the_next_write_instead_of_hang
     while tracker.writer.error is None and time.time() < deadline:
         time.sleep(0.05)
     with pytest.raises(TrackingError, match=r"tracking writer process ended \(exit code -9\); run the same"):
-        tracker.record("k1", "gli", "gli", 0, {}, "t1", "FINISHED", {"accuracy": 0.5})
+        tracker.write_ended("k1", "gli", "gli", 0, {}, "t1", "FINISHED", {"accuracy": 0.5})
 
 
 def test_the_writer_process_never_outlives_the_launcher(tmp_path):
@@ -112,12 +112,12 @@ sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
 from study.tracking import Tracker
 t = Tracker("sqlite:///{tmp_path}/m.db", "orphan", None, outage_s=5)
 t.start_parent("s", "orphan", {{}}, {{}})
-t.record("k0", "gli", "gli", 0, {{}}, "t0", "FINISHED", {{"accuracy": 0.5}})
+t.write_ended("k0", "gli", "gli", 0, {{}}, "t0", "FINISHED", {{"accuracy": 0.5}})
 t.flush()
 print(t.writer.proc.pid, flush=True)
 os.kill(t.writer.proc.pid, signal.SIGSTOP)
 for i in range(1, 50):
-    t.record(f"k{{i}}", "gli", "gli", 0, {{}}, f"t{{i}}", "FINISHED", {{"accuracy": 0.5}})
+    t.write_ended(f"k{{i}}", "gli", "gli", 0, {{}}, f"t{{i}}", "FINISHED", {{"accuracy": 0.5}})
 time.sleep(0.5)
 os.kill(os.getpid(), signal.SIGKILL)
 """
@@ -153,7 +153,7 @@ def test_a_curve_holds_evaluations_only_and_the_chosen_value_has_its_own_name(tm
     ends where the evaluations end, and the chosen value is one point under the plain name."""
     tracker = _tracker(tmp_path)
     curve = [{"step": 5, "sel_accuracy": 0.7}, {"step": 10, "sel_accuracy": 0.99}]  # the last one is not chosen
-    tracker.record("k1", "gli", "gli", 0, {}, "t1", "FINISHED", {"sel_accuracy": 0.7}, 10, curve=curve)
+    tracker.write_ended("k1", "gli", "gli", 0, {}, "t1", "FINISHED", {"sel_accuracy": 0.7}, 10, curve=curve)
     handle = tracker.open_child("k2", "gli", "gli", 0, {}, "t2")
     tracker.finish(handle, "FINISHED", {"sel_accuracy": 0.7}, 10, curve=curve)
     tracker.flush()
@@ -191,7 +191,7 @@ class _FailingOnce:
         return self.method(*args, **kwargs)
 
 
-@pytest.mark.parametrize("op", ["open", "record"])
+@pytest.mark.parametrize("op", ["open", "write_ended"])
 def test_a_create_whose_first_batch_failed_still_ends_with_its_params(tmp_path, op):
     """The store fails between a child's create and its first batch: the retry finds the run the create
     made and must still log its params (not only its tags)."""
@@ -208,7 +208,7 @@ def test_a_create_whose_first_batch_failed_still_ends_with_its_params(tmp_path, 
     if op == "open":
         run_id = retry(lambda attempt: store.open(attempt, "k1", "n", tags, params, {}, {"system/scheduled_at": 1.0}))
     else:
-        run_id = retry(lambda attempt: store.record(attempt, "k1", "n", tags, params, "FINISHED", {"accuracy": 0.5},
+        run_id = retry(lambda attempt: store.write_ended(attempt, "k1", "n", tags, params, "FINISHED", {"accuracy": 0.5},
                                                     1, {}, [], None, None))
     assert store.client.log_batch.left == 0  # the failure did happen
     assert tracker.client.get_run(run_id).data.params == {"step_size": "0.01", "iterations": "3"}
@@ -231,7 +231,7 @@ def test_an_outage_in_a_launcher_side_call_stops_the_writer_like_one_in_its_proc
         tracker.writer.call(down)
     assert isinstance(tracker.writer.error, TrackingError)
     with pytest.raises(TrackingError):
-        tracker.record("k1", "gli", "gli", 0, {}, "t1", "FINISHED", {"accuracy": 0.5})
+        tracker.write_ended("k1", "gli", "gli", 0, {}, "t1", "FINISHED", {"accuracy": 0.5})
     with pytest.raises(TrackingError):
         tracker.flush()
     tracker.writer.abandon()
@@ -244,7 +244,7 @@ def test_flush_returns_once_the_writer_has_failed_even_with_a_write_counted_afte
     import threading
 
     tracker = _tracker(tmp_path)
-    tracker.record("k0", "gli", "gli", 0, {}, "t0", "FINISHED", {"accuracy": 0.5})
+    tracker.write_ended("k0", "gli", "gli", 0, {}, "t0", "FINISHED", {"accuracy": 0.5})
     tracker.flush()
     tracker.writer.proc.kill()
     tracker.writer.ack_thread.join()  # the failure is recorded, every waiter released

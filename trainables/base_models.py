@@ -26,8 +26,9 @@ from .data import DataConfig, DataError, Dataset, load_dataset
 from .data.cache import default_cache_dir
 from .metrics import BOOTSTRAP, REPORT_SPLITS, evaluate, task_loss
 from .models import ModelConfig, build_model
+from .records import REFERENCE_ROWS
 
-BASE_KINDS = {"original": "train", "retrain": "retain"}  # registry name -> the split it trains on
+BASE_KINDS = dict(zip(REFERENCE_ROWS, ("train", "retain")))  # original, retrain -> the split each trains on
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Bundles: several short trials of the study run one after another in one Ray Tune trial.
 
 Every Tune trial costs the driver a fixed amount of work (placement, start and reuse of
-the worker, result handling), about 77 ms of CPU on a 2-core machine (`bench/driver.py`,
+the worker, result handling), tens of milliseconds of CPU (`bench/driver.py`,
 docs/benchmarks.md). When the study's trials take less than that, the driver, not the
 slots, sets the pace. The plan then hands out bundles: one Tune trial whose config holds
 several trial configs, each with its own id. The worker runs them in order and reports

@@ -143,7 +143,7 @@ def forgetting_score(forget_losses, unseen_losses, seed: int = 42, protocol: str
     return out
 
 
-def bootstrap_fs_se(x: np.ndarray, y: np.ndarray, resamples: int = 200, seed: int = 42) -> float:
+def bootstrap_fs_se(x: np.ndarray, y: np.ndarray, resamples: int = BOOTSTRAP, seed: int = 42) -> float:
     """FS's standard error: each class of the attack's table resampled with replacement (class sizes
     kept), the attack refit on every resample (the same 10 stratified splits; a vectorised Newton
     solver of scikit-learn's objective, C = 1 with an unpenalised intercept), std of |0.5 - M|."""
@@ -191,7 +191,7 @@ def single_blas_thread():
     """One BLAS thread for the small numpy / scipy / sklearn work of the metrics.
 
     It gains nothing from more, and an idle BLAS pool spin-waiting afterwards steals the
-    cores from the next training steps (measured: ~100 ms per evaluation on 2 cores).
+    cores from the next training steps (docs/benchmarks.md).
     """
     return threadpool_limits(limits=1, user_api="blas")
 

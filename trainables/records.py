@@ -20,7 +20,17 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no pro
 
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own tag for a nested run
 STUDY_KEY_TAG = "study_key"  # on the parent run: what the study computes, so a rerun finds it
-CHILD_TAGS = ("method", "stage", "seed", "trial_key", "trial_id")  # on every trial's run
+# On every trial's run; `child_runs` gives each as the column "tags.<name>" (the `*_COL` names).
+METHOD_TAG, STAGE_TAG, SEED_TAG, TRIAL_KEY_TAG, TRIAL_ID_TAG = "method", "stage", "seed", "trial_key", "trial_id"
+CHILD_TAGS = (METHOD_TAG, STAGE_TAG, SEED_TAG, TRIAL_KEY_TAG, TRIAL_ID_TAG)
+METHOD_COL, STAGE_COL, SEED_COL, TRIAL_KEY_COL = (f"tags.{t}" for t in (METHOD_TAG, STAGE_TAG, SEED_TAG, TRIAL_KEY_TAG))
+HARDWARE_TAG, ACCEL_TAG = "hardware", "accel"  # on a trial's run (and `hardware` on the parent): what it ran on
+GIT_COMMIT_TAG, DATA_FINGERPRINT_TAG = "git_commit", "data_fingerprint"  # on the parent run
+STUDIED = "gli"  # the method the study searches and compares with every baseline
+# The stages of a study, as its runs' `stage` tag names them (the search stage is GLI's, named after it).
+BASE_STAGE, BASELINE_STAGE, SEARCH_STAGE, CONFIRM_STAGE = "base", "baseline", STUDIED, "confirm"
+# The selection metrics the searches optimise and the tables rank settings by.
+SEL_ACCURACY, SEL_FORGETTING, SEL_FINAL = "sel_accuracy", "sel_forgetting_score", "sel_final_score"
 SETTINGS_PARAM = "trial_settings"  # on the parent run: the settings every trial shared (JSON)
 LOSSES_ARTIFACT = "losses.npz"  # on a trial's run: its per-example forget and unseen report losses
 SCORES_ARTIFACT = "scores.npz"  # on an audit run: per forget example, the audit's score (see trainables.audit)
@@ -117,6 +127,12 @@ def trial_key(stage: str, method: str, seed: int, hparams: dict) -> str:
 def setting_of(key: str) -> str:
     """The hyper-parameter digest of a trial key: equal for one setting's runs on every seed."""
     return key.split("/")[-1]
+
+
+def numbers(values: dict | None) -> dict:
+    """The numeric entries of `values` as floats, as Tune and MLflow take them (booleans and text left out;
+    NaN and inf kept, for the failure checks)."""
+    return {k: float(v) for k, v in (values or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 def encode(value: Any) -> str:

@@ -23,13 +23,12 @@ from . import engine
 from .base_models import BASE_KINDS, base_model, default_configs
 from .data import DATASETS, OPTIONAL_SETTINGS, DataConfig, DataError, Dataset, load_dataset
 from .methods import REFERENCE_ROWS, HyperParameterError, available, create, get
-from .methods.interface import PROTOCOLS
-from .metrics import PROTOCOL_LABEL, split_size_problem
+from .methods.interface import PROTOCOLS, SELECTION_ALIAS
+from .metrics import BOOTSTRAP, PROTOCOL_LABEL, split_size_problem
 from .unlearn import EvalConfig, reference_row, unlearn
 
 COLUMNS = [("accuracy", "acc"), ("top2_accuracy", "top2"), ("forgetting_score", "FS"), ("final_score", "final"),
            ("jsd", "JSD"), ("steps", "steps"), ("seconds", "seconds"), ("rte", "RTE")]
-SELECTION_ALIAS = {"val": "fair", "test": "paper"}  # the old --selection values
 
 
 def parse_sets(pairs: list[str]) -> dict:
@@ -127,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m trainables.run", description=__doc__.splitlines()[0])
     a = parser.add_argument
     a("--method", required=True, help=f"one of {', '.join(list(REFERENCE_ROWS) + available())}, or all")
-    a("--dataset", default="digits", choices=DATASETS, help="data set (default: the embedded digits)")
+    a("--dataset", default="digits", choices=DATASETS, help="data set (default: digits, embedded)")
     a("--data-dir", help="data folder for mufac / mucac")
     a("--attribute", help="mucac-binary: the attribute predicted as two classes (default Young)")
     a("--forget-count", type=int, help="forget-set size (digits, mufac: the first N train rows; fashion-mnist)")
@@ -145,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--width", type=int, help="use the width-reduced ResNet-18 at this width (small CPU runs)")
     a("--base-epochs", type=int, help="train the base models for this many epochs (default: the data set's recipe)")
     a("--trace", metavar="FILE", help="write one JSON line per optimiser update and per evaluation")
-    a("--bootstrap", type=int, default=200, help="resamples behind each evaluation's fs_se (0: none)")
+    a("--bootstrap", type=int, default=BOOTSTRAP, help=f"resamples behind each evaluation's fs_se (0: none; default {BOOTSTRAP})")
     a("--cache-dir", help="cache for decoded images and base checkpoints")
     a("--json", action="store_true", help="print one JSON object per row (the last line is one)")
     return parser

@@ -29,7 +29,7 @@ from .base_models import BaseRecipe, base_model
 from .data import Dataset
 from .audit import audit_scores
 from .methods import REFERENCE_ROWS, create
-from .records import AUDIT_STAGE
+from .records import ACCEL_TAG, AUDIT_STAGE, HARDWARE_TAG, SEL_ACCURACY, SEL_FINAL, SEL_FORGETTING, numbers
 from .models import ModelConfig
 from .selection import Diverged
 from .unlearn import EvalConfig, reference_row, unlearn
@@ -64,15 +64,9 @@ class TrialSettings:
     evaluation: EvalConfig = field(default_factory=EvalConfig)
     threads: int = 1  # torch threads per trial: the trial's CPU share, not every core of the node
     accel: engine.Accel = field(default_factory=engine.Accel)  # bf16 and CUDA graphs on a GPU
-    fault_injection: dict | None = None  # testing aid: {method, marker} kills one worker once
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _numbers(metrics: dict) -> dict:
-    """Numbers only (Tune and MLflow take floats); NaN and inf are kept for the failure checks."""
-    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 def _peak_rss_mb() -> float:
@@ -92,29 +86,18 @@ def _placement() -> dict:
     gpu_ids = ray.get_gpu_ids() if ray.is_initialized() else []
     node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
     return {"started_at": time.time(), "gpu_id": float(gpu_ids[0]) if gpu_ids else -1.0, "node_id": node,
-            "hardware": json.dumps(engine.hardware(), sort_keys=True)}
+            HARDWARE_TAG: json.dumps(engine.hardware(), sort_keys=True)}
 
 
-def _inject_fault(settings: TrialSettings, method: str, bundled: bool) -> None:
-    """Testing aid for the retry path: kill this worker process once for `method` (never set in a study);
-    with `bundled: true`, only in a trial that runs in a bundle."""
-    fault = settings.fault_injection or {}
-    if fault.get("bundled") and not bundled:
-        return
-    if fault.get("method") == method and not os.path.exists(fault["marker"]):
-        Path(fault["marker"]).write_text("killed once")
-        os._exit(3)  # a dying worker, as an out-of-memory kill or a lost node looks to Tune
-
-
-def run_trial(spec: TrialSpec, settings: TrialSettings, data: Dataset, bundled: bool = False) -> dict:
-    """The trial's one report (what the caller hands to `tune.report`); `bundled`: it runs in a bundle."""
+def run_trial(spec: TrialSpec, settings: TrialSettings, data: Dataset) -> dict:
+    """The trial's one report (what the caller hands to `tune.report`)."""
     start = time.perf_counter()
     placement = _placement()
     torch.set_num_threads(max(1, settings.threads))
     if settings.accel.deterministic:
         engine.make_deterministic()
     device = engine.pick_device()
-    placement["accel"] = json.dumps(settings.accel.in_effect(device), sort_keys=True)  # what ran, for exports
+    placement[ACCEL_TAG] = json.dumps(settings.accel.in_effect(device), sort_keys=True)  # what ran, for exports
     models_dir = Path(settings.models_dir)
     audit = spec.stage == AUDIT_STAGE
     evaluation = replace(settings.evaluation, bootstrap=0) if audit else settings.evaluation
@@ -134,21 +117,20 @@ def run_trial(spec: TrialSpec, settings: TrialSettings, data: Dataset, bundled: 
             row["rte"] = 1.0
         scores = {"forget_scores": audit_scores(model, data, device).tolist()} if audit else {}
         where = {k: v for k, v in placement.items() if isinstance(v, str)}  # node, hardware, accel: tags
-        return {**_numbers(row), **where, **_loss_lists(losses), **scores}
+        return {**numbers(row), **where, **_loss_lists(losses), **scores}
     method = create(spec.method, data.name, **spec.hparams)
-    _inject_fault(settings, spec.method, bundled)
     startup = time.perf_counter() - start
 
     curve: list[dict] = []
 
     def report_eval(step: int, sel: dict) -> None:
-        curve.append({**{f"sel_{k}": v for k, v in _numbers(sel).items()}, "step": float(step)})
+        curve.append({**{f"sel_{k}": v for k, v in numbers(sel).items()}, "step": float(step)})
 
     try:
         result = unlearn(method, bases["original"][0], data, spec.seed, device, evaluation,
                          retrain_seconds=bases["retrain"][1], on_eval=report_eval, accel=settings.accel)
-        row = _numbers(result["metrics"])
-        bad = [k for k in ("sel_accuracy", "sel_forgetting_score", "accuracy", "forgetting_score")
+        row = numbers(result["metrics"])
+        bad = [k for k in (SEL_ACCURACY, SEL_FORGETTING, "accuracy", "forgetting_score")
                if not math.isfinite(row.get(k, math.nan))]
         if bad:
             raise Diverged(f"{spec.method}: non-finite {', '.join(bad)}")
@@ -156,7 +138,7 @@ def run_trial(spec: TrialSpec, settings: TrialSettings, data: Dataset, bundled: 
         # A diverged setting is a result, not a crash: report it as failed and end normally, so
         # Tune does not retry it (retries are for dying workers) and the study goes on.
         # The objectives are present (Tune checks) and NaN (the searcher records the trial as failed).
-        nan = {k: math.nan for k in ("sel_accuracy", "sel_forgetting_score", "sel_final_score")}
+        nan = {k: math.nan for k in (SEL_ACCURACY, SEL_FORGETTING, SEL_FINAL)}
         return {**nan, "final": 0.0, "diverged": 1.0, "error": str(exc), "curve": curve, **placement}
     row.update(final=1.0, startup_seconds=startup, trial_seconds=time.perf_counter() - start,
                pid=float(os.getpid()), ended_at=time.time(), peak_rss_mb=_peak_rss_mb(), **placement)

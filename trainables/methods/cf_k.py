@@ -7,12 +7,12 @@ from dataclasses import dataclass
 
 from ..models import BLOCKS, last_blocks, train_only
 from .interface import Batch, Context, Method, register
-from .params import MethodParams, Search, hp, whole
+from .params import MethodParams, Search, declare, whole
 
 
 @dataclass(frozen=True)
 class CFkParams(MethodParams):
-    k: int = hp(3, whole(1, len(BLOCKS)), Search("int", 1, len(BLOCKS)))  # blocks counted from the end
+    k: int = declare(3, whole(1, len(BLOCKS)), Search("int", 1, len(BLOCKS)))  # blocks counted from the end
 
 
 @register("cf_k")

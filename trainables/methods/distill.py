@@ -9,17 +9,18 @@ import torch
 import torch.nn.functional as F
 
 from .interface import Context, Method
-from .params import POSITIVE, MethodParams, Search, hp
+from .params import POSITIVE, MethodParams, Search, declare
 
 
 @dataclass(frozen=True)
 class DistillationParams(MethodParams):
-    temperature: float = hp(4.0, POSITIVE, Search("float", 1.0, 8.0))
+    temperature: float = declare(4.0, POSITIVE, Search("float", 1.0, 8.0))
 
 
-def distill_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 4.0,
+def distill_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float,
                bernoulli: bool = False) -> torch.Tensor:
-    """T^2 times the batch mean of KL(p_teacher || p_student), p = softmax(logits / T) (SPEC section 5.2).
+    """T^2 times the batch mean of KL(p_teacher || p_student), p = softmax(logits / T) (SPEC section 5.2); T is
+    the method's `temperature` (declared once, in `DistillationParams`).
 
     The softmax runs over the outputs, as the notebooks' `DistillKL` does, also over the 3
     independent attribute logits of MUCAC (`paper`). `bernoulli` treats each output as its own

@@ -12,7 +12,7 @@ import torch
 
 from ..models import BLOCKS, block_modules, reinitialise, train_only
 from .interface import Batch, Context, Method, register
-from .params import MethodParams, Rule, default, hp
+from .params import MethodParams, Rule, default, declare
 
 
 def _blocks(value: str) -> list[str]:
@@ -22,7 +22,7 @@ def _blocks(value: str) -> list[str]:
 @dataclass(frozen=True)
 class EUkParams(MethodParams):
     lr: float = default(MethodParams, "lr", 0.01)  # EU-k's rate (SPEC section 5)
-    blocks: str = hp("layer3", Rule(lambda v: bool(_blocks(v)) and set(_blocks(v)) <= set(BLOCKS),
+    blocks: str = declare("layer3", Rule(lambda v: bool(_blocks(v)) and set(_blocks(v)) <= set(BLOCKS),
                                     f"must name blocks among {', '.join(BLOCKS)}, comma-separated"))
 
 

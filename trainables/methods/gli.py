@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from .. import engine
 from .interface import Batch, Context, Method, register
-from .params import NON_NEGATIVE, POSITIVE, HyperParameterError, MethodParams, Search, default, hp, whole
+from .params import NON_NEGATIVE, POSITIVE, HyperParameterError, MethodParams, Search, default, declare, whole
 
 GUIDANCE = Search("log", 100.0, 20000.0, key="guidance")  # w_start and w_end share their bounds
 
@@ -26,12 +26,12 @@ class GLIParams(MethodParams):
 
     lr: float = default(MethodParams, "lr", 0.001, searched=False)  # the study searches GLI's own three
     epochs: int = default(MethodParams, "epochs", 1)
-    step_size: float = hp(0.01, POSITIVE, Search("log", 1e-3, 1e-1), label="step_size (alpha)")
-    iterations: int = hp(2, whole(1), Search("int", 1, 10), label="iterations (K)",
+    step_size: float = declare(0.01, POSITIVE, Search("log", 1e-3, 1e-1), label="step_size (alpha)")
+    iterations: int = declare(2, whole(1), Search("int", 1, 10), label="iterations (K)",
                          per_dataset={"mucac": 5, "mucac-binary": 5})
-    w_start: float = hp(200.0, NON_NEGATIVE, GUIDANCE, label="guidance weight w_start",
+    w_start: float = declare(200.0, NON_NEGATIVE, GUIDANCE, label="guidance weight w_start",
                         per_dataset={"mucac-binary": 800.0})
-    w_end: float = hp(1000.0, NON_NEGATIVE, replace(GUIDANCE, at_least="w_start"),
+    w_end: float = declare(1000.0, NON_NEGATIVE, replace(GUIDANCE, at_least="w_start"),
                       label="guidance weight w_end", per_dataset={"mucac-binary": 12000.0})
 
     def check(self) -> None:
@@ -135,4 +135,4 @@ class GLI(Method):
             x_p = (x + eta).clamp(0, 1)
             self.trace.append({"w": w, "eta_max": float(eta.abs().max()), "x_min": float(x_p.min()),
                                "x_max": float(x_p.max())})
-        return self.record(ctx, batch, loss, w=w)
+        return self.step_taken(ctx, batch, loss, w=w)

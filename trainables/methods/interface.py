@@ -29,6 +29,7 @@ from .loops import Draw
 from .params import HyperParameterError, MethodParams
 
 PROTOCOLS = ("fair", "paper")
+SELECTION_ALIAS = {"val": "fair", "test": "paper"}  # the deprecated --selection values, as protocols
 
 REGISTRY: dict[str, type["Method"]] = {}
 
@@ -249,7 +250,7 @@ class Method:
         loss.backward()
         self.optimizer.step()
 
-    def record(self, ctx: Context, batch: Batch, loss: torch.Tensor, phase: str | None = None,
+    def step_taken(self, ctx: Context, batch: Batch, loss: torch.Tensor, phase: str | None = None,
                reads: tuple[str, ...] | None = None, **extra) -> Step:
         """The update just made; `reads` names the splits it read when the batch served several updates."""
         sizes = {s: batch.size(s) if reads is None or s in reads else 0 for s in ("retain", "forget")}
@@ -262,7 +263,7 @@ class Method:
         with ctx.autocast():
             loss = self.loss(ctx, batch)
         self.update(loss)
-        return self.record(ctx, batch, loss)
+        return self.step_taken(ctx, batch, loss)
 
     # --- the loop ------------------------------------------------------------------------
     def iterate(self, ctx: Context, draws: Iterator[Draw]) -> Iterator[Step]:

@@ -53,7 +53,7 @@ def whole(low: int, high: int | None = None) -> Rule:
     return Rule(lambda v: _whole(v) and low <= v <= high, f"must be between {low} and {high}")
 
 
-def hp(default: Any, rule: Rule | None = None, search: Search | None = None, label: str | None = None,
+def declare(default: Any, rule: Rule | None = None, search: Search | None = None, label: str | None = None,
        per_dataset: dict[str, Any] | None = None) -> Any:
     """A declared hyper-parameter: `label` names it in error messages (default: its name)."""
     return field(default=default, metadata={"rule": rule, "search": search, "label": label,
@@ -73,10 +73,10 @@ def default(parent: type, name: str, value: Any, searched: bool = True) -> Any:
 class MethodParams:
     """The hyper-parameters every method has (SPEC section 5: SGD, momentum 0, batch 64)."""
 
-    lr: float = hp(0.001, POSITIVE, Search("log", 1e-4, 1e-1), label="learning rate")
-    epochs: int = hp(2, whole(1))
-    batch_size: int = hp(64, whole(1), label="batch size")
-    momentum: float = hp(0.0, UNIT)
+    lr: float = declare(0.001, POSITIVE, Search("log", 1e-4, 1e-1), label="learning rate")
+    epochs: int = declare(2, whole(1))
+    batch_size: int = declare(64, whole(1), label="batch size")
+    momentum: float = declare(0.0, UNIT)
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

@@ -35,10 +35,10 @@ class SCRUB(DistillationMethod):
             student = ctx.model(xr)
             retain_loss = ctx.loss(student, yr) + self.kl(ctx, student, teacher)
         self.update(retain_loss)
-        steps = [self.record(ctx, batch, retain_loss, "min", reads=("retain",))]
+        steps = [self.step_taken(ctx, batch, retain_loss, "min", reads=("retain",))]
         with ctx.autocast():
             with torch.no_grad():
                 teacher = self.teacher(xf)
             forget_loss = -self.kl(ctx, ctx.model(xf), teacher)
         self.update(forget_loss)
-        return steps + [self.record(ctx, batch, forget_loss, "max", reads=("forget",))]
+        return steps + [self.step_taken(ctx, batch, forget_loss, "max", reads=("forget",))]

@@ -12,14 +12,14 @@ import torch
 import torch.nn.functional as F
 
 from .interface import Batch, Context, Method, register
-from .params import POSITIVE, MethodParams, Search, hp, whole
+from .params import POSITIVE, MethodParams, Search, declare, whole
 
 
 @dataclass(frozen=True)
 class UNSIRParams(MethodParams):
-    noise_lr: float = hp(0.01, POSITIVE, Search("log", 1e-3, 1e-1))
-    noise_steps: int = hp(5, whole(1), Search("int", 1, 10))
-    repair_epochs: int = hp(1, whole(0))
+    noise_lr: float = declare(0.01, POSITIVE, Search("log", 1e-3, 1e-1))
+    noise_steps: int = declare(5, whole(1), Search("int", 1, 10))
+    repair_epochs: int = declare(1, whole(0))
 
 
 @register("unsir")
@@ -60,7 +60,7 @@ class UNSIR(Method):
         with ctx.autocast():
             loss = ctx.loss(ctx.model(noise), yr) + ctx.loss(ctx.model(xr), yr)  # the noise carries retain labels
         self.update(loss)
-        return self.record(ctx, batch, loss, "impair")
+        return self.step_taken(ctx, batch, loss, "impair")
 
     def repair(self, ctx: Context, batch: Batch):
         ctx.model.train(not (ctx.paper and ctx.family != "multilabel"))
@@ -68,7 +68,7 @@ class UNSIR(Method):
         with ctx.autocast():
             loss = ctx.loss(ctx.model(x), y)
         self.update(loss)
-        return self.record(ctx, batch, loss, "repair")
+        return self.step_taken(ctx, batch, loss, "repair")
 
     def run(self, ctx: Context):
         self.setup(ctx)
