@@ -15,16 +15,15 @@ import math
 import sys
 from pathlib import Path
 
-import torch
 import yaml
 
 from trainables import engine
-from trainables.base_models import BaseRecipe, base_model
+from trainables.base_models import BaseRecipe
 from trainables.data import OPTIONAL_SETTINGS, DataConfig, DataError, load_dataset
 from trainables.metrics import PROTOCOL_LABEL
 from trainables.models import ModelConfig
-from trainables.records import EXPORT_KIND, REFERENCE_ROWS, default_results_dir
-from trainables.run import run_method
+from trainables.records import EXPORT_KIND, default_results_dir, numbers
+from trainables.trial import TrialSettings, TrialSpec, run_trial
 from trainables.unlearn import EvalConfig
 
 WITHIN_SE = 3.0  # on other hardware, a reproduced number may differ by this many exported standard errors
@@ -58,24 +57,17 @@ def reproduce(spec: dict, seeds: list[int], data_dir: str | None = None, models_
     if data_cfg.get("fingerprint") and data.fingerprint != data_cfg["fingerprint"]:
         print(f"warning: the data set's fingerprint is {data.fingerprint}, the study's was {data_cfg['fingerprint']}: "
               "numbers may differ", file=sys.stderr)
-    torch.set_num_threads(max(1, int(spec.get("threads", 1))))  # the trial's thread count, for equal numerics
-    accel = engine.Accel(**spec["accel"]) if spec.get("accel") else None  # as the study's trials ran
-    if accel is not None and accel.deterministic:
-        engine.make_deterministic()
-    device = engine.pick_device()
+    accel = engine.Accel(**spec["accel"]) if spec.get("accel") else engine.Accel()  # as the study's trials ran
     model_cfg, recipe = ModelConfig(**spec["model"]), BaseRecipe.of(spec["train"])
     evaluation = EvalConfig(**{**spec["evaluation"], **({"protocol": protocol} if protocol else {})})
     folder = Path(models_dir) if models_dir else study_models(spec)
     cache = folder if folder is not None and folder.is_dir() else None  # the study's checkpoints, or the local cache
-    results = {}
-    for seed in seeds:
-        bases = {}
-        for kind in REFERENCE_ROWS:
-            model, seconds, _ = base_model(data, kind, model_cfg, recipe, seed, device, cache)
-            bases[kind] = (model, seconds)
-        results[seed] = run_method(spec["method"], data, bases, seed, device, spec["hparams"], evaluation,
-                                   accel=accel)
-    return results
+    # The trial's own settings (its thread count too, for equal numerics), run by the study's own runner.
+    settings = TrialSettings(models_dir=str(cache or ""), model=model_cfg, train=recipe, evaluation=evaluation,
+                             threads=max(1, int(spec.get("threads", 1))), accel=accel)
+    return {seed: numbers(run_trial(TrialSpec(spec.get("stage") or "reproduce", spec["method"], seed,
+                                              dict(spec["hparams"] or {})), settings, data))
+            for seed in seeds}
 
 
 def study_models(spec: dict) -> Path | None:

@@ -15,6 +15,30 @@ def test_one_method_json(capsys):
     assert last["protocol"] == "fair"
 
 
+def test_a_row_is_the_study_s_own_trial(capsys, monkeypatch):
+    """`trainables.run` runs a method through `run_trial`, the function every trial of the study (and
+    `study.reproduce`) runs: the row is that trial's report, under the same settings."""
+    import torch
+
+    from trainables import trial
+
+    reports = []
+    real = trial.run_trial
+
+    def spy(spec, settings, data, *hooks):
+        reports.append((spec, settings, real(spec, settings, data, *hooks)))
+        return reports[-1][2]
+
+    monkeypatch.setattr("trainables.run.run_trial", spy)
+    assert main(["--method", "finetune", "--seed", "1", "--json"]) == 0
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    (spec, settings, report), = reports
+    assert (spec.method, spec.seed, spec.hparams) == ("finetune", 1, {})
+    assert settings.threads == torch.get_num_threads() and settings.evaluation.protocol == "fair"
+    assert {k: row[k] for k in ("accuracy", "forgetting_score", "final_score", "sel_final_score")} == \
+        {k: report[k] for k in ("accuracy", "forgetting_score", "final_score", "sel_final_score")}
+
+
 def test_all_methods_table(capsys):
     assert main(["--method", "all", "--eval-every", "7"]) == 0
     out = capsys.readouterr().out

@@ -48,7 +48,7 @@ def test_a_trial_recorded_whole_has_its_run_params_curve_arrays_and_times(tmp_pa
 def test_a_trial_recorded_again_reuses_its_run(tmp_path):
     """A retried bundle, or a resumed study, records a trial whose earlier attempt left a run: never two."""
     tracker = _tracker(tmp_path)
-    handle = tracker.open_child("k1", "gli", "gli", 0, {"step_size": 0.01}, "t1")  # an attempt that died
+    tracker.open_child("k1", "gli", "gli", 0, {"step_size": 0.01}, "t1")  # an attempt that died
     tracker.flush()
     tracker.write_ended("k1", "gli", "gli", 0, {"step_size": 0.01}, "t2#0", "FINISHED", {"accuracy": 0.5})
     tracker.flush()

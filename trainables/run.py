@@ -5,7 +5,8 @@ the paper's defaults for the data set (override with `--set key=value`) under a
 protocol (`fair` or `paper`, SPEC section 5.1), and prints the report-split metrics;
 `--method all` prints one row per method with the original and retrained models as
 reference rows. `--trace FILE` writes one JSON line per optimiser update and per
-evaluation. The study calls the same `run_method`.
+evaluation. Each row is one `trainables.trial.run_trial`, the function every trial of the
+study runs.
 """
 
 from __future__ import annotations
@@ -22,10 +23,14 @@ import yaml
 from . import engine
 from .base_models import BASE_KINDS, base_model, default_configs
 from .data import DATASETS, OPTIONAL_SETTINGS, DataConfig, DataError, Dataset, load_dataset
-from .methods import REFERENCE_ROWS, HyperParameterError, available, create, get
+from .methods import REFERENCE_ROWS, HyperParameterError, available, create, get, resolved_hparams
 from .methods.interface import PROTOCOLS, SELECTION_ALIAS
 from .metrics import BOOTSTRAP, PROTOCOL_LABEL, split_size_problem
-from .unlearn import EvalConfig, reference_row, unlearn
+from .records import numbers
+from .trial import TrialSettings, TrialSpec, run_trial
+from .unlearn import EvalConfig
+
+RUN_STAGE = "run"  # the stage of a row run by hand (no study)
 
 COLUMNS = [("accuracy", "acc"), ("top2_accuracy", "top2"), ("forgetting_score", "FS"), ("final_score", "final"),
            ("jsd", "JSD"), ("steps", "steps"), ("seconds", "seconds"), ("rte", "RTE")]
@@ -81,27 +86,19 @@ class Trace:
             self.file.close()
 
 
-def run_method(
-    name: str, data: Dataset, bases: dict, seed: int, device: torch.device,
-    hparams: dict | None = None, evaluation: EvalConfig | None = None, trace: Trace | None = None,
-    accel: engine.Accel | None = None,
-) -> dict:
-    """One row: a reference row for original / retrain, else an unlearning run. Returns flat metrics."""
-    evaluation = evaluation or EvalConfig()
-    if name in REFERENCE_ROWS:
-        model, seconds = bases[name]
-        row = reference_row(model, data, evaluation.protocol, seconds)
-    else:
-        method = create(name, data.name, **(hparams or {}))
-        on_step, on_eval = trace.for_method(name) if trace else (None, None)
-        result = unlearn(method, bases["original"][0], data, seed, device, evaluation,
-                         retrain_seconds=bases["retrain"][1], on_eval=on_eval, on_step=on_step, accel=accel)
-        row = result["metrics"]
-        row["hparams"] = method.config()
-    if name == "retrain":
-        row["rte"] = 1.0
+def run_method(name: str, data: Dataset, settings: TrialSettings, seed: int, hparams: dict | None = None,
+               trace: Trace | None = None) -> dict:
+    """One row: a reference row for original / retrain, else an unlearning run, as the study's trial runs it
+    (`run_trial`); its numbers, the method, its resolved hyper-parameters and the protocol."""
+    on_step, on_eval = trace.for_method(name) if trace else (None, None)
+    report = run_trial(TrialSpec(RUN_STAGE, name, seed, dict(hparams or {})), settings, data, on_step, on_eval)
+    if report.get("final") != 1.0:
+        print(f"[run] {name}: failed ({report.get('error', 'no final report')})", file=sys.stderr)
+    row = numbers(report)
+    if name not in REFERENCE_ROWS:
+        row["hparams"] = resolved_hparams(name, data.name, **(hparams or {}))
     row["method"] = name
-    row["protocol"] = evaluation.protocol
+    row["protocol"] = settings.evaluation.protocol
     return row
 
 
@@ -184,12 +181,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     device = engine.pick_device()
     cache = Path(args.cache_dir).resolve() if args.cache_dir else None
-    bases = base_models(data, args.seed, device, cache, args.width, args.base_epochs)
+    base_models(data, args.seed, device, cache, args.width, args.base_epochs)  # trained (or found) once, said once
+    model_cfg, recipe = default_configs(data.name, args.width, args.base_epochs)
+    settings = TrialSettings(models_dir=str(cache or ""), model=model_cfg, train=recipe, evaluation=evaluation,
+                             threads=torch.get_num_threads())
     trace = Trace(args.trace)
     rows = []
     try:
         for name in names:
-            row = run_method(name, data, bases, args.seed, device, overrides.get(name, {}), evaluation, trace)
+            row = run_method(name, data, settings, args.seed, overrides.get(name, {}), trace)
             rows.append(row)
             if args.json:
                 print(json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}))

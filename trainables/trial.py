@@ -17,6 +17,7 @@ import json
 import math
 import os
 import resource
+import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -58,7 +59,7 @@ class TrialSpec:
 class TrialSettings:
     """What every trial of a study shares."""
 
-    models_dir: str  # base-model checkpoints, on storage every node reads
+    models_dir: str  # base-model checkpoints, on storage every node reads ("": the local checkpoint cache)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: BaseRecipe = field(default_factory=BaseRecipe)
     evaluation: EvalConfig = field(default_factory=EvalConfig)
@@ -81,16 +82,18 @@ def _loss_lists(losses: dict) -> dict:
 
 def _placement() -> dict:
     """Where this trial ran: wall-clock start, the GPU Ray assigned (-1: none) and the node."""
-    import ray
-
-    gpu_ids = ray.get_gpu_ids() if ray.is_initialized() else []
-    node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
+    ray = sys.modules.get("ray")  # not imported: not in a Ray worker (`python -m trainables.run`)
+    up = ray is not None and ray.is_initialized()
+    gpu_ids = ray.get_gpu_ids() if up else []
+    node = ray.get_runtime_context().get_node_id() if up else "local"
     return {"started_at": time.time(), "gpu_id": float(gpu_ids[0]) if gpu_ids else -1.0, "node_id": node,
             HARDWARE_TAG: json.dumps(engine.hardware(), sort_keys=True)}
 
 
-def run_trial(spec: TrialSpec, settings: TrialSettings, data: Dataset) -> dict:
-    """The trial's one report (what the caller hands to `tune.report`)."""
+def run_trial(spec: TrialSpec, settings: TrialSettings, data: Dataset, on_step=None, on_eval=None) -> dict:
+    """The trial's one report (what the caller hands to `tune.report`). The one way a method runs: the study's
+    trials, `python -m trainables.run` and `study.reproduce` all come here. `on_step(n, step)` and
+    `on_eval(n, selection_metrics)` see every update and evaluation (`trainables.run --trace`)."""
     start = time.perf_counter()
     placement = _placement()
     torch.set_num_threads(max(1, settings.threads))
@@ -98,7 +101,7 @@ def run_trial(spec: TrialSpec, settings: TrialSettings, data: Dataset) -> dict:
         engine.make_deterministic()
     device = engine.pick_device()
     placement[ACCEL_TAG] = json.dumps(settings.accel.in_effect(device), sort_keys=True)  # what ran, for exports
-    models_dir = Path(settings.models_dir)
+    models_dir = Path(settings.models_dir) if settings.models_dir else None  # None: the local checkpoint cache
     audit = spec.stage == AUDIT_STAGE
     evaluation = replace(settings.evaluation, bootstrap=0) if audit else settings.evaluation
     # An audit's unlearning runs all start from seed 0's original (the challenge's setup); its
@@ -125,10 +128,13 @@ def run_trial(spec: TrialSpec, settings: TrialSettings, data: Dataset) -> dict:
 
     def report_eval(step: int, sel: dict) -> None:
         curve.append({**{f"sel_{k}": v for k, v in numbers(sel).items()}, "step": float(step)})
+        if on_eval is not None:
+            on_eval(step, sel)
 
     try:
         result = unlearn(method, bases["original"][0], data, spec.seed, device, evaluation,
-                         retrain_seconds=bases["retrain"][1], on_eval=report_eval, accel=settings.accel)
+                         retrain_seconds=bases["retrain"][1], on_eval=report_eval, on_step=on_step,
+                         accel=settings.accel)
         row = numbers(result["metrics"])
         bad = [k for k in (SEL_ACCURACY, SEL_FORGETTING, "accuracy", "forgetting_score")
                if not math.isfinite(row.get(k, math.nan))]
