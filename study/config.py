@@ -18,7 +18,7 @@ from trainables.data import DATASETS, NEEDS_FOLDER
 from trainables.methods import HyperParameterError, available, get
 from trainables.methods.interface import PROTOCOLS, SELECTION_ALIAS
 from trainables.metrics import BOOTSTRAP
-from trainables.records import default_results_dir, default_tracking_uri, write_atomic
+from trainables.records import OBJECTIVES, default_results_dir, default_tracking_uri, write_atomic
 
 BASELINES = [m for m in available() if m != "gli"]
 
@@ -55,7 +55,7 @@ class StudyConfig:
     seeds: int = 3
     protocol: str = "fair"  # fair: one honest selection rule; paper: the reference notebooks step for step
     selection: str | None = None  # deprecated: val is protocol fair, test is protocol paper
-    objective: str = "pareto"  # a key of study.stages.OBJECTIVES
+    objective: str = OBJECTIVES[0]
     tune_baselines: bool = False
     baselines: list[str] = field(default_factory=lambda: list(BASELINES))
     smoke_test: bool = False
@@ -92,8 +92,8 @@ class StudyConfig:
                                  ("--num-cpus", self.num_cpus, 1), ("--sampler-seed", self.sampler_seed, 0)):
             if value is not None and not _whole(value, low):
                 raise ConfigError(f"{name} must be a whole number >= {low}, got {value!r}")
-        if self.objective not in ("pareto", "final_score"):
-            raise ConfigError(f"--objective must be pareto or final_score, got {self.objective!r}")
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
         unknown = sorted(set(self.baselines) - set(BASELINES))
         if unknown:
             raise ConfigError(f"unknown baseline method(s) {', '.join(unknown)}; known: {', '.join(BASELINES)}")

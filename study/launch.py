@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING
 from trainables import engine
 from trainables.data import OPTIONAL_SETTINGS, DataConfig, DataError, load_dataset
 from trainables.methods import REFERENCE_ROWS
-from trainables.records import (AUDIT_STAGE, BASE_STAGE, BASELINE_STAGE, CONFIRM_LIMIT, CONFIRM_STAGE,
+from trainables.methods.interface import PROTOCOLS
+from trainables.records import (AUDIT_STAGE, OBJECTIVES, BASE_STAGE, BASELINE_STAGE, CONFIRM_LIMIT, CONFIRM_STAGE,
                                 DATA_FINGERPRINT_TAG, GIT_COMMIT_TAG, HARDWARE_TAG, SEARCH_STAGE, SETTINGS_PARAM,
                                 STUDIED, journal_path)
 
@@ -94,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(g, "--attribute", "mucac-binary: the attribute predicted as two classes (default: Young)")
     g = p.add_argument_group("protocol and evaluation")
     _flag(g, "--protocol", "fair: the notebooks' loops with one honest selection rule; paper: the notebooks step "
-          "for step", choices=["fair", "paper"])
+          "for step", choices=PROTOCOLS)
     g.add_argument("--selection", choices=["val", "test"], help=argparse.SUPPRESS)  # deprecated alias of --protocol
     _flag(g, "--seeds", "seeds for base models, baselines and confirmation", type=int)
     _flag(g, "--width", "use the width-reduced ResNet-18 at this width (small CPU runs)", type=int)
@@ -110,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
           "deterministic kernels, no CUDA graphs (slower; CPU runs repeat without it)", action="store_true", default=None)
     g = p.add_argument_group("search")
     _flag(g, "--gli-trials", "Optuna trials for GLI, and for each baseline with --tune-baselines", type=int)
-    _flag(g, "--objective", "pareto: accuracy vs forgetting score; or one scalar", choices=["pareto", "final_score"])
+    _flag(g, "--objective", "pareto: accuracy vs forgetting score; or one scalar", choices=OBJECTIVES)
     _flag(g, "--tune-baselines", "search each baseline with GLI's trial budget", action="store_true", default=None)
     _flag(g, "--sampler-seed", "seed of Optuna's sampler", type=int)
     g = p.add_argument_group("cluster")

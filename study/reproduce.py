@@ -20,6 +20,7 @@ import yaml
 from trainables import engine
 from trainables.base_models import BaseRecipe
 from trainables.data import OPTIONAL_SETTINGS, DataConfig, DataError, load_dataset
+from trainables.methods.interface import PROTOCOLS
 from trainables.metrics import PROTOCOL_LABEL
 from trainables.models import ModelConfig
 from trainables.records import EXPORT_KIND, default_results_dir, numbers
@@ -133,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, help="how many seeds (default: the exported ones)")
     parser.add_argument("--data-dir", help="the data folder, if it moved since the study")
     parser.add_argument("--models-dir", help="the study's base-model checkpoints, if they moved")
-    parser.add_argument("--protocol", choices=["fair", "paper"],
+    parser.add_argument("--protocol", choices=PROTOCOLS,
                         help="rerun under this protocol instead of the exported one (the numbers then differ)")
     parser.add_argument("--check", action="store_true",
                         help="exit 1 when a number differs: by more than 1e-6 on the study's hardware, by more than "

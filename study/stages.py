@@ -35,13 +35,14 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 PROGRESS_EVERY_S = 2.0  # at most one progress line per stage in this time, but for failures and the last trial
 ESTIMATE_AFTER = 3  # a stage's trials that must have ended before its time left is estimated
+ESTIMATE_OVER = 12  # ... from the pace of its last this many (a stage may wait for slots at first)
 
 
 def _duration(seconds: float) -> str:
     seconds = max(0, int(round(seconds)))
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
-OBJECTIVES = {
+OBJECTIVES = {  # records.OBJECTIVES, as Optuna's metrics and modes
     "pareto": ([SEL_ACCURACY, SEL_FORGETTING], ["max", "min"]),
     "final_score": (SEL_FINAL, "max"),
 }
@@ -106,7 +107,8 @@ class Stage:
         self.first_error: str | None = None
         self.best, self.best_method = -math.inf, ""  # best selection final score so far, and whose
         self.clock = clock if clock is not None else time.time()  # the study's start: one clock for every line
-        self.started = 0.0  # when this stage was activated (its rate, for the estimate)
+        self.started = 0.0  # when this stage was activated
+        self.ended_at: deque[float] = deque(maxlen=ESTIMATE_OVER)  # when its last trials were done (the estimate)
 
     @property
     def complete(self) -> bool:
@@ -141,6 +143,7 @@ class Stage:
             reason = (trial.last_result or {}).get("error") or getattr(trial, "error_msg", None) or "no final report"
             self.first_error = str(reason).strip().splitlines()[-1][:300]
         result = trial.last_result or {}
+        self.ended_at.append(time.time())
         self._better(result.get(SEL_FINAL, -math.inf) if ok else -math.inf, self.methods.pop(trial.trial_id, ""))
         now = time.time()
         if ok and self.done < self.planned and now - self.printed < PROGRESS_EVERY_S:
@@ -157,10 +160,10 @@ class Stage:
         failed = f" ({self.failed} failed)" if self.failed else ""
         best = (f"; best final score on the selection split {self.best:.4f} ({self.best_method})"
                 if math.isfinite(self.best) else "")
-        left = self.planned - self.done
+        left, ended = self.planned - self.done, self.ended_at
         eta = ""
-        if 0 < left and self.done >= ESTIMATE_AFTER and now > self.started:  # its trials' pace is known
-            eta = f"; about {_duration(left * (now - self.started) / self.done)} left"
+        if 0 < left and len(ended) >= ESTIMATE_AFTER and ended[-1] > ended[0]:  # its trials' recent pace is known
+            eta = f"; about {_duration(left * (ended[-1] - ended[0]) / (len(ended) - 1))} left"
         return f"{self.label}: {self.done}/{self.planned} done{failed}{best}{eta} [{_duration(now - self.clock)}]"
 
     def resume_best(self, finished) -> None:

@@ -112,3 +112,10 @@ def test_help_states_each_default_once_in_groups_with_examples(capsys):
     # one default per flag: no help text says "default" twice
     for block in re.split(r"\n  (?=--)", text.split("examples:")[0]):
         assert block.count("default") <= 1, block
+
+
+def test_the_objectives_the_launcher_offers_are_the_searches_own():
+    from study.stages import OBJECTIVES
+    from trainables.records import OBJECTIVES as NAMES
+
+    assert tuple(OBJECTIVES) == NAMES and resolve({}, {}).objective == NAMES[0]

@@ -254,10 +254,12 @@ def test_progress_lines_keep_one_study_clock_name_the_best_and_estimate_what_is_
         stage.ended(f"t{i}", {}, False)
         stage.trial_done(ItemTrial(f"t{i}", {"sel_final_score": score}), ok=True)
         stage.printed = -1e18
+    stage.ended_at.clear()
+    stage.ended_at.extend([1100.0, 1115.0, 1130.0])  # its trials' recent pace: one every 15 s
     line = stage.progress(now=1130.0)
     assert "confirm: 3/6 done" in line and "best final score on the selection split 0.9500 (scrub)" in line
     assert line.endswith("[2m10s]")  # the study's clock: 130 s since it started, not 30 s since the stage did
-    assert "about 30s left" in line  # 3 trials in 30 s, 3 to go
+    assert "about 45s left" in line  # 3 to go at one every 15 s
     assert "left" not in GridStage(ctx, "base", []).progress(now=1130.0)
 
     # A resumed stage's best includes the trials an earlier run finished.

@@ -26,6 +26,7 @@ from .data import DataConfig, DataError, Dataset, load_dataset
 from .data.cache import default_cache_dir
 from .metrics import BOOTSTRAP, REPORT_SPLITS, evaluate, task_loss
 from .models import ModelConfig, build_model
+from .methods.interface import PROTOCOLS
 from .records import REFERENCE_ROWS
 
 BASE_KINDS = dict(zip(REFERENCE_ROWS, ("train", "retain")))  # original, retrain -> the split each trains on
@@ -197,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     for split in ("train", "forget", "unseen", "test"):
         parser.add_argument(f"--{split}-count", type=int, help=f"fashion-mnist: {split} images (forget: also digits, mufac)")
     parser.add_argument("--cache-dir", help="cache for decoded images and checkpoints (default ~/.cache/gli-study)")
-    parser.add_argument("--protocol", default="fair", choices=["fair", "paper"],
+    parser.add_argument("--protocol", default="fair", choices=PROTOCOLS,
                         help="fair: report halves; paper: the full test and unseen sets, the notebooks' attack balancing")
     parser.add_argument("--width", type=int, help="the width-reduced ResNet-18 at this width (small CPU runs)")
     parser.add_argument("--image-size", type=int, default=128, help="decode size for face images")

@@ -22,7 +22,6 @@ PARENT_TAG = "mlflow.parentRunId"  # MLflow's own tag for a nested run
 STUDY_KEY_TAG = "study_key"  # on the parent run: what the study computes, so a rerun finds it
 # On every trial's run; `child_runs` gives each as the column "tags.<name>" (the `*_COL` names).
 METHOD_TAG, STAGE_TAG, SEED_TAG, TRIAL_KEY_TAG, TRIAL_ID_TAG = "method", "stage", "seed", "trial_key", "trial_id"
-CHILD_TAGS = (METHOD_TAG, STAGE_TAG, SEED_TAG, TRIAL_KEY_TAG, TRIAL_ID_TAG)
 METHOD_COL, STAGE_COL, SEED_COL, TRIAL_KEY_COL = (f"tags.{t}" for t in (METHOD_TAG, STAGE_TAG, SEED_TAG, TRIAL_KEY_TAG))
 HARDWARE_TAG, ACCEL_TAG = "hardware", "accel"  # on a trial's run (and `hardware` on the parent): what it ran on
 GIT_COMMIT_TAG, DATA_FINGERPRINT_TAG = "git_commit", "data_fingerprint"  # on the parent run
@@ -31,6 +30,7 @@ STUDIED = "gli"  # the method the study searches and compares with every baselin
 BASE_STAGE, BASELINE_STAGE, SEARCH_STAGE, CONFIRM_STAGE = "base", "baseline", STUDIED, "confirm"
 # The selection metrics the searches optimise and the tables rank settings by.
 SEL_ACCURACY, SEL_FORGETTING, SEL_FINAL = "sel_accuracy", "sel_forgetting_score", "sel_final_score"
+OBJECTIVES = ("pareto", "final_score")  # a search's objective: both of the first two (Pareto), or the third alone
 SETTINGS_PARAM = "trial_settings"  # on the parent run: the settings every trial shared (JSON)
 LOSSES_ARTIFACT = "losses.npz"  # on a trial's run: its per-example forget and unseen report losses
 SCORES_ARTIFACT = "scores.npz"  # on an audit run: per forget example, the audit's score (see trainables.audit)
