@@ -185,12 +185,6 @@ class Tracker:
         return self.writer.call(lambda attempt: records.child_runs(self.client, self.experiment_id, self.parent_id,
                                                                   stage, status))
 
-    def finished_keys(self, stage: str | None = None) -> set[str]:
-        """Trial keys of the finished children (of `stage`: a stage's keys name it, and reading only its
-        runs keeps a stage's start quick after a search of hundreds of trials)."""
-        df = self.children(stage)
-        return set(df[records.TRIAL_KEY_COL]) if len(df) else set()
-
     def _child_tags(self, key: str, stage: str, method: str, seed: int, trial_id: str) -> tuple[str, dict]:
         name = f"{stage}-{method}-s{seed}-{records.setting_of(key)[:6]}"  # one setting's seeds share the suffix
         return name, {PARENT_TAG: self.parent_id, records.METHOD_TAG: method, records.STAGE_TAG: stage,
