@@ -1,6 +1,6 @@
 """A stand-in for the study's trial in the driver benchmark: reports of the real shape, no training.
 
-It imports neither PyTorch nor the project beyond `trainables.bundle` and `study.waits` (a
+It imports neither PyTorch nor the project beyond `trainables.bundle`, `trainables.records` and `study.waits` (a
 worker holding PyTorch costs a few tens of MB), so dozens of logical slots fit on a small
 machine. Wait trials (the plan's placeholders) and bundles run as the real ones do.
 
@@ -22,6 +22,7 @@ import ray
 from ray import tune
 
 from study.waits import wait_for_plan
+from trainables import records
 from trainables.bundle import bundle_items, run_bundle
 
 EVALUATIONS = 10  # evaluations a real trial reports before its final report
@@ -90,9 +91,9 @@ def standin_report(config: dict, seconds: float = 0.0) -> dict:
              "forgetting_score", "fs_se", "accuracy_se", "final_score", "jsd", "forget_loss", "unseen_loss",
              "seconds", "steps", "best_step", "evaluations", "rte", "peak_rss_mb"]
     final = {name: rng.random() for name in names}
-    final.update({"final": 1.0, "started_at": started, "ended_at": time.time(), "sel_accuracy": acc,
-                  "sel_forgetting_score": fs, "sel_final_score": (acc + 1 - 2 * fs) / 2, "sel_fs_se": 0.02,
-                  "sel_accuracy_se": 0.01, "node_id": "standin", "curve": curve,
-                  "forget_losses": [round(-math.log(rng.random() + 1e-9), 4) for _ in range(LOSSES)],
-                  "unseen_losses": [round(-math.log(rng.random() + 1e-9), 4) for _ in range(LOSSES)]})
+    final.update({records.FINAL: 1.0, "started_at": started, "ended_at": time.time(), records.SEL_ACCURACY: acc,
+                  records.SEL_FORGETTING: fs, records.SEL_FINAL: (acc + 1 - 2 * fs) / 2, "sel_fs_se": 0.02,
+                  "sel_accuracy_se": 0.01, "node_id": "standin", records.CURVE: curve,
+                  records.FORGET_LOSSES: [round(-math.log(rng.random() + 1e-9), 4) for _ in range(LOSSES)],
+                  records.UNSEEN_LOSSES: [round(-math.log(rng.random() + 1e-9), 4) for _ in range(LOSSES)]})
     return final

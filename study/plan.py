@@ -30,7 +30,7 @@ from trainables.base_models import default_configs
 from trainables.bundle import bundle_config, bundle_items, run_bundle
 from trainables.data import Dataset
 from trainables.methods import resolved_hparams
-from trainables.records import trial_key
+from trainables.records import FORGET_LOSSES, FORGET_SCORES, ITEM_SECONDS, ITEMS, UNSEEN_LOSSES, trial_key
 from trainables.trial import TrialSettings, TrialSpec, run_trial
 from trainables.unlearn import EvalConfig
 
@@ -65,13 +65,13 @@ def study_trial(config: dict, data: Dataset | None = None, settings: TrialSettin
     tune.report(run_trial(spec, settings, data))
 
 
-BULKY = ("forget_losses", "unseen_losses", "forget_scores")  # per-example arrays: MLflow artifacts, not the JSON log
+BULKY = (FORGET_LOSSES, UNSEEN_LOSSES, FORGET_SCORES)  # per-example arrays: MLflow artifacts, not the JSON log
 
 
 def _slim(result: dict) -> dict:
     out = {k: v for k, v in result.items() if k not in BULKY}
-    if isinstance(out.get("items"), list):
-        out["items"] = [_slim(item) for item in out["items"]]
+    if isinstance(out.get(ITEMS), list):
+        out[ITEMS] = [_slim(item) for item in out[ITEMS]]
     return out
 
 
@@ -231,7 +231,7 @@ class StudyPlan(Searcher):
             self.waiting.discard(trial_id)
             return
         if trial_id in self.bundles:
-            reports = (result or {}).get("items") or []
+            reports = (result or {}).get(ITEMS) or []
             ended = [(item_id, reports[i] if i < len(reports) else None)
                      for i, item_id in enumerate(self.bundles.pop(trial_id))]
         else:
@@ -241,7 +241,7 @@ class StudyPlan(Searcher):
             if (stage := self.owner.get(item_id)) is None or item_id not in stage.live:
                 continue
             if report is not None and not error:
-                seconds = report.get("item_seconds", report.get("time_total_s"))
+                seconds = report.get(ITEM_SECONDS, report.get("time_total_s"))
                 if isinstance(seconds, (int, float)) and math.isfinite(seconds):
                     stage.seconds.append(float(seconds))
             stage.ended(item_id, report, error or report is None)

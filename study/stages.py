@@ -24,7 +24,7 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from trainables.metrics import final_score
-from trainables.records import (METHOD_COL, SEL_ACCURACY, SEL_FINAL, SEL_FORGETTING, TRIAL_KEY_COL, journal_path,
+from trainables.records import (ERROR, FINAL, METHOD_COL, SEL_ACCURACY, SEL_FINAL, SEL_FORGETTING, TRIAL_KEY_COL, journal_path,
                                 optuna_study_name, repair_journal)
 from trainables.trial import TrialSpec
 
@@ -78,7 +78,7 @@ class StudySearch(OptunaSearch):
             if value is not None:
                 trials[trial_id].set_user_attr(key, value)
         values = [(result or {}).get(m) for m in internals.objectives(self)]
-        final = (result or {}).get("final") == 1.0
+        final = (result or {}).get(FINAL) == 1.0
         study = internals.optuna_study(self)
         if error or not final or any(v is None or not math.isfinite(v) for v in values):
             study.tell(trials[trial_id], None, state=TrialState.FAIL)
@@ -140,7 +140,7 @@ class Stage:
         self.done += 1
         self.failed += not ok
         if not ok and self.first_error is None:
-            reason = (trial.last_result or {}).get("error") or getattr(trial, "error_msg", None) or "no final report"
+            reason = (trial.last_result or {}).get(ERROR) or getattr(trial, "error_msg", None) or "no final report"
             self.first_error = str(reason).strip().splitlines()[-1][:300]
         result = trial.last_result or {}
         self.ended_at.append(time.time())

@@ -225,8 +225,8 @@ class Tracker:
                            points=_points(curve), started=started, ended=ended)
 
 
-IGNORED = ("final", "step", "pid", "timestamp", "time_this_iter_s", "done", "training_iteration",
-           "iterations_since_restore", "time_since_restore", "time_total_s", "item_seconds")
+IGNORED = (records.FINAL, "step", "pid", "timestamp", "time_this_iter_s", "done", "training_iteration",
+           "iterations_since_restore", "time_since_restore", "time_total_s", records.ITEM_SECONDS)
 
 
 def metric_name(name: str) -> str:
@@ -237,18 +237,19 @@ def metric_name(name: str) -> str:
 
 def outcome(result: dict) -> tuple[str, dict, int, dict, dict, list]:
     """What a trial's final report becomes in its run: (status, metrics, step, tags, arrays, curve)."""
-    curve = result.get("curve") or []  # the evaluations, sent with the final report
+    curve = result.get(records.CURVE) or []  # the evaluations, sent with the final report
     tags = {k: str(result[k]) for k in ("node_id", records.HARDWARE_TAG, records.ACCEL_TAG) if k in result}
-    if result.get("final") != 1.0:
-        reason = str(result.get("error") or "the trial ended without a final report")
-        return "FAILED", {}, 0, {**tags, "error": reason[:4000]}, {}, curve
+    if result.get(records.FINAL) != 1.0:
+        reason = str(result.get(records.ERROR) or "the trial ended without a final report")
+        return "FAILED", {}, 0, {**tags, records.ERROR: reason[:4000]}, {}, curve
     metrics = {metric_name(k): v for k, v in result.items()
                if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in IGNORED}
     arrays = {}
-    if "forget_losses" in result:
-        arrays[records.LOSSES_ARTIFACT] = {"forget": result["forget_losses"], "unseen": result.get("unseen_losses", [])}
-    if "forget_scores" in result:
-        arrays[records.SCORES_ARTIFACT] = {"forget": result["forget_scores"]}
+    if records.FORGET_LOSSES in result:
+        arrays[records.LOSSES_ARTIFACT] = {"forget": result[records.FORGET_LOSSES],
+                                           "unseen": result.get(records.UNSEEN_LOSSES, [])}
+    if records.FORGET_SCORES in result:
+        arrays[records.SCORES_ARTIFACT] = {"forget": result[records.FORGET_SCORES]}
     return "FINISHED", metrics, int(result.get("steps", 0)), tags, arrays, curve
 
 
@@ -297,9 +298,9 @@ class TrackingCallback(tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         if (items := bundle_items(trial.config)) is not None:
-            reports = (trial.last_result or {}).get("items") or []
+            reports = (trial.last_result or {}).get(records.ITEMS) or []
             for i, (item_id, config) in enumerate(items):
-                report = reports[i] if i < len(reports) else {"error": "the bundle ended without this trial's report"}
+                report = reports[i] if i < len(reports) else {records.ERROR: "the bundle ended without this trial's report"}
                 self._record_item(item_id, config, report)
             return
         handle = self.runs.pop(trial.trial_id, None)
@@ -330,11 +331,11 @@ class TrackingCallback(tune.Callback):
         reason = (getattr(trial, "error_msg", None) or "trial failed").strip().splitlines()[-1][:4000]
         if (items := bundle_items(trial.config)) is not None:  # its worker died past the retries: every item
             for item_id, config in items:
-                self._record_item(item_id, config, {"error": reason})
+                self._record_item(item_id, config, {records.ERROR: reason})
             return
         handle, ended = self.runs.pop(trial.trial_id, None), _ended(trial)
         if handle is not None:
-            self.tracker.finish(handle, "FAILED", tags={"error": reason},
+            self.tracker.finish(handle, "FAILED", tags={records.ERROR: reason},
                                 then=lambda run_id: self._written(ended, False, run_id))
         else:
             self._written(ended, False)

@@ -12,4 +12,4 @@ def test_the_driver_benchmarks_stand_in_trial_never_imports_pytorch():
     code = ("import sys; import bench.standin; print('torch' in sys.modules, "
             "sorted(m for m in sys.modules if m.split('.')[0] in ('trainables', 'study')))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False ['study', 'study.waits', 'trainables', 'trainables.bundle']"
+    assert out.stdout.strip() == "False ['study', 'study.waits', 'trainables', 'trainables.bundle', 'trainables.records']"

@@ -9,8 +9,8 @@ once, with one result per item; the driver records each item as a trial of its o
 MLflow child run, one Optuna trial). An item that raises becomes a failed result and the
 others still run; a worker that dies loses the bundle, which Tune retries as a whole.
 
-This module imports neither PyTorch nor the rest of the project, so the driver benchmark's
-stand-in trial can use it.
+This module imports neither PyTorch nor the rest of the project but the record format
+(`trainables.records`, the report's names), so the driver benchmark's stand-in trial can use it.
 """
 
 from __future__ import annotations
@@ -19,20 +19,22 @@ import time
 import traceback
 from typing import Callable
 
+from .records import ERROR, FINAL, ITEM_SECONDS, ITEMS
+
 BUNDLE_STAGE = "bundle"  # the stage name of a bundle's Tune config: never tracked itself
 
 
 def bundle_config(items: list[tuple[str, dict]]) -> dict:
     """The Tune config of a bundle of (item id, trial config) pairs."""
     return {"stage": BUNDLE_STAGE, "method": BUNDLE_STAGE, "seed": 0,
-            "hparams": {"items": [{"id": item_id, "config": config} for item_id, config in items]}}
+            "hparams": {ITEMS: [{"id": item_id, "config": config} for item_id, config in items]}}
 
 
 def bundle_items(config: dict) -> list[tuple[str, dict]] | None:
     """The (item id, trial config) pairs of a bundle's config; None for any other trial."""
     if config.get("stage") != BUNDLE_STAGE:
         return None
-    return [(item["id"], item["config"]) for item in config["hparams"]["items"]]
+    return [(item["id"], item["config"]) for item in config["hparams"][ITEMS]]
 
 
 def run_bundle(items: list[tuple[str, dict]], run_one: Callable[[dict], dict]) -> dict:
@@ -45,7 +47,7 @@ def run_bundle(items: list[tuple[str, dict]], run_one: Callable[[dict], dict]) -
             report = dict(run_one(config))
         except Exception as exc:  # one item's failure is its own, not the bundle's
             last = traceback.format_exception_only(type(exc), exc)[-1].strip()
-            report = {"final": 0.0, "error": last[:4000]}
-        report["item_seconds"] = time.perf_counter() - start
+            report = {FINAL: 0.0, ERROR: last[:4000]}
+        report[ITEM_SECONDS] = time.perf_counter() - start
         reports.append(report)
-    return {"items": reports}
+    return {ITEMS: reports}

@@ -30,7 +30,14 @@ STUDIED = "gli"  # the method the study searches and compares with every baselin
 BASE_STAGE, BASELINE_STAGE, SEARCH_STAGE, CONFIRM_STAGE = "base", "baseline", STUDIED, "confirm"
 # The selection metrics the searches optimise and the tables rank settings by.
 SEL_ACCURACY, SEL_FORGETTING, SEL_FINAL = "sel_accuracy", "sel_forgetting_score", "sel_final_score"
-OBJECTIVES = ("pareto", "final_score")  # a search's objective: both of the first two (Pareto), or the third alone
+OBJECTIVES = ("pareto", "final_score")
+# A trial's one report, from the worker (`trainables.trial.run_trial`, `trainables.bundle`) to the driver.
+FINAL = "final"  # 1.0 in a complete report, 0.0 in a failed one (which says why under ERROR)
+ERROR = "error"
+CURVE = "curve"  # the evaluations: one dict of selection metrics and its "step" each
+FORGET_LOSSES, UNSEEN_LOSSES = "forget_losses", "unseen_losses"  # per-example report losses (MLflow artifacts)
+FORGET_SCORES = "forget_scores"  # an audit trial's per-example scores (an MLflow artifact)
+ITEMS, ITEM_SECONDS = "items", "item_seconds"  # a bundle's report: its items' reports, each with its duration  # a search's objective: both of the first two (Pareto), or the third alone
 SETTINGS_PARAM = "trial_settings"  # on the parent run: the settings every trial shared (JSON)
 LOSSES_ARTIFACT = "losses.npz"  # on a trial's run: its per-example forget and unseen report losses
 SCORES_ARTIFACT = "scores.npz"  # on an audit run: per forget example, the audit's score (see trainables.audit)

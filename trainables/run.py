@@ -26,7 +26,7 @@ from .data import DATASETS, OPTIONAL_SETTINGS, DataConfig, DataError, Dataset, l
 from .methods import REFERENCE_ROWS, HyperParameterError, available, create, get, resolved_hparams
 from .methods.interface import PROTOCOLS, SELECTION_ALIAS
 from .metrics import BOOTSTRAP, PROTOCOL_LABEL, split_size_problem
-from .records import numbers
+from .records import ERROR, FINAL, numbers
 from .trial import TrialSettings, TrialSpec, run_trial
 from .unlearn import EvalConfig
 
@@ -92,8 +92,8 @@ def run_method(name: str, data: Dataset, settings: TrialSettings, seed: int, hpa
     (`run_trial`); its numbers, the method, its resolved hyper-parameters and the protocol."""
     on_step, on_eval = trace.for_method(name) if trace else (None, None)
     report = run_trial(TrialSpec(RUN_STAGE, name, seed, dict(hparams or {})), settings, data, on_step, on_eval)
-    if report.get("final") != 1.0:
-        print(f"[run] {name}: failed ({report.get('error', 'no final report')})", file=sys.stderr)
+    if report.get(FINAL) != 1.0:
+        print(f"[run] {name}: failed ({report.get(ERROR, 'no final report')})", file=sys.stderr)
     row = numbers(report)
     if name not in REFERENCE_ROWS:
         row["hparams"] = resolved_hparams(name, data.name, **(hparams or {}))

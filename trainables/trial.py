@@ -30,7 +30,8 @@ from .base_models import BaseRecipe, base_model
 from .data import Dataset
 from .audit import audit_scores
 from .methods import REFERENCE_ROWS, create
-from .records import ACCEL_TAG, AUDIT_STAGE, HARDWARE_TAG, SEL_ACCURACY, SEL_FINAL, SEL_FORGETTING, numbers
+from .records import (ACCEL_TAG, AUDIT_STAGE, CURVE, ERROR, FINAL, FORGET_LOSSES, FORGET_SCORES, HARDWARE_TAG,
+                      SEL_ACCURACY, SEL_FINAL, SEL_FORGETTING, UNSEEN_LOSSES, numbers)
 from .models import ModelConfig
 from .selection import Diverged
 from .unlearn import EvalConfig, reference_row, unlearn
@@ -77,7 +78,8 @@ def _peak_rss_mb() -> float:
 
 def _loss_lists(losses: dict) -> dict:
     """Per-example report losses, for the driver to store as an artifact (the loss plots)."""
-    return {f"{k}_losses": [round(float(v), 6) for v in values] for k, values in losses.items()}
+    names = {"forget": FORGET_LOSSES, "unseen": UNSEEN_LOSSES}
+    return {names[k]: [round(float(v), 6) for v in values] for k, values in losses.items()}
 
 
 def _placement() -> dict:
@@ -114,11 +116,11 @@ def run_trial(spec: TrialSpec, settings: TrialSettings, data: Dataset, on_step=N
         model, seconds, cached = bases[spec.method]
         losses: dict = {}
         row = reference_row(model, data, evaluation.protocol, seconds, losses, evaluation.bootstrap)
-        row.update(cached=float(cached), trial_seconds=time.perf_counter() - start, final=1.0, ended_at=time.time(),
-                   **placement)
+        row.update({FINAL: 1.0}, cached=float(cached), trial_seconds=time.perf_counter() - start,
+                   ended_at=time.time(), **placement)
         if spec.method == "retrain":
             row["rte"] = 1.0
-        scores = {"forget_scores": audit_scores(model, data, device).tolist()} if audit else {}
+        scores = {FORGET_SCORES: audit_scores(model, data, device).tolist()} if audit else {}
         where = {k: v for k, v in placement.items() if isinstance(v, str)}  # node, hardware, accel: tags
         return {**numbers(row), **where, **_loss_lists(losses), **scores}
     method = create(spec.method, data.name, **spec.hparams)
@@ -145,8 +147,8 @@ def run_trial(spec: TrialSpec, settings: TrialSettings, data: Dataset, on_step=N
         # Tune does not retry it (retries are for dying workers) and the study goes on.
         # The objectives are present (Tune checks) and NaN (the searcher records the trial as failed).
         nan = {k: math.nan for k in (SEL_ACCURACY, SEL_FORGETTING, SEL_FINAL)}
-        return {**nan, "final": 0.0, "diverged": 1.0, "error": str(exc), "curve": curve, **placement}
-    row.update(final=1.0, startup_seconds=startup, trial_seconds=time.perf_counter() - start,
+        return {**nan, FINAL: 0.0, "diverged": 1.0, ERROR: str(exc), CURVE: curve, **placement}
+    row.update({FINAL: 1.0}, startup_seconds=startup, trial_seconds=time.perf_counter() - start,
                pid=float(os.getpid()), ended_at=time.time(), peak_rss_mb=_peak_rss_mb(), **placement)
-    scores = {"forget_scores": audit_scores(result["model"], data, device).tolist()} if audit else {}
-    return {**row, **_loss_lists(result["losses"]), **scores, "curve": curve}
+    scores = {FORGET_SCORES: audit_scores(result["model"], data, device).tolist()} if audit else {}
+    return {**row, **_loss_lists(result["losses"]), **scores, CURVE: curve}
