@@ -63,15 +63,15 @@ _arrived = False  # whether this worker process has passed the start gate
 
 def standin_trial(config: dict, seconds: float = 0.0, gate: str | None = None) -> None:
     global _arrived
-    hparams = config.get("hparams") or {}
     if gate is not None and not _arrived:
         _arrived = True
         ray.get(ray.get_actor(gate).arrive.remote(os.getpid()))
     if (items := bundle_items(config)) is not None:
         tune.report(run_bundle(items, lambda item: standin_report(item, seconds)))
         return
-    if config["stage"] == "wait":
-        wait_for_plan(hparams["marker"], int(hparams["version"]), signal=hparams.get("signal"))
+    if config["stage"] == records.WAIT_STAGE:
+        wait = config[records.WAIT]
+        wait_for_plan(wait["marker"], int(wait["version"]), signal=wait.get("signal"))
         return
     tune.report(standin_report(config, seconds))
 

@@ -30,7 +30,8 @@ from trainables.base_models import default_configs
 from trainables.bundle import bundle_config, bundle_items, run_bundle
 from trainables.data import Dataset
 from trainables.methods import resolved_hparams
-from trainables.records import FORGET_LOSSES, FORGET_SCORES, ITEM_SECONDS, ITEMS, UNSEEN_LOSSES, trial_key
+from trainables.records import (FORGET_LOSSES, FORGET_SCORES, ITEM_SECONDS, ITEMS, UNSEEN_LOSSES, WAIT_STAGE,
+                                trial_key)
 from trainables.trial import TrialSettings, TrialSpec, run_trial
 from trainables.unlearn import EvalConfig
 
@@ -47,7 +48,6 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the study prints its own pro
 # the JSON log (result.json per trial) is kept, added explicitly in `StudyContext.run`.
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 
-WAIT_STAGE = "wait"  # the plan's placeholder trial: never tracked
 TIMED_BEFORE_BUNDLING = 3  # a stage's trials that must have ended before its typical length is trusted
 BRIEF = 0.1  # a bundle shorter than this fraction of bundle_seconds is never split for the tail's sake
 MAX_BUNDLE = 32  # trials per bundle at most: what a lost worker takes with it stays small
@@ -57,7 +57,7 @@ def study_trial(config: dict, data: Dataset | None = None, settings: TrialSettin
     """What Ray Tune runs for every trial of the study: one trial, a bundle of them, or a wait trial."""
     spec = TrialSpec.of(config)
     if spec.stage == WAIT_STAGE:
-        wait_for_plan(spec.hparams["marker"], int(spec.hparams["version"]), signal=spec.hparams.get("signal"))
+        wait_for_plan(spec.wait["marker"], int(spec.wait["version"]), signal=spec.wait.get("signal"))
         return
     if (items := bundle_items(config)) is not None:
         tune.report(run_bundle(items, lambda item: run_trial(TrialSpec.of(item), settings, data)))
@@ -219,7 +219,7 @@ class StudyPlan(Searcher):
         if self.marker is not None and any(not s.active or s.issued < s.planned for s in self.stages):
             self.waiting.add(trial_id)  # more trials will come once a running one ends
             where = {"marker": str(self.marker), **({"signal": self.signal} if self.signal else {})}
-            return TrialSpec(WAIT_STAGE, WAIT_STAGE, 0, {"version": self.version, **where}).config()
+            return TrialSpec(WAIT_STAGE, WAIT_STAGE, 0, wait={"version": self.version, **where}).config()
         return None
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:

@@ -37,9 +37,13 @@ class PlanSignal:
         return self.version
 
     async def set(self, version: int) -> None:
+        """The plan's version moved to `version`. Ray may run an async actor's calls out of their submission
+        order, so a late call with an older version is ignored: the version only grows (one that went back
+        left wait trials blocked until their limit)."""
         async with self.changed:
-            self.version = version
-            self.changed.notify_all()
+            if version > self.version:
+                self.version = version
+                self.changed.notify_all()
 
 
 _handles: dict[str, object] = {}  # signal name -> actor handle, per worker process

@@ -187,16 +187,21 @@ class Store:
             return run_id, False
         return self._create(key, name, tags, started), True
 
+    def _missing(self, run_id: str, params: dict) -> dict:
+        """The params a run found again lacks (a create whose batch failed left none); those it has stay as
+        written (MLflow refuses a param logged again with another value, e.g. in an older encoding)."""
+        have = self.client.get_run(run_id).data.params
+        return {k: v for k, v in params.items() if k not in have}
+
     def open(self, attempt: int, key: str, name: str, tags: dict, params: dict, first_tags: dict,
              first_metrics: dict) -> str:
-        """A trial's run as it starts: created, or the one an earlier attempt left reopened. Its params go
-        with every attempt: a create whose batch failed leaves a run without them, found again here
-        (MLflow takes a param logged again with the same value)."""
+        """A trial's run as it starts: created, or the one an earlier attempt left reopened, with whichever
+        of its params that run lacks."""
         run_id, created = self._run(key, name, tags, attempt)
         if not created:
             self.client.update_run(run_id, status="RUNNING")
-        self._batch(run_id, first_metrics, params=params,
-                    tags=first_tags if created else {"trial_id": tags["trial_id"], **first_tags})
+        self._batch(run_id, first_metrics, params=params if created else self._missing(run_id, params),
+                    tags=first_tags if created else {records.TRIAL_ID_TAG: tags[records.TRIAL_ID_TAG], **first_tags})
         return run_id
 
     def log(self, attempt: int, key: str, metrics: dict | None = None, step: int = 0, tags: dict | None = None) -> str:
@@ -213,10 +218,11 @@ class Store:
 
     def write_ended(self, attempt: int, key: str, name: str, tags: dict, params: dict, status: str, metrics: dict,
                step: int, arrays: dict, points: list, started: float | None, ended: float | None) -> str:
-        """A trial written whole once it has ended (an item of a bundle): three requests, not five. Params
-        and tags go with every attempt, as in `open`."""
+        """A trial written whole once it has ended (an item of a bundle): three requests, not five (a run found
+        again: its missing params, as in `open`)."""
         run_id, created = self._run(key, name, tags, attempt, started)
-        self._batch(run_id, metrics, step, params=params, tags=None if created else tags, points=points)
+        self._batch(run_id, metrics, step, params=params if created else self._missing(run_id, params),
+                    tags=None if created else tags, points=points)
         self._arrays(run_id, arrays)
         self.client.set_terminated(run_id, status=status, end_time=int(ended * 1000) if ended else None)
         return run_id

@@ -109,12 +109,12 @@ def test_a_free_slot_gets_a_wait_trial_that_ends_when_a_trial_does(tmp_path):
     assert [_given(plan.suggest(t)) for t in ("t1", "t2")] == ["base/original/0", "base/retrain/0"]
     plan.on_trial_complete("t1", {"final": 1.0})
     wait = plan.suggest("w1")  # scrub waits for the retrained model
-    assert wait == {"stage": WAIT_STAGE, "method": WAIT_STAGE, "seed": 0,
-                    "hparams": {"version": 1, "marker": str(marker)}}
+    assert wait == {"stage": WAIT_STAGE, "method": WAIT_STAGE, "seed": 0, "hparams": {},  # no hyper-parameters
+                    "wait": {"version": 1, "marker": str(marker)}}
 
     # What the wait trial runs, on a thread: it returns once the plan has moved on, never before.
     seen = []
-    waiting = threading.Thread(target=lambda: (wait_for_plan(str(marker), wait["hparams"]["version"], limit_s=60),
+    waiting = threading.Thread(target=lambda: (wait_for_plan(str(marker), wait["wait"]["version"], limit_s=60),
                                                seen.append(marker.read_text())))
     waiting.start()
     plan.on_trial_complete("t2", {"final": 1.0})

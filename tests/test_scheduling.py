@@ -155,7 +155,7 @@ def test_wait_trials_block_on_the_plans_signal_and_wake_when_it_moves(tmp_path):
     plan = StudyPlan([base, baseline], marker, signal="test-plan-signal")
     plan.suggest("t1"), plan.suggest("t2")
     plan.on_trial_complete("t1", {"final": 1.0})
-    wait_args = plan.suggest("w1")["hparams"]
+    wait_args = plan.suggest("w1")["wait"]
     assert wait_args == {"version": 1, "marker": str(marker), "signal": "test-plan-signal"}
     seen = []
 
@@ -200,3 +200,14 @@ def test_the_driver_benchmarks_gate_holds_trials_until_every_slot_has_a_worker()
     ray.get(late.arrive.remote(201), timeout=30)
     arrived, opened = ray.get(late.state.remote())
     assert arrived == 1 and opened is not None
+
+
+def test_the_plan_s_signal_only_moves_forward_whatever_order_its_calls_run_in():
+    """Ray runs an async actor's calls in any order: an older version arriving after a newer one must not
+    take the signal back (wait trials then blocked until their limit)."""
+    from study.waits import PlanSignal
+
+    signal = PlanSignal.remote(0)
+    ray.get(signal.set.remote(2))
+    ray.get(signal.set.remote(1))  # the late one
+    assert ray.get(signal.wait.remote(1, 0.0)) == 2

@@ -177,7 +177,7 @@ def test_short_trials_run_in_bundles_each_recorded_once(tmp_path):
     for path in (results / "ray" / "bundles").glob("study_trial_*/params.json"):
         params = json.loads(path.read_text())
         if params["stage"] == "bundle":
-            bundles.append([item["config"]["stage"] for item in params["hparams"]["items"]])
+            bundles.append([item["config"]["stage"] for item in params["items"]])
     assert any(len(items) >= 2 for items in bundles), bundles
     _, parents, children = _runs(uri, "bundles")
     assert [p.info.status for p in parents] == ["FINISHED"]

@@ -293,3 +293,19 @@ def test_outages_are_told_from_refused_writes_by_status_and_cause_not_by_digits_
                        "INVALID_PARAMETER_VALUE": databricks_pb2.INVALID_PARAMETER_VALUE,
                        "wrapped_connection_error": staticmethod(wrapped_connection_error)})
     assert unreachable(make(E)) is outage
+
+
+def test_a_run_found_again_keeps_its_params_and_gets_the_ones_it_lacks(tmp_path, capfd):
+    """A run left by an earlier study (params in the older JSON encoding, `"layer3"`) or by a create whose batch
+    failed (no params): reopening it adds what it lacks and never rewrites what it has, which MLflow refuses."""
+    tracker = _tracker(tmp_path)
+    tracker.flush()
+    tags = {records.PARENT_TAG: tracker.parent_id, records.METHOD_TAG: "eu_k", records.STAGE_TAG: "baseline",
+            records.SEED_TAG: "0", records.TRIAL_KEY_TAG: "k1", records.TRIAL_ID_TAG: "t0"}
+    old = tracker.client.create_run(tracker.experiment_id, tags=tags).info.run_id
+    tracker.client.log_param(old, "blocks", '"layer3"')
+    tracker.open_child("k1", "baseline", "eu_k", 0, {"blocks": "layer3", "lr": 0.1}, "t1")
+    tracker.flush()
+    assert tracker.client.get_run(old).data.params == {"blocks": '"layer3"', "lr": "0.1"}
+    assert "refused" not in capfd.readouterr().err
+    tracker.end_parent("FINISHED")

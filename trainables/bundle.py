@@ -19,22 +19,22 @@ import time
 import traceback
 from typing import Callable
 
-from .records import ERROR, FINAL, ITEM_SECONDS, ITEMS
+from .records import BUNDLE_STAGE, ERROR, FINAL, ITEM_SECONDS, ITEMS
 
-BUNDLE_STAGE = "bundle"  # the stage name of a bundle's Tune config: never tracked itself
 
 
 def bundle_config(items: list[tuple[str, dict]]) -> dict:
-    """The Tune config of a bundle of (item id, trial config) pairs."""
-    return {"stage": BUNDLE_STAGE, "method": BUNDLE_STAGE, "seed": 0,
-            "hparams": {ITEMS: [{"id": item_id, "config": config} for item_id, config in items]}}
+    """The Tune config of a bundle of (item id, trial config) pairs: the trial shape (`trainables.trial.TrialSpec`)
+    with its trials in `items` (this module does not import the trial module, which imports PyTorch)."""
+    return {"stage": BUNDLE_STAGE, "method": BUNDLE_STAGE, "seed": 0, "hparams": {},
+            ITEMS: [{"id": item_id, "config": config} for item_id, config in items]}
 
 
 def bundle_items(config: dict) -> list[tuple[str, dict]] | None:
     """The (item id, trial config) pairs of a bundle's config; None for any other trial."""
     if config.get("stage") != BUNDLE_STAGE:
         return None
-    return [(item["id"], item["config"]) for item in config["hparams"][ITEMS]]
+    return [(item["id"], item["config"]) for item in config[ITEMS]]
 
 
 def run_bundle(items: list[tuple[str, dict]], run_one: Callable[[dict], dict]) -> dict:

@@ -37,7 +37,12 @@ ERROR = "error"
 CURVE = "curve"  # the evaluations: one dict of selection metrics and its "step" each
 FORGET_LOSSES, UNSEEN_LOSSES = "forget_losses", "unseen_losses"  # per-example report losses (MLflow artifacts)
 FORGET_SCORES = "forget_scores"  # an audit trial's per-example scores (an MLflow artifact)
-ITEMS, ITEM_SECONDS = "items", "item_seconds"  # a bundle's report: its items' reports, each with its duration  # a search's objective: both of the first two (Pareto), or the third alone
+ITEMS, ITEM_SECONDS = "items", "item_seconds"  # a bundle's report: its items' reports, each with its duration
+# Trials of the study's Tune run that are not trials of the study: their stage names, and the fields of the trial
+# shape (`trainables.trial.TrialSpec`) that carry what they need, apart from any hyper-parameters.
+WAIT_STAGE, BUNDLE_STAGE = "wait", "bundle"
+WAIT = "wait"  # a wait trial's field: the plan's version it waits past, its marker file and signal actor
+# a bundle's field is ITEMS: its trials, each {"id", "config"}  # a search's objective: both of the first two (Pareto), or the third alone
 SETTINGS_PARAM = "trial_settings"  # on the parent run: the settings every trial shared (JSON)
 LOSSES_ARTIFACT = "losses.npz"  # on a trial's run: its per-example forget and unseen report losses
 SCORES_ARTIFACT = "scores.npz"  # on an audit run: per forget example, the audit's score (see trainables.audit)

@@ -31,7 +31,7 @@ from .data import Dataset
 from .audit import audit_scores
 from .methods import REFERENCE_ROWS, create
 from .records import (ACCEL_TAG, AUDIT_STAGE, CURVE, ERROR, FINAL, FORGET_LOSSES, FORGET_SCORES, HARDWARE_TAG,
-                      SEL_ACCURACY, SEL_FINAL, SEL_FORGETTING, UNSEEN_LOSSES, numbers)
+                      ITEMS, SEL_ACCURACY, SEL_FINAL, SEL_FORGETTING, UNSEEN_LOSSES, WAIT, numbers)
 from .models import ModelConfig
 from .selection import Diverged
 from .unlearn import EvalConfig, reference_row, unlearn
@@ -40,20 +40,26 @@ from .unlearn import EvalConfig, reference_row, unlearn
 @dataclass(frozen=True)
 class TrialSpec:
     """What one trial computes. `hparams` holds the method's settings that differ from its
-    defaults (fixed ones and, for a search, the searcher's suggestion)."""
+    defaults (fixed ones and, for a search, the searcher's suggestion), and nothing else: a wait
+    trial's plan version and marker go in `wait`, a bundle's trials in `items` (`trainables.bundle`)."""
 
     stage: str
     method: str
     seed: int
     hparams: dict[str, Any] = field(default_factory=dict)
+    wait: dict[str, Any] | None = None
+    items: list[dict[str, Any]] | None = None
 
     def config(self) -> dict[str, Any]:
-        """The trial's config as Tune holds it."""
-        return {"stage": self.stage, "method": self.method, "seed": self.seed, "hparams": dict(self.hparams)}
+        """The trial's config as Tune holds it (`wait` and `items` only where set)."""
+        out = {"stage": self.stage, "method": self.method, "seed": self.seed, "hparams": dict(self.hparams)}
+        extra = {WAIT: self.wait, ITEMS: self.items}
+        return {**out, **{k: v for k, v in extra.items() if v is not None}}
 
     @classmethod
     def of(cls, config: dict[str, Any]) -> "TrialSpec":
-        return cls(config["stage"], config["method"], int(config["seed"]), dict(config.get("hparams") or {}))
+        return cls(config["stage"], config["method"], int(config["seed"]), dict(config.get("hparams") or {}),
+                   config.get(WAIT), config.get(ITEMS))
 
 
 @dataclass(frozen=True)
