@@ -56,6 +56,14 @@ def test_errors_are_one_line(capsys):
     assert "key=value" in capsys.readouterr().err
     assert main(["--method", "finetune", "--set", "k=2"]) == 2
     assert "unknown hyper-parameter(s) k" in capsys.readouterr().err
+    assert main(["--method", "gli", "--set", "step_size=abc"]) == 2  # text where a number belongs: one line
+    assert capsys.readouterr().err.strip() == "error: gli: step_size (alpha) must be positive, got 'abc'"
+
+
+def test_a_diverging_row_is_one_line_and_exit_1(capsys):
+    """`1e8` is a number (YAML alone reads it as text); the run diverges: one line, the others unaffected."""
+    assert main(["--method", "neggrad", "--set", "lr=1e8", "--eval-every", "7"]) == 1
+    assert "[run] neggrad: failed (neggrad: non-finite" in capsys.readouterr().err
 
 
 def test_fashion_mnist_and_a_manifest_folder_run_end_to_end(tmp_path, capsys):

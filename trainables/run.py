@@ -42,7 +42,13 @@ def parse_sets(pairs: list[str]) -> dict:
         if "=" not in pair:
             raise HyperParameterError(f"--set takes key=value, got {pair!r}")
         key, value = pair.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value)  # 0.01 -> float, 5 -> int, true -> bool
+        parsed = yaml.safe_load(value)  # 0.01 -> float, 5 -> int, true -> bool
+        if isinstance(parsed, str):  # YAML reads 1e8 (no dot, no sign) as text: a number is meant
+            try:
+                parsed = float(parsed)
+            except ValueError:
+                pass
+        out[key.strip()] = parsed
     return out
 
 
@@ -193,14 +199,14 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
             if args.json:
                 print(json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}))
-            else:
+            elif row.get(FINAL) == 1.0:  # a failed row has said why in its own line
                 print(f"[run] {name}: final {row['final_score']:.4f} in {row['seconds']:.1f}s", file=sys.stderr)
     finally:
         trace.close()
     if not args.json:
         print(f"{args.dataset}, seed {args.seed}; {PROTOCOL_LABEL[protocol]}")
         print(format_table(rows))
-    return 0
+    return 1 if any(r.get(FINAL) != 1.0 for r in rows) else 0  # a row failed (diverged): said above, in one line
 
 
 if __name__ == "__main__":

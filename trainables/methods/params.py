@@ -42,6 +42,15 @@ def _whole(value: Any) -> bool:
         return False
 
 
+def _passes(rule: Rule, value: Any) -> bool:
+    """Whether `value` keeps `rule`; a value the rule cannot compare (text where a number belongs: YAML reads
+    `1e8` as text) does not."""
+    try:
+        return bool(rule.test(value))
+    except (TypeError, ValueError):
+        return False
+
+
 POSITIVE = Rule(lambda v: v > 0, "must be positive")
 NON_NEGATIVE = Rule(lambda v: v >= 0, "must be non-negative")
 UNIT = Rule(lambda v: 0 <= v < 1, "must be in [0, 1)")
@@ -81,7 +90,7 @@ class MethodParams:
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             value, rule = getattr(self, f.name), f.metadata.get("rule")
-            if rule is not None and not rule.test(value):
+            if rule is not None and not _passes(rule, value):
                 raise HyperParameterError(f"{f.metadata.get('label') or f.name} {rule.text}, got {value!r}")
             if f.type in (int, "int"):
                 object.__setattr__(self, f.name, int(value))  # 2.0 from JSON or YAML is the whole number 2
