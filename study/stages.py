@@ -142,10 +142,9 @@ class Stage:
         if not ok and self.first_error is None:
             reason = (trial.last_result or {}).get(ERROR) or getattr(trial, "error_msg", None) or "no final report"
             self.first_error = str(reason).strip().splitlines()[-1][:300]
-        result = trial.last_result or {}
-        self.ended_at.append(time.time())
+        result, now = trial.last_result or {}, time.time()
+        self.ended_at.append(now)
         self._better(result.get(SEL_FINAL, -math.inf) if ok else -math.inf, self.methods.pop(trial.trial_id, ""))
-        now = time.time()
         if ok and self.done < self.planned and now - self.printed < PROGRESS_EVERY_S:
             return  # many short trials: a line every few seconds, not one per trial
         self.printed = now

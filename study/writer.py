@@ -205,8 +205,9 @@ class Store:
         return run_id
 
     def log(self, attempt: int, key: str, metrics: dict | None = None, step: int = 0, tags: dict | None = None) -> str:
-        self._batch(self._known()[key], metrics, step, tags=tags)
-        return self._known()[key]
+        run_id = self._known()[key]
+        self._batch(run_id, metrics, step, tags=tags)
+        return run_id
 
     def finish(self, attempt: int, key: str, status: str, metrics: dict, step: int, tags: dict, arrays: dict,
                points: list) -> str:
