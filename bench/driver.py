@@ -95,13 +95,13 @@ def main() -> None:
         gate = ReadyGate.options(name=gate_name).remote(args.slots, args.start_limit)
         ctx.trainable = tune.with_parameters(standin_trial, seconds=args.seconds, gate=gate_name)
         ended: list[float] = []  # when each trial's run was written
-        trial_done = Stage.trial_done
+        recorded = Stage.recorded
 
-        def timed(stage, trial, ok):
+        def timed(stage, trial, ok, run_id=None):
             ended.append(time.perf_counter())
-            trial_done(stage, trial, ok)
+            recorded(stage, trial, ok, run_id)
 
-        Stage.trial_done = timed
+        Stage.recorded = timed
         start, started_at = time.perf_counter(), time.time()
         stages = run_study(ctx)
         tracker.flush()

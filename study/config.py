@@ -53,7 +53,7 @@ class StudyConfig:
     tracking_outage: float = where(300.0)  # seconds the store may be unreachable (writes queued, retried) before stopping
     gli_trials: int = where(24)
     seeds: int = 3
-    protocol: str = "fair"  # fair: one honest selection rule; paper: the reference notebooks step for step
+    protocol: str = PROTOCOLS[0]  # fair: one honest selection rule; paper: the reference notebooks step for step
     selection: str | None = None  # deprecated: val is protocol fair, test is protocol paper
     objective: str = OBJECTIVES[0]
     tune_baselines: bool = False

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from trainables import engine
 from trainables.data import OPTIONAL_SETTINGS, DataConfig, DataError, load_dataset
+from trainables.data.folder import FASHION_SIZES
 from trainables.methods import REFERENCE_ROWS
 from trainables.methods.interface import PROTOCOLS
 from trainables.records import (AUDIT_STAGE, OBJECTIVES, BASE_STAGE, BASELINE_STAGE, CONFIRM_LIMIT, CONFIRM_STAGE,
@@ -89,10 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(g, "--dataset", "digits (embedded), fashion-mnist, mufac, mucac, mucac-binary or folder")
     _flag(g, "--data-dir", "the data folder (mufac, mucac, folder; fashion-mnist: default the Debian package's)")
     _flag(g, "--forget-count", "forget-set size (digits, mufac, fashion-mnist)", type=int)
-    for split, default in (("train", "1,000"), ("unseen", "1,000"), ("test", "1,000")):
-        _flag(g, f"--{split}-count", f"fashion-mnist: {split} images (default: {default})", type=int)
-    _flag(g, "--image-size", "decode face images at this size (default: 128), for small CPU runs", type=int)
-    _flag(g, "--attribute", "mucac-binary: the attribute predicted as two classes (default: Young)")
+    data = DataConfig()  # the data settings' declared defaults
+    for split in ("train", "unseen", "test"):
+        _flag(g, f"--{split}-count", f"fashion-mnist: {split} images (default: {FASHION_SIZES[split]:,})", type=int)
+    _flag(g, "--image-size", f"decode face images at this size (default: {data.image_size}), for small CPU runs",
+          type=int)
+    _flag(g, "--attribute", f"mucac-binary: the attribute predicted as two classes (default: {data.attribute})")
     g = p.add_argument_group("protocol and evaluation")
     _flag(g, "--protocol", "fair: the notebooks' loops with one honest selection rule; paper: the notebooks step "
           "for step", choices=PROTOCOLS)
@@ -179,7 +182,7 @@ def run_study(ctx: StudyContext) -> list:
     baselines (they fill the slots while the search's last trials run); confirm once the searches end."""
     cfg, seeds = ctx.cfg, list(range(ctx.cfg.seeds))
     base = ctx.grid(BASE_STAGE, [{"method": m, "seed": s, "hparams": {}} for s in seeds for m in REFERENCE_ROWS])
-    needs = base.seed_done
+    needs = base  # a seed's trials wait for that seed's base models
     searches = [ctx.search(SEARCH_STAGE, STUDIED, SearchSpace(STUDIED, cfg.gli_space),
                            paper_point(STUDIED, cfg.dataset, cfg.gli_space),
                            cfg.gli_trials, needs)]

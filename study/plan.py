@@ -5,14 +5,24 @@ last the whole study. `StudyPlan` is Tune's searcher: it asks the stages in orde
 trial whenever a slot is free. `study_trial` is the trainable: a trial of the study
 (`trainables.trial.run_trial`) or a wait trial, the plan's placeholder that holds a free
 worker until any trial ends (see `StudyPlan`). `StudyContext` builds the stages and runs them.
+
+A trial's life, each step in one place:
+0. `StudyPlan.suggest` (Tune's thread) asks the stages in order; `Stage.take` hands the trial out and
+   counts it issued and live.
+1. Tune reports its end: `StudyPlan.on_trial_complete` (Tune's thread) calls `Stage.ended`, which frees
+   its slot in the stage (the stage may complete; that, or the end of a trial another stage `needs`, wakes the wait trials). A search stage
+   also notes the objectives for Optuna.
+2. `tracking.TrackingCallback` writes its MLflow run; the writer's acknowledgement (the writer's thread)
+   calls `StudyPlan.trial_recorded` -> `Stage.recorded`: a search stage tells Optuna (whichever of steps 1
+   and 2 comes second does, so Optuna and MLflow agree one to one), then the stage counts it done and
+   prints progress.
+The slot is freed at step 1, not after the write, so a trial's successor never waits for the store.
 """
 
 from __future__ import annotations
 
 import gc
-import math
 import os
-import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -145,10 +155,8 @@ class StudyPlan(Searcher):
         self.signal, self._signal = signal, None  # the study's `PlanSignal` actor (study.waits): name, handle
         self.slots, self.bundle_seconds = max(1, slots), bundle_seconds
         self.bundles: dict[str, list[str]] = {}  # Tune trial id -> its items' ids (see trainables.bundle)
-        # Stages whose trials, as they end, can let another stage's trials start (the base models of a
-        # seed): only their ends, and a stage completing, wake the wait trials. Waking them on every
-        # trial's end would restart every idle slot's wait trial each time, work that grows with the slots.
-        self.providers = {id(s.needs.__self__) for s in stages if getattr(s.needs, "__self__", None) is not None}
+        # Stages whose trials, as they end, can let another stage's trials start (some stage `needs` them).
+        self.providers = {s.needs.label for s in stages if s.needs is not None}
         self._publish()
 
     def _publish(self) -> None:
@@ -178,20 +186,15 @@ class StudyPlan(Searcher):
         (under `BRIEF` of `bundle_seconds`): then the tail it could add is as short, and trials handed out
         one or two at a time would cost the driver more than the slots gain (measured with
         `bench/driver.py`, docs/benchmarks.md)."""
-        if self.bundle_seconds <= 0 or len(stage.seconds) < TIMED_BEFORE_BUNDLING:
+        if self.bundle_seconds <= 0 or (typical := stage.typical_seconds(TIMED_BEFORE_BUNDLING)) is None:
             return 1
-        typical = statistics.median(stage.seconds)
-        share = -(-(stage.planned - stage.issued) // self.slots)
+        share = -(-stage.to_issue // self.slots)
         fill = self.bundle_seconds / max(typical, 1e-3)  # trials that fill bundle_seconds
         return max(1, min(MAX_BUNDLE, int(fill), max(share, int(BRIEF * fill))))
 
     def _take(self, stage: Stage, trial_id: str) -> dict | None:
-        if (given := stage.next_config(trial_id)) is None:
-            return None
-        config, seed = given
-        stage.issued += 1
-        stage.live[trial_id] = seed
-        self.owner[trial_id] = stage
+        if (config := stage.take(trial_id)) is not None:
+            self.owner[trial_id] = stage
         return config
 
     def suggest(self, trial_id: str):
@@ -216,7 +219,7 @@ class StudyPlan(Searcher):
             if items:
                 self.bundles[trial_id] = [item_id for item_id, _ in items]
                 return bundle_config(items)
-        if self.marker is not None and any(not s.active or s.issued < s.planned for s in self.stages):
+        if self.marker is not None and any(not s.active or s.to_issue > 0 for s in self.stages):
             self.waiting.add(trial_id)  # more trials will come once a running one ends
             where = {"marker": str(self.marker), **({"signal": self.signal} if self.signal else {})}
             return TrialSpec(WAIT_STAGE, WAIT_STAGE, 0, wait={"version": self.version, **where}).config()
@@ -236,27 +239,25 @@ class StudyPlan(Searcher):
                      for i, item_id in enumerate(self.bundles.pop(trial_id))]
         else:
             ended = [(trial_id, result)]
+        # Only an end that can let trials start (a provider stage's, a stage completing) wakes the wait trials:
+        # waking them on every end would restart every idle slot's wait trial each time, work that grows
+        # with the slots.
         wake = False
         for item_id, report in ended:
-            if (stage := self.owner.get(item_id)) is None or item_id not in stage.live:
+            if (stage := self.owner.get(item_id)) is None:
                 continue
-            if report is not None and not error:
-                seconds = report.get(ITEM_SECONDS, report.get("time_total_s"))
-                if isinstance(seconds, (int, float)) and math.isfinite(seconds):
-                    stage.seconds.append(float(seconds))
-            stage.ended(item_id, report, error or report is None)
-            wake |= id(stage) in self.providers or stage.complete
+            seconds = (report or {}).get(ITEM_SECONDS, (report or {}).get("time_total_s"))
+            completed = stage.ended(item_id, report, error or report is None,
+                                    float(seconds) if isinstance(seconds, (int, float)) else None)
+            wake |= completed or stage.label in self.providers
         if wake:
             self.version += 1
             self._publish()  # the wait trials end; the plan is asked again
 
-    def trial_done(self, trial, ok: bool) -> None:
+    def trial_recorded(self, trial, ok: bool, run_id: str | None = None) -> None:
+        """Step 2 of a trial's end, from the tracking callback (module docstring)."""
         if (stage := self.owner.get(trial.trial_id)) is not None:
-            stage.trial_done(trial, ok)
-
-    def trial_written(self, trial_id: str, run_id: str | None = None) -> None:
-        if (stage := self.owner.get(trial_id)) is not None:
-            stage.written(trial_id, run_id)
+            stage.recorded(trial, ok, run_id)
 
     def save_to_dir(self, *args, **kwargs) -> None:
         pass
@@ -294,10 +295,11 @@ class StudyContext:
     def key(self, stage: str, method: str, seed: int, hparams: dict) -> str:
         return trial_key(stage, method, seed, resolved_hparams(method, self.dataset, **hparams))
 
-    def grid(self, stage: str, runs, after: tuple[str, ...] = (), needs=None) -> GridStage:
+    def grid(self, stage: str, runs, after: tuple[str, ...] = (), needs: GridStage | None = None) -> GridStage:
         return GridStage(self, stage, runs, after, needs)
 
-    def search(self, stage: str, method: str, space, point: dict | None, budget: int, needs=None) -> SearchStage:
+    def search(self, stage: str, method: str, space, point: dict | None, budget: int,
+               needs: GridStage | None = None) -> SearchStage:
         return SearchStage(self, stage, method, space, point, budget, needs=needs)
 
     def run(self, stages: list[Stage]) -> None:
@@ -320,8 +322,8 @@ class StudyContext:
             run_config=tune.RunConfig(
                 # one folder per study: two studies may share a storage path
                 name=self.cfg.experiment_name, storage_path=self.cfg.storage_path, verbose=0,
-                callbacks=[TrackingCallback(self.tracker, self.data.name, {s.stage for s in stages}, plan.trial_done,
-                                            plan.trial_written), StudyJsonLogger()],
+                callbacks=[TrackingCallback(self.tracker, self.data.name, {s.stage for s in stages}, plan.trial_recorded),
+                           StudyJsonLogger()],
                 failure_config=tune.FailureConfig(max_failures=self.cfg.max_failures),
             ),
         )

@@ -10,6 +10,7 @@ from their journal file, so a rerun resumes a study rather than repeating it.
 from __future__ import annotations
 
 import math
+import statistics
 import sys
 import threading
 import time
@@ -92,12 +93,15 @@ class Stage:
 
     A stage is activated once the stages named in `after` are complete (so it may be built
     from their results); activation decides how many trials are left to run. A trial of
-    seed s waits for `needs(s)` (the base models of that seed), not for a whole stage. A
+    seed s waits for the trials of seed s of the stage it `needs` (the base models of that
+    seed), not for a whole stage. A
     stage is complete when it has handed out all its trials and every one has ended.
     """
 
-    def __init__(self, stage: str, label: str, after: tuple[str, ...] = (), needs=None, clock: float | None = None):
-        self.stage, self.label, self.after, self.needs = stage, label, tuple(after), needs
+    def __init__(self, stage: str, label: str, after: tuple[str, ...] = (), needs: GridStage | None = None,
+                 clock: float | None = None):
+        self.stage, self.label, self.after = stage, label, tuple(after)
+        self.needs = needs  # a trial of seed s waits until this stage's trials of seed s have ended
         self.active = False
         self.planned = self.issued = self.done = self.failed = 0
         self.live: dict[str, int] = {}  # trial id -> seed
@@ -111,6 +115,15 @@ class Stage:
         self.ended_at: deque[float] = deque(maxlen=ESTIMATE_OVER)  # when its last trials were done (the estimate)
 
     @property
+    def to_issue(self) -> int:
+        """Trials the stage has yet to hand out (as planned at activation)."""
+        return self.planned - self.issued
+
+    def typical_seconds(self, after: int) -> float | None:
+        """The median length of its last ended trials, once `after` of them have ended."""
+        return statistics.median(self.seconds) if len(self.seconds) >= after else None
+
+    @property
     def complete(self) -> bool:
         return self.active and self.issued >= self.planned and not self.live
 
@@ -120,23 +133,33 @@ class Stage:
         if self.planned:
             print(f"[study] stage {self.label}: {self.planned} trial(s)", file=sys.stderr, flush=True)
 
-    def next_config(self, trial_id: str) -> tuple[dict, int] | None:
+    def take(self, trial_id: str) -> dict | None:
+        """Step 0 of a trial's life: the stage hands it out (a trial config), or None when none can start now."""
         given = self._suggest(trial_id) if self.issued < self.planned else None
-        if given is not None:
-            self.methods[trial_id] = given[0]["method"]
-        return given
+        if given is None:
+            return None
+        config, seed = given
+        self.issued += 1
+        self.live[trial_id] = seed
+        self.methods[trial_id] = config["method"]
+        return config
 
     def ready(self, seed: int) -> bool:
-        return self.needs is None or self.needs(seed)
+        return self.needs is None or self.needs.seed_done(seed)
 
-    def ended(self, trial_id: str, result: dict | None, error: bool) -> None:
-        self.live.pop(trial_id, None)
+    def ended(self, trial_id: str, result: dict | None, error: bool, seconds: float | None = None) -> bool:
+        """Step 1 (Tune's thread, as Tune reports the trial's end): its slot is free, `seconds` (how long it
+        ran) joins the stage's typical length. True when the stage has completed."""
+        if trial_id not in self.live:
+            return False
+        self.live.pop(trial_id)
+        if not error and seconds is not None and math.isfinite(seconds):
+            self.seconds.append(float(seconds))
+        return self.complete
 
-    def written(self, trial_id: str, run_id: str | None = None) -> None:
-        """The trial's MLflow run (`run_id`) is written (called from the tracking writer's thread)."""
-
-    def trial_done(self, trial, ok: bool) -> None:
-        """Progress, once the trial is recorded in MLflow (on the tracking writer's thread)."""
+    def recorded(self, trial, ok: bool, run_id: str | None = None) -> None:
+        """Step 2 (the tracking writer's thread, once the trial's MLflow run `run_id` is in the store): the
+        stage counts it done and prints progress; a search stage first tells Optuna."""
         self.done += 1
         self.failed += not ok
         if not ok and self.first_error is None:
@@ -190,7 +213,7 @@ class GridStage(Stage):
     only once the searches have ended.
     """
 
-    def __init__(self, ctx, stage: str, runs, after: tuple[str, ...] = (), needs=None):
+    def __init__(self, ctx, stage: str, runs, after: tuple[str, ...] = (), needs: GridStage | None = None):
         super().__init__(stage, stage, after, needs, getattr(ctx, "started", None))
         self.ctx, self.runs, self.pending = ctx, runs, []
 
@@ -224,7 +247,7 @@ class SearchStage(Stage):
     """An Optuna search for one method on the first seed, resumable from the journal file."""
 
     def __init__(self, ctx, stage: str, method: str, space, point: dict | None, budget: int,
-                 after: tuple[str, ...] = (), needs=None):
+                 after: tuple[str, ...] = (), needs: GridStage | None = None):
         super().__init__(stage, stage if stage == method else f"{stage}-{method}", after, needs,
                          getattr(ctx, "started", None))
         self.ctx, self.method, self.space, self.point, self.budget = ctx, method, space, point, budget
@@ -295,8 +318,8 @@ class SearchStage(Stage):
         with self.lock:
             self.searcher.on_trial_result(trial_id, result)
 
-    def ended(self, trial_id: str, result: dict | None, error: bool) -> None:
-        super().ended(trial_id, result, error)
+    def ended(self, trial_id: str, result: dict | None, error: bool, seconds: float | None = None) -> bool:
+        wake = super().ended(trial_id, result, error, seconds)
         with self.lock:
             score = (result or {}).get(SEL_FINAL)
             self.attrs.setdefault(trial_id, {})["final_score"] = (
@@ -305,17 +328,22 @@ class SearchStage(Stage):
                 self._tell(trial_id, result, error)
             else:
                 self.untold[trial_id] = (result, error)
+        return wake
 
     def __getstate__(self) -> dict:  # Tune pickles its searcher; a lock does not travel
         return {**self.__dict__, "lock": None}
 
-    def written(self, trial_id: str, run_id: str | None = None) -> None:
+    def recorded(self, trial, ok: bool, run_id: str | None = None) -> None:
+        """Optuna hears of the trial's end here, once its run is written (steps 1 and 2 come on two threads,
+        in either order: whichever comes second tells Optuna); then the progress line."""
+        trial_id = trial.trial_id
         with self.lock:
             self.attrs.setdefault(trial_id, {})["mlflow_run_id"] = run_id
             if trial_id in self.untold:
                 self._tell(trial_id, *self.untold.pop(trial_id))
             else:
                 self.written_ids.add(trial_id)
+        super().recorded(trial, ok, run_id)
 
     def _tell(self, trial_id: str, result: dict | None, error: bool) -> None:
         """Optuna hears of the trial's end, with what leads from it to the rest of the study: its seed, its

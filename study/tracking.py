@@ -278,9 +278,10 @@ def _ended(trial) -> ItemTrial:
 class TrackingCallback(tune.Callback):
     """Driver-side: turns each trial's reports into its MLflow child run (queued, see `Writer`)."""
 
-    def __init__(self, tracker: Tracker, dataset: str, stages: set[str], on_done=None, on_written=None):
-        self.tracker, self.dataset, self.stages, self.on_done = tracker, dataset, set(stages), on_done
-        self.on_written = on_written or (lambda trial_id, run_id: None)  # once the trial's run is written
+    def __init__(self, tracker: Tracker, dataset: str, stages: set[str], on_recorded=None):
+        self.tracker, self.dataset, self.stages = tracker, dataset, set(stages)
+        # (trial, ok, run_id), once the trial's run is written: step 2 of a trial's end (study.plan)
+        self.on_recorded = on_recorded or (lambda trial, ok, run_id: None)
         self.runs: dict[str, RunHandle] = {}
         self.attempts: dict[str, int] = {}
 
@@ -303,12 +304,11 @@ class TrackingCallback(tune.Callback):
                 report = reports[i] if i < len(reports) else {records.ERROR: "the bundle ended without this trial's report"}
                 self._record_item(item_id, config, report)
             return
-        handle = self.runs.pop(trial.trial_id, None)
-        if handle is None:
-            self.on_written(trial.trial_id, None)
-            return
-        ended = _ended(trial)
+        handle, ended = self.runs.pop(trial.trial_id, None), _ended(trial)
         status, metrics, step, tags, arrays, curve = outcome(ended.last_result)
+        if handle is None:  # not a trial of the study (a wait trial): nothing to write
+            self._written(ended, status == "FINISHED")
+            return
         self.tracker.finish(handle, status, metrics, step, tags, arrays, curve,
                             then=lambda run_id: self._written(ended, status == "FINISHED", run_id))
 
@@ -341,10 +341,8 @@ class TrackingCallback(tune.Callback):
             self._written(ended, False)
 
     def _written(self, trial, ok: bool, run_id: str | None = None) -> None:
-        """The trial's run (`run_id`) is in the store: Optuna hears of its end, then the progress line."""
-        self.on_written(trial.trial_id, run_id)
-        if self.on_done:
-            self.on_done(trial, ok=ok)
+        """The trial's run (`run_id`) is in the store."""
+        self.on_recorded(trial, ok, run_id)
 
 
 __all__ = ["Tracker", "TrackingCallback", "TrackingError", "git_commit", "runs_link"]

@@ -37,8 +37,8 @@ def _given(config) -> str | None:
 
 def _plan(ctx, confirm_runs):
     base = GridStage(ctx, "base", [_run(m, s) for s in (0, 1) for m in ("original", "retrain")])
-    baseline = GridStage(ctx, "baseline", [_run("scrub", s) for s in (0, 1)], needs=base.seed_done)
-    confirm = GridStage(ctx, "confirm", confirm_runs, after=("baseline",), needs=base.seed_done)
+    baseline = GridStage(ctx, "baseline", [_run("scrub", s) for s in (0, 1)], needs=base)
+    confirm = GridStage(ctx, "confirm", confirm_runs, after=("baseline",), needs=base)
     return StudyPlan([base, baseline, confirm])
 
 
@@ -103,7 +103,7 @@ def test_a_free_slot_gets_a_wait_trial_that_ends_when_a_trial_does(tmp_path):
     marker = tmp_path / "study.plan"
     ctx = _ctx()
     base = GridStage(ctx, "base", [_run("original", 0), _run("retrain", 0)])
-    baseline = GridStage(ctx, "baseline", [_run("scrub", 0)], needs=base.seed_done)
+    baseline = GridStage(ctx, "baseline", [_run("scrub", 0)], needs=base)
     plan = StudyPlan([base, baseline], marker)
     assert marker.read_text() == "0"
     assert [_given(plan.suggest(t)) for t in ("t1", "t2")] == ["base/original/0", "base/retrain/0"]
@@ -147,7 +147,9 @@ def test_short_trials_are_handed_out_in_bundles_and_each_item_ends_on_its_own():
     assert grid.issued == 13 and len(grid.live) == 10
     # Each item ends as a trial of its own; one without a report (the bundle was cut short) as an error.
     ended = []
-    grid.ended = lambda trial_id, result, error: (ended.append((trial_id, error)), grid.live.pop(trial_id))
+    real_ended = grid.ended
+    grid.ended = lambda trial_id, result, error, seconds: (ended.append((trial_id, error)),
+                                                           real_ended(trial_id, result, error, seconds))[1]
     reports = [{"final": 1.0, "item_seconds": 0.1}] * 9
     plan.on_trial_complete("b1", {"items": reports})
     assert ended == [(f"b1#{i}", False) for i in range(9)] + [("b1#9", True)]
@@ -248,11 +250,11 @@ def test_progress_lines_keep_one_study_clock_name_the_best_and_estimate_what_is_
     stage.started = 1100.0  # activated 100 s into the study
     stage.printed = -1e18
     for i, (method, score) in enumerate([("gli", 0.91), ("scrub", 0.95), ("gli", 0.93)]):
-        config, _ = stage.next_config(f"t{i}")
+        config = stage.take(f"t{i}")
         assert config["method"] in ("gli", "scrub")
         stage.methods[f"t{i}"] = method
         stage.ended(f"t{i}", {}, False)
-        stage.trial_done(ItemTrial(f"t{i}", {"sel_final_score": score}), ok=True)
+        stage.recorded(ItemTrial(f"t{i}", {"sel_final_score": score}), ok=True)
         stage.printed = -1e18
     stage.ended_at.clear()
     stage.ended_at.extend([1100.0, 1115.0, 1130.0])  # its trials' recent pace: one every 15 s

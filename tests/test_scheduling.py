@@ -151,7 +151,7 @@ def test_wait_trials_block_on_the_plans_signal_and_wake_when_it_moves(tmp_path):
     actor = PlanSignal.options(name="test-plan-signal").remote(0)
     ctx = _ctx()
     base = GridStage(ctx, "base", [_run("original", 0), _run("retrain", 0)])
-    baseline = GridStage(ctx, "baseline", [_run("scrub", 0)], needs=base.seed_done)
+    baseline = GridStage(ctx, "baseline", [_run("scrub", 0)], needs=base)
     plan = StudyPlan([base, baseline], marker, signal="test-plan-signal")
     plan.suggest("t1"), plan.suggest("t2")
     plan.on_trial_complete("t1", {"final": 1.0})

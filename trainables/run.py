@@ -23,6 +23,7 @@ import yaml
 from . import engine
 from .base_models import BASE_KINDS, base_model, default_configs
 from .data import DATASETS, OPTIONAL_SETTINGS, DataConfig, DataError, Dataset, load_dataset
+from .data.folder import FASHION_SIZES
 from .methods import REFERENCE_ROWS, HyperParameterError, available, create, get, resolved_hparams
 from .methods.interface import PROTOCOLS, SELECTION_ALIAS
 from .metrics import BOOTSTRAP, PROTOCOL_LABEL, split_size_problem
@@ -125,29 +126,33 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+DATA = DataConfig()  # the data settings' declared defaults, for the help text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m trainables.run", description=__doc__.splitlines()[0])
     a = parser.add_argument
     a("--method", required=True, help=f"one of {', '.join(list(REFERENCE_ROWS) + available())}, or all")
-    a("--dataset", default="digits", choices=DATASETS, help="data set (default: digits, embedded)")
+    a("--dataset", default=DATA.dataset, choices=DATASETS, help="data set (default: %(default)s)")
     a("--data-dir", help="data folder for mufac / mucac")
-    a("--attribute", help="mucac-binary: the attribute predicted as two classes (default Young)")
+    a("--attribute", help=f"mucac-binary: the attribute predicted as two classes (default {DATA.attribute})")
     a("--forget-count", type=int, help="forget-set size (digits, mufac: the first N train rows; fashion-mnist)")
     for split in ("train", "unseen", "test"):
-        a(f"--{split}-count", type=int, help=f"fashion-mnist: {split} images (default 1,000)")
+        a(f"--{split}-count", type=int, help=f"fashion-mnist: {split} images (default {FASHION_SIZES[split]:,})")
     for name, what in (("test-max-id", "test"), ("retain-max-id", "retain"), ("forget-max-id", "forget")):
         a(f"--{name}", type=int, help=f"mucac: identity ids below this (and above the previous threshold) are {what}")
     a("--seed", type=int, default=0, help="seed of the base models and of the method run")
     a("--set", action="append", default=[], metavar="KEY=VALUE", help="override a hyper-parameter (repeatable)")
-    a("--protocol", choices=PROTOCOLS, help="fair (default): one honest selection rule; paper: the notebooks step for step")
+    a("--protocol", choices=PROTOCOLS,
+      help=f"fair: one honest selection rule; paper: the notebooks step for step (default {PROTOCOLS[0]})")
     a("--selection", choices=sorted(SELECTION_ALIAS), help="deprecated: val is --protocol fair, test is --protocol paper")
     a("--eval-every", type=int, help="updates between evaluations (default: the protocol's)")
     a("--patience", type=int, help="stop after this many evaluations without improvement (default: the protocol's)")
-    a("--image-size", type=int, help="decode face images at this size (default 128), for small CPU runs")
+    a("--image-size", type=int, help=f"decode face images at this size (default {DATA.image_size}), for small CPU runs")
     a("--width", type=int, help="use the width-reduced ResNet-18 at this width (small CPU runs)")
     a("--base-epochs", type=int, help="train the base models for this many epochs (default: the data set's recipe)")
     a("--trace", metavar="FILE", help="write one JSON line per optimiser update and per evaluation")
-    a("--bootstrap", type=int, default=BOOTSTRAP, help=f"resamples behind each evaluation's fs_se (0: none; default {BOOTSTRAP})")
+    a("--bootstrap", type=int, default=BOOTSTRAP, help="resamples behind each evaluation's fs_se (0: none; default %(default)s)")
     a("--cache-dir", help="cache for decoded images and base checkpoints")
     a("--json", action="store_true", help="print one JSON object per row (the last line is one)")
     return parser
@@ -158,7 +163,7 @@ def resolve_protocol(protocol: str | None, selection: str | None) -> str:
         print(f"[run] --selection is deprecated: use --protocol {SELECTION_ALIAS[selection]}", file=sys.stderr)
         if protocol and protocol != SELECTION_ALIAS[selection]:
             raise ValueError(f"--selection {selection} contradicts --protocol {protocol}")
-    return protocol or (SELECTION_ALIAS[selection] if selection else "fair")
+    return protocol or (SELECTION_ALIAS[selection] if selection else PROTOCOLS[0])
 
 
 def main(argv: list[str] | None = None) -> int:
