@@ -110,7 +110,7 @@ def export(experiment: str, tracking_uri: str | None, out: Path) -> list[Path]:
     study, params, tags = open_study(experiment, tracking_uri)
     info = StudyInfo.from_params(params)
     summary, front, written = build_report(study, info, out)
-    rows = method_rows(study.children(), info.tune_baselines)
+    rows = method_rows(study.children(), info.paper_baselines)
     for _, r in summary.iterrows():
         group = rows[(rows["method"] == r["method"]) & (rows["setting"] == r["setting"])]
         path = out / f"{r['method']}.yaml"

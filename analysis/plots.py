@@ -9,8 +9,12 @@ import math
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")  # files only; no display needed on a cluster node
+# TrueType fonts in PDF and PS (Type 42): some venues reject the default Type 3 fonts.
+matplotlib.rcParams.update({"pdf.fonttype": 42, "ps.fonttype": 42})
+PNG_DPI = 300
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -21,7 +25,7 @@ from trainables.records import write_atomic  # noqa: E402
 def _save(fig, base: Path) -> list[Path]:
     base.parent.mkdir(parents=True, exist_ok=True)
     paths = [base.with_suffix(".png"), base.with_suffix(".pdf")]
-    write_atomic(paths[0], writer=lambda tmp: fig.savefig(tmp, dpi=150, bbox_inches="tight"))
+    write_atomic(paths[0], writer=lambda tmp: fig.savefig(tmp, dpi=PNG_DPI, bbox_inches="tight"))
     write_atomic(paths[1], writer=lambda tmp: fig.savefig(tmp, bbox_inches="tight"))
     plt.close(fig)
     return paths
@@ -272,3 +276,26 @@ def plot_optuna(study, title: str, out_dir: Path) -> list[Path]:
     fig.suptitle(f"hyper-parameter importances (fANOVA): {study.study_name}; {title}", fontsize=9)
     fig.tight_layout()
     return written + _save(fig, out_dir / "optuna_importances")
+
+
+def plot_tuning(curves: pd.DataFrame, title: str, base: Path) -> list[Path]:
+    """Per searched method, each finished trial's selection final score and the best so far, against the trial
+    number: one panel each, on a shared vertical range, so that equal budgets are seen to be spent alike."""
+    scored = curves.dropna(subset=["sel_final_score"]) if len(curves) else curves
+    if not len(scored):
+        return []
+    lo, hi = float(scored["sel_final_score"].min()), float(scored["sel_final_score"].max())
+    pad = 0.05 * (hi - lo) + 1e-3
+
+    def draw(ax, name):
+        mine = curves[curves["method"] == name]
+        done = mine.dropna(subset=["sel_final_score"])
+        ax.scatter(done["trial"], done["sel_final_score"], s=10, color="#1f77b4", label="trial")
+        ax.step(mine["trial"], mine["best_so_far"], where="post", color="#d62728", label="best so far")
+        ax.set_ylim(lo - pad, hi + pad)
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.set_title(name, fontsize=9)
+        ax.set_ylabel("selection final score", fontsize=7)
+        ax.grid(alpha=0.3)
+
+    return panels(list(dict.fromkeys(curves["method"])), draw, f"tuning, best so far; {title}", "trial", base)

@@ -19,7 +19,7 @@ from trainables.records import (BASE_STAGE, BASELINE_STAGE, CONFIRM_LIMIT, CONFI
                                 SEARCH_STAGE, SEED_COL, SEL_FINAL, STAGE_COL, STUDIED, TRIAL_KEY_COL, journal_path,
                                 optuna_study_name, setting_of, write_atomic)
 
-from . import plots, tables
+from . import plots, tables, tuning
 from .audit import audit_table, plot_epsilons
 from .audit import to_markdown as audit_markdown
 from .pareto import pareto_front
@@ -37,8 +37,9 @@ class StudyInfo:
     dataset: str
     protocol: str
     objective: str
-    tune_baselines: bool
+    paper_baselines: bool
     results_dir: str
+    budget: int | None = None  # trials per searched method (`gli_trials` in studies recorded before the name)
 
     @property
     def label(self) -> str:
@@ -55,8 +56,14 @@ class StudyInfo:
 
     @classmethod
     def from_params(cls, params: dict) -> "StudyInfo":
-        """From the parent run's (decoded) params, or from a `StudyConfig` as a dict."""
-        return cls(**{f.name: params.get(f.name) for f in fields(cls)})
+        """From the parent run's (decoded) params, or from a `StudyConfig` as a dict. A study recorded before
+        `paper_baselines` existed has `tune_baselines` (its opposite) instead."""
+        values = {f.name: params.get(f.name) for f in fields(cls)}
+        if values["paper_baselines"] is None:
+            values["paper_baselines"] = not params.get("tune_baselines", False)
+        if values["budget"] is None:
+            values["budget"] = params.get("gli_trials")
+        return cls(**values)
 
 
 def gli_front(trials: pd.DataFrame, objective: str, limit: int = CONFIRM_LIMIT) -> pd.DataFrame:
@@ -68,13 +75,13 @@ def gli_front(trials: pd.DataFrame, objective: str, limit: int = CONFIRM_LIMIT) 
     return pareto_front(trials).sort_values(SEL_FINAL, ascending=False).head(limit)
 
 
-def method_rows(children: pd.DataFrame, tuned: bool) -> pd.DataFrame:
-    """Rows that make the table: base models, baselines (paper settings, or the confirmed tuned
-    ones with --tune-baselines) and GLI's confirmed settings."""
+def method_rows(children: pd.DataFrame, paper_baselines: bool) -> pd.DataFrame:
+    """Rows that make the table: base models, baselines (their confirmed searched settings, or their paper
+    settings with `paper_baselines`) and GLI's confirmed settings."""
     if len(children) == 0:
         return children
     stage = children[STAGE_COL]
-    keep = (stage == BASE_STAGE) | ((stage == BASELINE_STAGE) & (not tuned)) | (stage == CONFIRM_STAGE)
+    keep = (stage == BASE_STAGE) | ((stage == BASELINE_STAGE) & paper_baselines) | (stage == CONFIRM_STAGE)
     rows = children[keep].copy()
     rows["method"] = rows[METHOD_COL]
     rows["setting"] = rows[TRIAL_KEY_COL].map(setting_of)
@@ -116,7 +123,7 @@ def build_report(study: StudyRecords, info: StudyInfo, out_dir: Path) -> tuple[p
     children = study.children()
     gli = children[children[STAGE_COL] == SEARCH_STAGE] if len(children) else children
     front = gli_front(gli, info.objective)
-    rows = method_rows(children, info.tune_baselines)
+    rows = method_rows(children, info.paper_baselines)
     summary = tables.summarise(rows)
     audit, epsilons = audit_table(study)
     if len(audit) and len(summary):
@@ -128,8 +135,16 @@ def build_report(study: StudyRecords, info: StudyInfo, out_dir: Path) -> tuple[p
         written.append(write_atomic(out_dir / name, text))
 
     pairs = tables.paired(rows, summary)
+    confirmed = set(rows[rows[STAGE_COL] == CONFIRM_STAGE]["method"]) if len(rows) else set()
+    searched = [STUDIED] + ([] if info.paper_baselines else sorted(confirmed - {STUDIED}))  # the tuning cards
+    studies = {m: s for m in searched if (s := load_optuna(info, m)) is not None}
+    cards, curves = tuning.tuning_tables(studies, info.budget, rows, summary)
     write("summary.md", info.preamble + "\n" + tables.to_markdown(summary, info.title, info.dataset) + "\n"
-          + tables.paired_markdown(pairs, info.title) + "\n" + audit_markdown(audit, info.title))
+          + tables.paired_markdown(pairs, info.title) + "\n" + tuning.tuning_markdown(cards) + "\n"
+          + audit_markdown(audit, info.title))
+    if len(cards):
+        write("tuning.csv", cards.to_csv(index=False))
+        write("tuning_trials.csv", curves.to_csv(index=False))
     if len(audit):
         write("audit.csv", audit.to_csv(index=False))
     if len(pairs):
@@ -154,7 +169,8 @@ def build_report(study: StudyRecords, info: StudyInfo, out_dir: Path) -> tuple[p
         written += plots.plot_losses(_losses(study, rows, summary), info.title, out_dir / "losses")
         if epsilons:
             written += plot_epsilons(epsilons, info.title, out_dir / "audit_epsilons")
-        search = load_optuna(info)
+        written += plots.plot_tuning(curves, info.title, out_dir / "tuning")
+        search = studies.get(STUDIED)
         if search is not None:
             written += plots.plot_optuna(search, info.title, out_dir)
     except (ValueError, TypeError, KeyError, IndexError, RuntimeError, OSError) as exc:

@@ -51,16 +51,19 @@ class StudyConfig:
     storage_path: str | None = where(None)  # shared storage for multi-node runs; default <results_dir>/ray
     tracking_uri: str | None = where(None)  # default sqlite:///<results_dir>/mlflow.db
     tracking_outage: float = where(300.0)  # seconds the store may be unreachable (writes queued, retried) before stopping
-    gli_trials: int = where(24)
+    budget: int = where(24)  # Optuna trials per searched method: GLI's, and every baseline's unless paper_baselines
+    gli_trials: int | None = where(None)  # deprecated: the old name of budget
     seeds: int = 3
     protocol: str = PROTOCOLS[0]  # fair: one honest selection rule; paper: the reference notebooks step for step
     selection: str | None = None  # deprecated: val is protocol fair, test is protocol paper
     objective: str = OBJECTIVES[0]
-    tune_baselines: bool = False
+    paper_baselines: bool | None = None  # baselines at their paper settings, not searched (default: under paper only)
+    tune_baselines: bool | None = None  # deprecated: the opposite of paper_baselines
     baselines: list[str] = field(default_factory=lambda: list(BASELINES))
     smoke_test: bool = False
     allow_cpu: bool = where(False)
     sampler_seed: int = 0
+    search_batch: int = 4  # settings asked for at once per search, so that a seeded search repeats (0: as slots free)
     eval_every: int | None = None  # steps between evaluations inside a trial (default: ~10 per epoch)
     patience: int | None = None  # evaluations without improvement before a trial stops early
     base_epochs: int | None = None  # override the base models' training epochs
@@ -89,7 +92,8 @@ class StudyConfig:
                                  ("--patience", self.patience, 1), ("method_epochs", self.method_epochs, 1),
                                  ("--forget-count", self.forget_count, 1), ("--train-count", self.train_count, 1),
                                  ("--unseen-count", self.unseen_count, 1), ("--test-count", self.test_count, 1),
-                                 ("--num-cpus", self.num_cpus, 1), ("--sampler-seed", self.sampler_seed, 0)):
+                                 ("--num-cpus", self.num_cpus, 1), ("--sampler-seed", self.sampler_seed, 0),
+                                 ("--search-batch", self.search_batch, 0)):
             if value is not None and not _whole(value, low):
                 raise ConfigError(f"{name} must be a whole number >= {low}, got {value!r}")
         if self.objective not in OBJECTIVES:
@@ -101,7 +105,7 @@ class StudyConfig:
             raise ConfigError(f"--bootstrap must be 0 (none) or a whole number >= 2, got {self.bootstrap!r}")
         if not _whole(self.audit, 0) or self.audit == 1:
             raise ConfigError(f"--audit needs at least 2 models per setting (the challenge used 512), got {self.audit}")
-        for name, value, low in [("--gli-trials", self.gli_trials, 1), ("--seeds", self.seeds, 1),
+        for name, value, low in [("--budget", self.budget, 1), ("--seeds", self.seeds, 1),
                                  ("--max-failures", self.max_failures, 0)]:
             if not _whole(value, low):
                 raise ConfigError(f"{name} must be a whole number >= {low}, got {value!r}")
@@ -165,8 +169,19 @@ class StudyConfig:
                 raise ConfigError(f"--selection {self.selection} contradicts --protocol {self.protocol}")
             print(f"[study] --selection is deprecated: use --protocol {alias}", file=sys.stderr)
             self.protocol, self.selection = alias, None
+        if self.gli_trials is not None:  # the deprecated name
+            print(f"[study] gli_trials is deprecated: use budget (--budget {self.gli_trials})", file=sys.stderr)
+            self.budget, self.gli_trials = self.gli_trials, None
+        if self.tune_baselines is not None:  # the deprecated flag
+            print("[study] tune_baselines is deprecated: baselines are searched under --protocol fair unless "
+                  "--paper-baselines", file=sys.stderr)
+            if self.paper_baselines is None:
+                self.paper_baselines = not self.tune_baselines
+            self.tune_baselines = None
+        if self.paper_baselines is None:  # fair: every method searched with the same budget; paper: the notebooks'
+            self.paper_baselines = self.protocol == "paper"
         if self.smoke_test:  # the whole path, small: every method, one seed, short trials; what the user set stays
-            self.gli_trials = min(self.gli_trials, 4) if _number(self.gli_trials) else self.gli_trials
+            self.budget = min(self.budget, 4) if _number(self.budget) else self.budget
             self.seeds = 1
             self.base_epochs = 3 if self.base_epochs is None else self.base_epochs
             self.method_epochs = 1 if self.method_epochs is None else self.method_epochs

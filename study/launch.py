@@ -1,8 +1,9 @@
 """`python -m study.launch`: the GLI unlearning study on a Ray cluster, tracked in MLflow.
 
-Stages: base (original and retrained models per seed), baseline (every baseline per
-seed, or an Optuna search each with --tune-baselines), gli (Optuna over step size,
-iteration count and guidance strength), confirm (the chosen settings over every seed),
+Stages: base (original and retrained models per seed), baseline (an Optuna search per
+baseline with GLI's budget under --protocol fair; each baseline's paper setting per seed
+under paper or with --paper-baselines), gli (Optuna over step size, iteration count and
+guidance strength), confirm (the chosen settings over every seed),
 all in one Tune run: a seed's baseline and gli trials start once its base models exist.
 With no flags it runs the whole study on digits on the local CPU.
 """
@@ -19,6 +20,7 @@ import signal
 import sys
 import threading
 import time
+from pathlib import Path
 from dataclasses import asdict
 from typing import TYPE_CHECKING
 
@@ -113,10 +115,17 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(g, "--deterministic", "GPU trials that repeat bit for bit on the same GPU, driver and libraries: fp32, "
           "deterministic kernels, no CUDA graphs (slower; CPU runs repeat without it)", action="store_true", default=None)
     g = p.add_argument_group("search")
-    _flag(g, "--gli-trials", "Optuna trials for GLI, and for each baseline with --tune-baselines", type=int)
+    _flag(g, "--budget", "Optuna trials per searched method: GLI, and under --protocol fair every baseline", type=int)
+    g.add_argument("--gli-trials", type=int, help=argparse.SUPPRESS)  # deprecated name of --budget
     _flag(g, "--objective", "pareto: accuracy vs forgetting score; or one scalar", choices=OBJECTIVES)
-    _flag(g, "--tune-baselines", "search each baseline with GLI's trial budget", action="store_true", default=None)
+    _flag(g, "--paper-baselines", "run the baselines at their paper settings instead of searching them with the "
+          "budget (default: under --protocol paper only; the rows are labelled so)",
+          action=argparse.BooleanOptionalAction, default=None)
+    g.add_argument("--tune-baselines", action="store_true", default=None, help=argparse.SUPPRESS)  # deprecated
     _flag(g, "--sampler-seed", "seed of Optuna's sampler", type=int)
+    _flag(g, "--search-batch", "settings each search asks for at once, asking again once all have ended: the "
+          "same command then proposes the same settings whatever order trials end in (0: ask as slots free, "
+          "faster with many slots, not repeatable)", type=int)
     g = p.add_argument_group("cluster")
     _flag(g, "--num-gpus", "GPUs the study uses (0: CPU only)", type=float)
     _flag(g, "--num-cpus", "CPUs of the local Ray instance (default: all cores)", type=int)
@@ -185,11 +194,11 @@ def run_study(ctx: StudyContext) -> list:
     needs = base  # a seed's trials wait for that seed's base models
     searches = [ctx.search(SEARCH_STAGE, STUDIED, SearchSpace(STUDIED, cfg.gli_space),
                            paper_point(STUDIED, cfg.dataset, cfg.gli_space),
-                           cfg.gli_trials, needs)]
-    if cfg.tune_baselines:
-        searches += [ctx.search(BASELINE_STAGE, m, SearchSpace(m), paper_point(m, cfg.dataset), cfg.gli_trials, needs)
+                           cfg.budget, needs)]
+    if not cfg.paper_baselines:  # every baseline searched with GLI's budget
+        searches += [ctx.search(BASELINE_STAGE, m, SearchSpace(m), paper_point(m, cfg.dataset), cfg.budget, needs)
                      for m in cfg.baselines]
-    grid = [] if cfg.tune_baselines else [
+    grid = [] if not cfg.paper_baselines else [
         ctx.grid(BASELINE_STAGE, [{"method": m, "seed": s, "hparams": ctx.fixed_hparams(m)}
                               for s in seeds for m in cfg.baselines], needs=needs)]
 
@@ -301,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         info = StudyInfo.from_params(asdict(cfg))
         summary, front, written = build_report(StudyRecords(tracker.client, tracker.experiment_id, parent_id), info,
                                                results)
-        tracker.log_parent_metrics(headline(summary))
+        tracker.log_parent_metrics({**headline(summary), **tuning_headline(results / "tuning.csv")})
         tracker.describe_parent((results / "summary.md").read_text())
         tracker.log_artifact(results / "config.yaml")
         for path in written:
@@ -347,6 +356,20 @@ def headline(summary) -> dict:
         return {}
     return {f"{r['method']}/{m}": r[m] for _, r in summary.iterrows()
             for m in ("final_score", "accuracy", "forgetting_score") if m in r and r[m] == r[m]}
+
+
+def tuning_headline(path: Path) -> dict:
+    """Each searched method's tuning card for its parent run: `<method>/tuning_trials` (finished) and
+    `<method>/tuning_best` (the best selection final score its search reached)."""
+    if not path.exists():
+        return {}
+    import pandas as pd
+
+    cards = pd.read_csv(path)
+    out = {f"{r['method']}/tuning_trials": float(r["finished"]) for _, r in cards.iterrows()}
+    out.update({f"{r['method']}/tuning_best": float(r["best_sel_final_score"]) for _, r in cards.iterrows()
+                if r["best_sel_final_score"] == r["best_sel_final_score"]})
+    return out
 
 
 def _stop_ray() -> None:

@@ -244,7 +244,15 @@ class GridStage(Stage):
 
 
 class SearchStage(Stage):
-    """An Optuna search for one method on the first seed, resumable from the journal file."""
+    """An Optuna search for one method on the first seed, resumable from the journal file.
+
+    With `search_batch` B > 0 (the study's setting) the search asks Optuna for B settings at once and
+    asks again only when all B have ended and Optuna has been told of each: every proposal is then
+    made from the same finished trials, whatever order they ended in, so a seeded search proposes
+    the same settings on every run (the cost: at most B trials of one search run at a time, and a
+    batch's last trial holds up the next; other stages fill the slots meanwhile). With 0, a setting
+    is asked for whenever a slot is free, from whichever trials have ended by then.
+    """
 
     def __init__(self, ctx, stage: str, method: str, space, point: dict | None, budget: int,
                  after: tuple[str, ...] = (), needs: GridStage | None = None):
@@ -260,6 +268,8 @@ class SearchStage(Stage):
         self.untold: dict[str, tuple[dict | None, bool]] = {}
         self.written_ids: set[str] = set()
         self.lock = threading.Lock()  # the searcher is told from the tracking writer's thread
+        self.batch = int(getattr(ctx.cfg, "search_batch", 0) or 0)
+        self.ahead: deque[tuple[str, dict]] = deque()  # the batch's settings not yet handed out (placeholder id)
 
     def _plan(self) -> int:
         cfg = self.ctx.cfg
@@ -299,11 +309,40 @@ class SearchStage(Stage):
         )
         return remaining
 
+    def _ask_batch(self) -> None:
+        """The next batch's settings, asked once every trial of the last one has ended and Optuna has heard of
+        each (their runs written: step 2 of a trial's end, waited for here if it is still on its way)."""
+        if self.untold:
+            self.ctx.tracker.flush()
+        with self.lock:
+            for i in range(min(self.batch, self.to_issue)):
+                placeholder = f"{self.label}-ahead-{self.issued + i}"
+                params = self.searcher.suggest(placeholder)
+                if params is None or params == Searcher.FINISHED:
+                    break
+                self.ahead.append((placeholder, params))
+
+    def _next_setting(self, trial_id: str):
+        if not self.batch:
+            with self.lock:
+                return self.searcher.suggest(trial_id)
+        if not self.ahead:
+            if self.live:  # the batch's trials are still running: the next batch waits for all of them
+                return None
+            self._ask_batch()
+            if not self.ahead:
+                return Searcher.FINISHED
+        placeholder, params = self.ahead.popleft()
+        with self.lock:
+            internals.rename_trial(self.searcher, placeholder, trial_id)
+        return params
+
     def _suggest(self, trial_id: str) -> tuple[dict, int] | None:
         if not self.ready(0):
             return None
-        with self.lock:
-            params = self.searcher.suggest(trial_id)
+        params = self._next_setting(trial_id)
+        if params is None and self.batch:
+            return None  # a batch still running
         if params is None or params == Searcher.FINISHED:
             if not self.live:
                 self.planned = self.issued  # nothing running and nothing more to give: never wait forever
@@ -320,6 +359,8 @@ class SearchStage(Stage):
 
     def ended(self, trial_id: str, result: dict | None, error: bool, seconds: float | None = None) -> bool:
         wake = super().ended(trial_id, result, error, seconds)
+        # a batch's last trial: the next batch can be asked for (wait trials woken)
+        wake |= bool(self.batch) and not self.live and not self.ahead and self.to_issue > 0
         with self.lock:
             score = (result or {}).get(SEL_FINAL)
             self.attrs.setdefault(trial_id, {})["final_score"] = (

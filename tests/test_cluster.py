@@ -24,7 +24,7 @@ def test_two_node_cluster_runs_trials_on_both_nodes(tmp_path):
     cluster.wait_for_nodes()
     try:
         config = tmp_path / "study.yaml"
-        config.write_text("baselines: [finetune, neggrad, cf_k, scrub]\ngli_trials: 4\n")
+        config.write_text("baselines: [finetune, neggrad, cf_k, scrub]\nbudget: 4\n")
         uri = f"sqlite:///{tmp_path}/store.db"
         shared = tmp_path / "shared"  # both nodes see this folder: the shared storage path
         assert launch(["--smoke-test", "--config", str(config), "--address", cluster.address,

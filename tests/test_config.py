@@ -19,22 +19,43 @@ def test_defaults_resolve_paths(tmp_path, monkeypatch):
 
 def test_file_then_flags(tmp_path):
     path = tmp_path / "study.yaml"
-    path.write_text("gli_trials: 7\nseeds: 2\nselection: test\ngli-space:\n  step_size: [0.002, 0.05]\n"
+    path.write_text("budget: 7\nseeds: 2\nselection: test\ngli-space:\n  step_size: [0.002, 0.05]\n"
                     "  iterations: [1, 4]\n  guidance: [100, 5000]\n")
-    cfg = resolve(load_yaml(str(path)), {"seeds": 5, "gli_trials": None})
-    assert cfg.gli_trials == 7  # from the file
+    cfg = resolve(load_yaml(str(path)), {"seeds": 5, "budget": None})
+    assert cfg.budget == 7  # from the file
     assert cfg.seeds == 5  # the flag wins
     assert cfg.protocol == "paper" and cfg.selection is None  # the deprecated alias, mapped
     assert cfg.gli_space["iterations"] == [1, 4]
 
 
+@pytest.mark.parametrize("given,protocol,paper_baselines", [
+    ({}, "fair", False),  # fair: every baseline searched with GLI's budget
+    ({}, "paper", True),  # paper: the notebooks' settings
+    ({"paper_baselines": True}, "fair", True),
+    ({"paper_baselines": False}, "paper", False),
+    ({"tune_baselines": True}, "paper", False),  # the deprecated flag, mapped
+    ({"tune_baselines": False}, "fair", True),
+])
+def test_baselines_are_searched_with_the_same_budget_unless_asked_for_paper_settings(given, protocol, paper_baselines,
+                                                                                      capsys):
+    cfg = resolve({}, {**given, "protocol": protocol})
+    assert cfg.paper_baselines is paper_baselines and cfg.tune_baselines is None
+    assert ("deprecated" in capsys.readouterr().err) == ("tune_baselines" in given)
+
+
+def test_the_old_name_of_the_budget_still_works(capsys):
+    cfg = resolve({"gli_trials": 9}, {})
+    assert cfg.budget == 9 and cfg.gli_trials is None
+    assert "gli_trials is deprecated: use budget" in capsys.readouterr().err
+
+
 def test_smoke_test_shrinks_the_study():
     cfg = resolve({}, {"smoke_test": True})
-    assert cfg.gli_trials <= 4 and cfg.seeds == 1 and cfg.method_epochs == 1 and cfg.experiment_name.endswith("-smoke")
+    assert cfg.budget <= 4 and cfg.seeds == 1 and cfg.method_epochs == 1 and cfg.experiment_name.endswith("-smoke")
 
 
 @pytest.mark.parametrize("text,message", [
-    ("gli_trials: [1, 2\n", "not valid YAML at line"),
+    ("budget: [1, 2\n", "not valid YAML at line"),
     ("num_trials: 5\n", "unknown setting(s) num_trials"),
     ("- just a list\n", "expected a mapping"),
 ])
@@ -51,7 +72,8 @@ def test_bad_yaml(tmp_path, text, message):
     ({"gli_space": {"step_size": [0.1, 0.01], "iterations": [1, 10], "guidance": [100, 20000]}}, "low 0.1 is above high 0.01"),
     ({"gli_space": {"step_size": [0, 0.1], "iterations": [1, 10], "guidance": [100, 20000]}}, "step_size (alpha) must be positive"),
     ({"gli_space": {"step_size": [0.001, 0.1], "iterations": [0, 10], "guidance": [100, 20000]}}, "iterations (K) must be a whole number >= 1"),
-    ({"gli_trials": 0}, "--gli-trials must be a whole number >= 1"),
+    ({"budget": 0}, "--budget must be a whole number >= 1"),
+    ({"gli_trials": 0}, "--budget must be a whole number >= 1"),  # the deprecated name, mapped before the check
     ({"baselines": ["finetune", "magic"]}, "unknown baseline method(s) magic"),
     ({"num_gpus": 2, "gpus_per_trial": 0}, "--gpus-per-trial must be in"),
     ({"eval_every": -1}, "--eval-every must be a whole number >= 1, got -1"),
@@ -104,7 +126,8 @@ def test_help_states_each_default_once_in_groups_with_examples(capsys):
     text = capsys.readouterr().out
     assert "default: None" not in text and "(default 24) (default" not in text
     flat = " ".join(text.split())
-    assert "--gli-trials GLI_TRIALS Optuna trials for GLI, and for each baseline with --tune-baselines (default: 24)" in flat
+    assert "--budget BUDGET Optuna trials per searched method: GLI, and under --protocol fair every baseline (default: 24)" in flat
+    assert "--gli-trials" not in text and "--tune-baselines" not in text  # deprecated: accepted, not shown
     for group in ("data:", "protocol and evaluation:", "search:", "cluster:", "tracking and results:", "advanced:"):
         assert f"\n{group}\n" in text
     assert "--selection" not in text  # deprecated: accepted, not shown

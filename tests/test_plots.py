@@ -7,6 +7,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
 
 from matplotlib.text import Text  # noqa: E402
 
@@ -49,8 +50,12 @@ def test_front_figure_is_one_column_with_iso_lines(tmp_path):
     assert pdf.suffix == ".pdf" and pdf.stat().st_size > 0
     from PIL import Image
 
-    width_in = Image.open(png).size[0] / 150  # saved at 150 dpi, bbox tight
-    assert width_in <= COLUMN_WIDTH + 0.3  # fits one column of a two-column paper
+    image = Image.open(png)
+    assert image.info["dpi"][0] == pytest.approx(300, abs=1)  # print resolution
+    assert image.size[0] / 300 <= COLUMN_WIDTH + 0.3  # fits one column of a two-column paper
+    fonts = pdf.read_bytes()
+    assert b"/FontType 3" not in fonts and b"/Subtype /Type3" not in fonts  # no Type 3 fonts: venues reject them
+    assert b"/Subtype /TrueType" in fonts or b"/CIDFontType2" in fonts  # embedded as TrueType
 
 
 def test_iso_lines_are_lines_of_equal_final_score():

@@ -83,8 +83,12 @@ def test_sigkill_mid_search_then_resume(tmp_path):
     assert again.returncode == 0, out[-3000:]
     assert "stage base: 2 of 2 trial(s) already finished" in out
     assert "dropped a torn last line" in out
-    # The baselines run beside the search: whatever finished before the kill is not run again.
-    assert "stage baseline: 8 trial(s)" in out or re.search(r"stage baseline: \d of 8 trial\(s\) already finished", out)
+    # The baselines' searches run beside GLI's: whatever finished before the kill is not run again.
+    from study.config import BASELINES
+
+    for method in BASELINES:
+        assert (re.search(rf"stage baseline-{method}: [1-4] trial\(s\)", out)
+                or f"stage baseline ({method}): all 4 trials already in the Optuna study" in out), method
     assert {p.name: p.stat().st_mtime_ns for p in (results / "ray" / "models").iterdir()} == stamps
     study = _study(results)
     complete = [t for t in study.trials if t.state.name == "COMPLETE"]
@@ -130,7 +134,7 @@ def ray_instance():
 
 def test_diverging_trials_fail_without_stopping_the_study(ray_instance, tmp_path, capsys):
     config = tmp_path / "study.yaml"
-    config.write_text(yaml.safe_dump({"baselines": ["finetune", "neggrad"], "gli_trials": 2,
+    config.write_text(yaml.safe_dump({"baselines": ["finetune", "neggrad"], "budget": 2, "paper_baselines": True,
                                       "method_hparams": {"neggrad": {"lr": 1.0e8}, "gli": {"lr": 1.0e8}}}))
     uri = f"sqlite:///{tmp_path}/store.db"
     # Every GLI trial diverges: the study finishes what it can, then exits 1 with one line saying why.
@@ -158,7 +162,7 @@ def test_dying_worker_is_retried(ray_instance, tmp_path, monkeypatch):
     marker = tmp_path / "killed-once"
     monkeypatch.setattr("study.plan.study_trial", dying_once("finetune", str(marker)))  # from outside the study
     config = tmp_path / "study.yaml"
-    config.write_text(yaml.safe_dump({"baselines": ["finetune"], "gli_trials": 1, "max_failures": 2}))
+    config.write_text(yaml.safe_dump({"baselines": ["finetune"], "budget": 1, "max_failures": 2}))
     uri = f"sqlite:///{tmp_path}/store.db"
     assert launch(["--smoke-test", "--config", str(config), "--results-dir", str(tmp_path / "r"),
                    "--tracking-uri", uri]) == 0
@@ -179,7 +183,7 @@ def test_a_worker_dying_mid_bundle_reruns_the_bundle_and_records_each_trial_once
     monkeypatch.setattr("study.plan.study_trial", dying_once("gli", str(marker), bundled=True))
     config = tmp_path / "study.yaml"
     config.write_text(yaml.safe_dump({"baselines": ["finetune"], "seeds": 1, "base_epochs": 3, "method_epochs": 1,
-                                      "eval_every": 7, "gli_trials": 10, "max_failures": 2, "bundle_seconds": 60}))
+                                      "eval_every": 7, "budget": 10, "max_failures": 2, "bundle_seconds": 60}))
     uri = f"sqlite:///{tmp_path}/store.db"
     assert launch(["--config", str(config), "--results-dir", str(tmp_path / "r"), "--tracking-uri", uri,
                    "--experiment-name", "gli-digits-smoke"]) == 0

@@ -54,7 +54,7 @@ def test_smoke_study_records_everything(smoke, capsys):
     for tag in ("dataset", "protocol", "objective", "git_commit", "data_fingerprint"):
         assert tag in parent.data.tags
     params = parent.data.params
-    assert params["dataset"] == "digits" and params["gli_trials"] == "4"  # plain values, as the runs table shows them
+    assert params["dataset"] == "digits" and params["budget"] == "4"  # plain values, as the runs table shows them
     assert "null" not in params.values() and "data_dir" not in params  # unset settings are not logged
     # the headline numbers, per table row, so that studies sort in the runs table
     summary = {line.split(",")[0]: line.split(",") for line in (results / "summary.csv").read_text().splitlines()}
@@ -106,7 +106,19 @@ def test_smoke_study_records_everything(smoke, capsys):
     assert "child run is one trial" in experiment.tags["mlflow.note.content"]
     assert "| method | seeds |" in client.get_run(parent.info.run_id).data.tags["mlflow.note.content"]
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "summary")}
-    assert {"summary/front.csv", "summary/summary.md", "summary/gli_trials.csv"} <= artifacts
+    assert {"summary/front.csv", "summary/summary.md", "summary/gli_trials.csv", "summary/tuning.csv",
+            "summary/tuning.png"} <= artifacts
+    # under fair every method is searched with the same budget, and the tuning card shows it
+    import pandas as pd
+
+    cards = pd.read_csv(results / "tuning.csv")
+    assert set(cards["method"]) == set(available()) and set(cards["budget"]) == {4} and set(cards["finished"]) == {4}
+    for _, card in cards.iterrows():
+        assert parent.data.metrics[f"{card['method']}/tuning_trials"] == 4
+        assert parent.data.metrics[f"{card['method']}/tuning_best"] == pytest.approx(card["best_sel_final_score"])
+    assert "## Tuning" in (results / "summary.md").read_text()
+    stages = [(c.data.tags["stage"], c.data.tags["method"]) for c in children]
+    assert all(stages.count(("baseline", m)) == 4 for m in available() if m != "gli")  # searched, not run once
     front = (results / "front.csv").read_text()
     assert "gli_front" in front and "reference" in front and "baseline" in front
     assert (results / "config.yaml").exists()
@@ -157,7 +169,7 @@ def test_logical_gpus_run_trials_concurrently(tmp_path, monkeypatch):
     seats.mkdir()
     monkeypatch.setattr("study.plan.study_trial", meeting(str(seats), 2))
     config = tmp_path / "study.yaml"
-    config.write_text("baselines: [finetune, neggrad]\ngli_trials: 3\n")
+    config.write_text("baselines: [finetune, neggrad]\nbudget: 3\n")
     uri = f"sqlite:///{tmp_path}/store.db"
     code = launch(["--smoke-test", "--config", str(config), "--results-dir", str(tmp_path / "r"), "--tracking-uri", uri,
                    "--num-gpus", "4", "--allow-cpu", "--gpus-per-trial", "0.5"])
@@ -177,7 +189,7 @@ def test_short_trials_run_in_bundles_each_recorded_once(tmp_path):
     config.write_text("baselines: [finetune, neggrad]\nseeds: 1\nbase_epochs: 3\nmethod_epochs: 1\neval_every: 7\n")
     uri = f"sqlite:///{tmp_path}/store.db"
     results = tmp_path / "r"
-    assert launch(["--config", str(config), "--results-dir", str(results), "--tracking-uri", uri, "--gli-trials", "10",
+    assert launch(["--config", str(config), "--results-dir", str(results), "--tracking-uri", uri, "--budget", "10",
                    "--experiment-name", "bundles", "--bundle-seconds", "60"]) == 0  # the smoke test's sizes
     bundles = []
     for path in (results / "ray" / "bundles").glob("study_trial_*/params.json"):
@@ -203,10 +215,10 @@ def test_short_trials_run_in_bundles_each_recorded_once(tmp_path):
 
 def test_tuned_baselines_scalar_objective_paper_protocol(tmp_path, capsys):
     config = tmp_path / "study.yaml"
-    config.write_text("baselines: [finetune]\ngli_trials: 2\n")
+    config.write_text("baselines: [finetune]\nbudget: 2\n")
     uri = f"sqlite:///{tmp_path}/store.db"
     assert launch(["--smoke-test", "--config", str(config), "--results-dir", str(tmp_path / "r"), "--tracking-uri", uri,
-                   "--tune-baselines", "--objective", "final_score", "--protocol", "paper"]) == 0
+                   "--no-paper-baselines", "--objective", "final_score", "--protocol", "paper"]) == 0
     out = capsys.readouterr().out
     assert "protocol=paper" in out
     client, parents, children = _runs(uri, "gli-digits-paper-smoke")  # a paper study is its own experiment
