@@ -27,7 +27,8 @@ from .report import AXES, StudyInfo, build_report, method_rows
 from .results import ResultsError, open_study
 
 METRICS = ["accuracy", "top2_accuracy", "forgetting_score", "final_score", "jsd", "seconds", "rte",
-           "retain_accuracy", "forget_accuracy", "unseen_accuracy", "mia", "fs_se", "accuracy_se",
+           "retain_accuracy", "forget_accuracy", "unseen_accuracy", "mia", "mia_advantage", "mia_auc", "fs_se",
+           "accuracy_se",
            "sel_fs_se", "sel_accuracy_se"] + AXES
 
 

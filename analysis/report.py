@@ -139,8 +139,9 @@ def build_report(study: StudyRecords, info: StudyInfo, out_dir: Path) -> tuple[p
     searched = [STUDIED] + ([] if info.paper_baselines else sorted(confirmed - {STUDIED}))  # the tuning cards
     studies = {m: s for m in searched if (s := load_optuna(info, m)) is not None}
     cards, curves = tuning.tuning_tables(studies, info.budget, rows, summary)
-    write("summary.md", info.preamble + "\n" + tables.to_markdown(summary, info.title, info.dataset) + "\n"
-          + tables.paired_markdown(pairs, info.title) + "\n" + tuning.tuning_markdown(cards) + "\n"
+    # the verdicts first: what a paper may claim, then the table they come from
+    write("summary.md", info.preamble + "\n" + tables.paired_markdown(pairs, info.title) + "\n"
+          + tables.to_markdown(summary, info.title, info.dataset) + "\n" + tuning.tuning_markdown(cards) + "\n"
           + audit_markdown(audit, info.title))
     if len(cards):
         write("tuning.csv", cards.to_csv(index=False))

@@ -27,6 +27,24 @@ def test_separable_losses_give_perfect_attack():
     assert result["mia"] == pytest.approx(1.0) and result["forgetting_score"] == pytest.approx(0.5)
 
 
+def test_the_advantage_is_signed_and_the_auc_says_which_side_looks_trained_on():
+    """FS folds the attack's accuracy at 0.5; the advantage M - 0.5 does not, so over sets that cannot be told
+    apart it averages 0 where FS averages above it. The AUC is the chance that a forget example's loss is
+    below an unseen one's on the balanced table: it says which side looks trained on."""
+    rng = np.random.default_rng(0)
+    low, high = rng.exponential(0.3, 400), rng.exponential(1.0, 400)
+    remembered, overdone = forgetting_score(low, high), forgetting_score(high, low)
+    assert remembered["mia_advantage"] > 0.1 and overdone["mia_advantage"] > 0.1  # the attack fits either side
+    assert remembered["forgetting_score"] == pytest.approx(abs(remembered["mia_advantage"]))
+    null = [forgetting_score(rng.exponential(1.0, 200), rng.exponential(1.0, 200)) for _ in range(40)]
+    advantage = np.mean([r["mia_advantage"] for r in null])
+    folded = np.mean([r["forgetting_score"] for r in null])
+    assert any(r["mia_advantage"] < 0 for r in null) and abs(advantage) < folded  # unfolded: centred nearer 0
+    expected = float((low[:, None] < high[None, :]).mean())  # every forget/unseen pair (equal sizes: all kept)
+    assert remembered["mia_auc"] == pytest.approx(expected) and overdone["mia_auc"] == pytest.approx(1 - expected)
+    assert forgetting_score(np.full(200, 0.01), np.full(150, 3.0))["mia_auc"] == 1.0
+
+
 def test_identical_distributions_give_no_signal():
     rng = np.random.default_rng(0)
     a, b = rng.exponential(1.0, 2000), rng.exponential(1.0, 2000)

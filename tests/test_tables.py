@@ -7,7 +7,16 @@ import pytest
 
 import numpy as np
 
-from analysis.tables import interval, paired, paired_markdown, summarise, to_csv, to_latex, to_markdown
+from analysis.tables import (RANGES, bounded_interval, holm_levels, paired, paired_markdown, summarise, to_csv, to_latex,
+                             to_markdown, verdict)
+
+
+def _expit(z):
+    return 1 / (1 + math.exp(-z))
+
+
+def _logit(p):
+    return math.log(p / (1 - p))
 
 
 def _rows():
@@ -41,12 +50,17 @@ def test_markdown_and_latex_formatting():
     defined = md.strip().splitlines()[-1]  # every column defined once, under the table
     for header in ("acc:", "FS: forgetting score", "final: final score", "seconds:"):
         assert defined.count(header) == 1, header
-    # ± is a 95% t interval's half-width: t(0.975, 1) = 12.706 times std / sqrt(2)
-    assert "| gli | 2 | 0.8500 ± 0.6353 | 0.0300 ± 0.1271 | 0.8950 ± 0.4447 | 3.0 ± 12.7 |" in md
-    assert "over 2 seeds (a t interval)" in md and "| original | 1 | 0.9500 |" in md  # one seed: no interval
+    # accuracy 0.90 and 0.80: a 95% t interval on the logit scale, t(0.975, 1) = 12.7062, carried back
+    z = [_logit(0.9), _logit(0.8)]
+    half = 12.7062047 * abs(z[0] - z[1]) / 2
+    lo, hi = _expit(sum(z) / 2 - half), _expit(sum(z) / 2 + half)
+    assert f"| gli | 2 | 0.8500 [{lo:.4f}, {hi:.4f}] |" in md
+    assert "over 2 seeds (a t interval on the logit scale" in md and "| original | 1 | 0.9500 |" in md  # one seed
     tex = to_latex(table, "mufac; protocol=paper: the notebooks", "digits")
     assert r"\toprule" in tex and r"\midrule" in tex and r"\bottomrule" in tex
-    assert r"0.8500 $\pm$ 0.6353" in tex and "protocol=paper" in tex
+    assert f"0.8500 [{lo:.4f}, {hi:.4f}]" in tex and "protocol=paper" in tex
+    gli = table.set_index("method").loc["gli"]
+    assert (gli["accuracy_mean"], gli["accuracy_lo"], gli["accuracy_hi"]) == pytest.approx((0.85, lo, hi))
 
 
 def test_paper_numbers_alongside_on_mufac():
@@ -59,13 +73,76 @@ def test_paper_numbers_alongside_on_mufac():
     assert "paper" not in to_markdown(table, "t", "digits")
 
 
-def test_interval_t_then_bootstrap():
-    three = [0.90, 0.92, 0.97]
-    assert interval(three) == pytest.approx(4.302653 * np.std(three, ddof=1) / math.sqrt(3), rel=1e-5)
-    assert math.isnan(interval([0.5]))
+def test_intervals_never_leave_the_metric_s_range():
+    """Spreads that a plain t interval carries past a bound (an accuracy of 0.34 +- 0.40 and a forgetting score of
+    0.019 +- 0.037 were reported so) stay inside [0, 1] and [0, 0.5]; over many random small samples too."""
+    from scipy import stats
+
+    for values, (low, high) in (([0.02, 0.05, 0.95], RANGES["accuracy"]), ([0.001, 0.002, 0.06], RANGES["forgetting_score"]),
+                                ([0.999, 1.0, 0.7], RANGES["final_score"])):
+        t_lo, t_hi = stats.t.interval(0.95, 2, loc=np.mean(values), scale=stats.sem(values))
+        assert t_lo < low or t_hi > high  # what the tables used to print
+        lo, hi = bounded_interval(values, low, high)
+        assert low <= lo < np.mean(values) < hi <= high
+    rng = np.random.default_rng(0)
+    for n in (2, 3, 5, 12):
+        for _ in range(200):
+            x = np.clip(rng.normal(rng.choice([0.01, 0.5, 0.99]), 0.1, n), 0, 1)
+            lo, hi = bounded_interval(x, 0.0, 1.0)
+            assert 0.0 <= lo <= hi <= 1.0
+    assert all(math.isnan(b) for b in bounded_interval([0.5], 0, 1))  # one value: no interval
+    assert bounded_interval([2.0, 2.0, 2.0], 0, math.inf) == (2.0, 2.0)
+    seconds = bounded_interval([1.0, 2.0, 8.0], *RANGES["seconds"])
+    assert 0 < seconds[0] < seconds[1]  # a time's interval on the log scale: never negative
+
+
+def test_from_ten_seeds_the_interval_is_a_percentile_bootstrap_of_the_mean():
+    from scipy import stats
+
     many = np.random.default_rng(0).normal(0.9, 0.02, 12)
-    boot = interval(many)  # 12 seeds: a percentile bootstrap of the mean, near 1.96 standard errors
-    assert 0.5 * 1.96 * many.std(ddof=1) / math.sqrt(12) < boot < 1.5 * 1.96 * many.std(ddof=1) / math.sqrt(12)
+    lo, hi = bounded_interval(many, 0.0, 1.0)
+    ref = stats.bootstrap((many,), np.mean, confidence_level=0.95, method="percentile", n_resamples=2000,
+                          random_state=0).confidence_interval
+    assert (lo, hi) == pytest.approx((ref.low, ref.high))
+
+
+def test_holm_levels_agree_with_statsmodels_and_the_intervals_with_the_rejections():
+    from statsmodels.stats.multitest import multipletests
+
+    p = np.array([0.001, 0.04, 0.012, 0.3, 0.0125])
+    adjusted, levels = holm_levels(p)
+    reject, ref = multipletests(p, alpha=0.05, method="holm")[:2]
+    assert adjusted == pytest.approx(ref)
+    # sorted: 0.001 at 0.05/5, 0.012 at 0.05/4, 0.0125 at 0.05/3, then 0.04 > 0.05/2 stops: it and 0.3 at 0.025
+    assert levels == pytest.approx([0.01, 0.025, 0.0125, 0.025, 0.05 / 3])
+    assert ((p <= levels) == reject).all()  # an interval at 1 - level excludes 0 exactly when Holm rejects
+
+
+def test_verdicts_read_the_interval():
+    assert verdict(0.01, 0.05, +1) == "better" and verdict(0.01, 0.05, -1) == "worse"
+    assert verdict(-0.05, -0.01, -1) == "better" and verdict(-0.005, 0.004, +1, margin=0.01) == "equivalent"
+    assert verdict(-0.02, 0.004, +1, margin=0.01) == "undecided" and verdict(math.nan, 0.1, +1) == "undecided"
+
+
+def test_a_null_family_gives_a_false_verdict_in_at_most_five_percent_of_studies(monkeypatch):
+    """1,000 simulated studies, 16 comparisons of 5 replicates each, no true difference anywhere: the share of
+    studies with any `better` or `worse` verdict (the family-wise error) stays at Holm's 5%."""
+    import gc
+
+    from scipy import stats
+
+    # statsmodels' multipletests runs a full garbage collection on every call: seconds over a thousand studies
+    monkeypatch.setattr(gc, "collect", lambda *args: 0)
+    rng = np.random.default_rng(1)
+    diffs = rng.normal(0.0, 0.03, (1000, 16, 5))  # unadjusted, 56% of these studies would claim a difference
+    p = stats.ttest_1samp(diffs, 0.0, axis=2).pvalue
+    false = 0
+    for study, pvalues in zip(diffs, p):
+        _, levels = holm_levels(pvalues)
+        half = stats.t.ppf(1 - levels / 2, 4) * stats.sem(study, axis=1)
+        mean = study.mean(axis=1)
+        false += any(verdict(m - h, m + h, +1) in ("better", "worse") for m, h in zip(mean, half))
+    assert false / 1000 <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / 1000)
 
 
 def test_paired_differences_per_seed():
@@ -73,10 +150,35 @@ def test_paired_differences_per_seed():
                          for m, seed, f, fs in [("gli", 0, 0.90, 0.02), ("gli", 1, 0.92, 0.03), ("gli", 2, 0.91, 0.02),
                                                 ("scrub", 0, 0.80, 0.08), ("scrub", 1, 0.81, 0.07), ("scrub", 2, 0.79, 0.09),
                                                 ("unsir", 0, 0.91, 0.02), ("unsir", 1, 0.90, 0.04), ("unsir", 2, 0.93, 0.01)]])
-    table = paired(rows, summarise(rows)).set_index("versus")
-    assert table.loc["scrub", "final_score_diff"] == pytest.approx(0.11) and table.loc["scrub", "final_score_excludes_0"]
-    assert not table.loc["unsir", "final_score_excludes_0"]  # differences of -0.01, +0.02, -0.02
-    assert "| scrub | 3 | 0.1100 ±" in paired_markdown(table.reset_index(), "t")
+    table = paired(rows, summarise(rows)).set_index(["baseline", "metric"])
+    scrub = table.loc[("scrub", "final_score")]
+    assert scrub["mean_diff"] == pytest.approx(0.11) and scrub["replicates"] == 3
+    assert scrub["verdict"] == "better" and scrub["lo"] > 0  # differences 0.10, 0.11, 0.12
+    # GLI's FS is lower by 0.06, 0.04, 0.07: p = 0.023 alone, but not below Holm's 0.05 / 3 as the second of four
+    fs = table.loc[("scrub", "forgetting_score")]
+    assert fs["p"] < 0.05 and fs["verdict"] == "undecided" and fs["lo"] < 0 < fs["hi"]
+    assert table.loc[("unsir", "final_score"), "verdict"] == "undecided"  # differences of -0.01, +0.02, -0.02
+    assert set(table["level"]) <= {1 - 0.05 / k for k in range(1, 5)}  # four comparisons, Holm's levels
+    assert "| scrub | final_score | 3 | 0.1100 [" in paired_markdown(table.reset_index(), "t")
+
+
+def test_privacy_is_compared_as_the_distance_to_the_same_seed_s_retrained_model():
+    """A baseline whose advantage is lower than GLI's is not better for it: what counts is how far each is from
+    the retrained model of the same seed (here GLI sits on it, the baseline 0.05 to 0.07 below it)."""
+    retrain = [0.06, 0.02, 0.04, 0.05, 0.03]
+    rows = pd.DataFrame(
+        [{"method": "retrain", "setting": "r", "tags.seed": s, "final_score": 0.9, "forgetting_score": abs(a),
+          "mia_advantage": a} for s, a in enumerate(retrain)]
+        + [{"method": "gli", "setting": "g", "tags.seed": s, "final_score": 0.9, "forgetting_score": abs(a),
+            "mia_advantage": a + d} for s, (a, d) in enumerate(zip(retrain, [0.001, -0.002, 0.0, 0.002, -0.001]))]
+        + [{"method": "neggrad", "setting": "n", "tags.seed": s, "final_score": 0.9, "forgetting_score": abs(a - d),
+            "mia_advantage": a - d} for s, (a, d) in enumerate(zip(retrain, [0.05, 0.06, 0.07, 0.06, 0.05]))])
+    table = paired(rows, summarise(rows)).set_index(["baseline", "metric"])
+    gap = table.loc[("neggrad", "privacy_gap")]
+    assert gap["mean_diff"] == pytest.approx(np.mean([0.001, 0.002, 0.0, 0.002, 0.001]) - 0.058)
+    assert gap["verdict"] == "better" and gap["hi"] < 0  # GLI is closer to retraining
+    # the folded score says the opposite: neggrad's FS is lower, it "forgets better"
+    assert table.loc[("neggrad", "forgetting_score"), "mean_diff"] > 0
 
 
 def test_paired_table_says_which_direction_favours_gli():

@@ -16,6 +16,7 @@ from scipy.spatial.distance import jensenshannon
 from scipy.stats import gaussian_kde
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedShuffleSplit, cross_val_score
+from sklearn.metrics import roc_auc_score
 from threadpoolctl import threadpool_limits
 
 from .data import Dataset, Split
@@ -107,7 +108,12 @@ def split_size_problem(data: Dataset, protocol: str) -> str | None:
 
 def forgetting_score(forget_losses, unseen_losses, seed: int = 42, protocol: str = "fair",
                      bootstrap: int = 0) -> dict[str, float]:
-    """Membership-inference accuracy M of a loss-only logistic regression and FS = |0.5 - M|.
+    """Membership-inference accuracy M of a loss-only logistic regression and FS = |0.5 - M|; beside them the
+    attack's signed advantage `mia_advantage` = M - 0.5 (not folded: where the sets cannot be told apart it
+    scatters around 0, while FS, folded, sits above it) and `mia_auc`, the chance that a forget example has
+    a lower loss than an unseen one on the same balanced table (0.5: indistinguishable; above: the forget set
+    looks trained on; below: it looks less like training data than unseen data does). The AUC has no fit,
+    so no cross-validation.
 
     Balancing (SPEC section 2): `fair` subsamples the larger side with a seeded generator;
     `paper` does what the notebooks do, numpy's global generator seeded 42, the forget
@@ -118,7 +124,8 @@ def forgetting_score(forget_losses, unseen_losses, seed: int = 42, protocol: str
     forget = np.asarray(forget_losses, dtype=np.float64).ravel()
     unseen = np.asarray(unseen_losses, dtype=np.float64).ravel()
     if not (np.isfinite(forget).all() and np.isfinite(unseen).all()) or min(len(forget), len(unseen)) < ATTACK_MIN:
-        return {"mia": float("nan"), "forgetting_score": float("nan")}
+        return {"mia": float("nan"), "forgetting_score": float("nan"), "mia_advantage": float("nan"),
+                "mia_auc": float("nan")}
     if protocol == "paper":
         forget = forget.copy()
         # np.random.seed(42) then np.random.shuffle, as the notebooks, on a private generator of the same
@@ -137,7 +144,8 @@ def forgetting_score(forget_losses, unseen_losses, seed: int = 42, protocol: str
     cv = StratifiedShuffleSplit(n_splits=10, random_state=0)
     with single_blas_thread():
         m = float(np.mean(cross_val_score(LogisticRegression(), x, y, cv=cv, scoring="accuracy")))
-        out = {"mia": m, "forgetting_score": abs(0.5 - m)}
+        out = {"mia": m, "forgetting_score": abs(0.5 - m), "mia_advantage": m - 0.5,
+               "mia_auc": float(roc_auc_score(y, -x[:, 0]))}
         if bootstrap:
             out["fs_se"] = bootstrap_fs_se(x[:, 0], y, bootstrap, seed)
     return out
