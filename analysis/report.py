@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from trainables.data import FIXED_PARTS
 from trainables.metrics import PROTOCOL_LABEL
 from trainables.records import (BASE_STAGE, BASELINE_STAGE, CONFIRM_LIMIT, CONFIRM_STAGE, METHOD_COL, REFERENCE_ROWS,
                                 SEARCH_STAGE, SEED_COL, SEL_FINAL, STAGE_COL, STUDIED, TRIAL_KEY_COL, journal_path,
@@ -52,7 +53,11 @@ class StudyInfo:
 
     @property
     def preamble(self) -> str:
-        return f"# {self.title}\n\nProtocol: {self.label}.\n"
+        fixed = (" The benchmark fixes the forget set (and retain, test and unseen): a replicate redraws only the "
+                 "selection and report halves." if self.dataset in FIXED_PARTS else "")
+        return (f"# {self.title}\n\nProtocol: {self.label}.\n\nA replicate r is split seed r and training seed r "
+                f"together: replicate 0 tuned every search and is never reported; every row below comes from "
+                f"replicates 1 and up, on their report halves.{fixed}\n")
 
     @classmethod
     def from_params(cls, params: dict) -> "StudyInfo":
@@ -82,6 +87,10 @@ def method_rows(children: pd.DataFrame, paper_baselines: bool) -> pd.DataFrame:
         return children
     stage = children[STAGE_COL]
     keep = (stage == BASE_STAGE) | ((stage == BASELINE_STAGE) & paper_baselines) | (stage == CONFIRM_STAGE)
+    # the base models of the reported replicates only: the tuning replicate's are never reported
+    reported = set(children.loc[keep & (stage != BASE_STAGE), SEED_COL])
+    if reported:
+        keep &= (stage != BASE_STAGE) | children[SEED_COL].isin(reported)
     rows = children[keep].copy()
     rows["method"] = rows[METHOD_COL]
     rows["setting"] = rows[TRIAL_KEY_COL].map(setting_of)

@@ -334,7 +334,7 @@ def paired_markdown(table: pd.DataFrame, title: str, margin: float = MARGIN) -> 
         return ""
     replicates = int(table["replicates"].max())
     lines = [f"**{title}: GLI minus each baseline, seed by seed**", "",
-             f"Mean difference over {replicates} seeds and its t interval, at the level Holm's adjustment gives each "
+             f"Mean difference over {replicates} seed{'s' if replicates != 1 else ''} and its t interval, at the level Holm's adjustment gives each "
              f"of the {len(table)} comparisons (a family-wise error rate of 5%); the verdict reads the interval: "
              f"excludes 0 (GLI better or worse), lies within ±{margin} (equivalent), else undecided.", "",
              "| versus | metric | seeds | difference [lo, hi] | verdict |", "|---|---|---|---|---|"]

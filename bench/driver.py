@@ -76,7 +76,8 @@ def main() -> None:
 
     from bench.standin import ReadyGate, standin_trial
     from study.config import resolve
-    from study.launch import data_config, run_study
+    from study.config import data_config
+    from study.launch import run_study
     from study.plan import StudyContext
     from study.stages import Stage
     from study.tracking import Tracker
@@ -84,7 +85,7 @@ def main() -> None:
 
     ray.init(num_cpus=args.slots, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     with tempfile.TemporaryDirectory() as tmp:
-        flags = {"results_dir": f"{tmp}/r", "budget": args.gli_trials, "paper_baselines": True, "seeds": 1, "bootstrap": 0,
+        flags = {"results_dir": f"{tmp}/r", "budget": args.gli_trials, "paper_baselines": True, "replicates": 1, "bootstrap": 0,
                  "tracking_uri": args.tracking_uri, "experiment_name": f"driver-bench-{int(time.time())}"}
         cfg = resolve({}, {k: v for k, v in flags.items() if v is not None})
         data = load_dataset(data_config(cfg))

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from trainables.data import DATASETS, NEEDS_FOLDER
+from trainables.data import DATASETS, NEEDS_FOLDER, OPTIONAL_SETTINGS, DataConfig
 from trainables.methods import HyperParameterError, available, get
 from trainables.methods.interface import PROTOCOLS, SELECTION_ALIAS
 from trainables.metrics import BOOTSTRAP
@@ -53,7 +53,8 @@ class StudyConfig:
     tracking_outage: float = where(300.0)  # seconds the store may be unreachable (writes queued, retried) before stopping
     budget: int = where(24)  # Optuna trials per searched method: GLI's, and every baseline's unless paper_baselines
     gli_trials: int | None = where(None)  # deprecated: the old name of budget
-    seeds: int = 3
+    replicates: int = 3  # reported replicates 1..N, each its own split seed and training seed (0 tunes)
+    seeds: int | None = None  # deprecated: the old name of replicates
     protocol: str = PROTOCOLS[0]  # fair: one honest selection rule; paper: the reference notebooks step for step
     selection: str | None = None  # deprecated: val is protocol fair, test is protocol paper
     objective: str = OBJECTIVES[0]
@@ -105,7 +106,7 @@ class StudyConfig:
             raise ConfigError(f"--bootstrap must be 0 (none) or a whole number >= 2, got {self.bootstrap!r}")
         if not _whole(self.audit, 0) or self.audit == 1:
             raise ConfigError(f"--audit needs at least 2 models per setting (the challenge used 512), got {self.audit}")
-        for name, value, low in [("--budget", self.budget, 1), ("--seeds", self.seeds, 1),
+        for name, value, low in [("--budget", self.budget, 1), ("--replicates", self.replicates, 1),
                                  ("--max-failures", self.max_failures, 0)]:
             if not _whole(value, low):
                 raise ConfigError(f"{name} must be a whole number >= {low}, got {value!r}")
@@ -169,6 +170,10 @@ class StudyConfig:
                 raise ConfigError(f"--selection {self.selection} contradicts --protocol {self.protocol}")
             print(f"[study] --selection is deprecated: use --protocol {alias}", file=sys.stderr)
             self.protocol, self.selection = alias, None
+        if self.seeds is not None:  # the deprecated name
+            print(f"[study] --seeds is deprecated: use --replicates {self.seeds} (each replicate draws its own split "
+                  "and trains with its own seed)", file=sys.stderr)
+            self.replicates, self.seeds = self.seeds, None
         if self.gli_trials is not None:  # the deprecated name
             print(f"[study] gli_trials is deprecated: use budget (--budget {self.gli_trials})", file=sys.stderr)
             self.budget, self.gli_trials = self.gli_trials, None
@@ -182,7 +187,7 @@ class StudyConfig:
             self.paper_baselines = self.protocol == "paper"
         if self.smoke_test:  # the whole path, small: every method, one seed, short trials; what the user set stays
             self.budget = min(self.budget, 4) if _number(self.budget) else self.budget
-            self.seeds = 1
+            self.replicates = 1
             self.base_epochs = 3 if self.base_epochs is None else self.base_epochs
             self.method_epochs = 1 if self.method_epochs is None else self.method_epochs
             self.eval_every = 7 if self.eval_every is None else self.eval_every
@@ -210,6 +215,12 @@ def _whole(value, low: int) -> bool:
 
 FIELDS = {f.name: f for f in dataclasses.fields(StudyConfig)}
 PLACEMENT = {name for name, f in FIELDS.items() if f.metadata.get("placement")}
+
+
+def data_config(cfg: StudyConfig) -> DataConfig:
+    """The data settings of a study (unset ones keep `DataConfig`'s defaults), as of its tuning replicate."""
+    given = {k: getattr(cfg, k) for k in OPTIONAL_SETTINGS if getattr(cfg, k) is not None}
+    return DataConfig(dataset=cfg.dataset, data_dir=cfg.data_dir, cache_dir=cfg.cache_dir, **given)
 
 
 def load_yaml(path: str) -> dict[str, Any]:

@@ -1,10 +1,12 @@
 """`python -m study.launch`: the GLI unlearning study on a Ray cluster, tracked in MLflow.
 
-Stages: base (original and retrained models per seed), baseline (an Optuna search per
-baseline with GLI's budget under --protocol fair; each baseline's paper setting per seed
-under paper or with --paper-baselines), gli (Optuna over step size, iteration count and
-guidance strength), confirm (the chosen settings over every seed),
-all in one Tune run: a seed's baseline and gli trials start once its base models exist.
+A replicate r is a split seed and a training seed together (r and r). Replicate 0 tunes:
+every search runs on it and it is never reported; replicates 1..N are reported. Stages:
+base (original and retrained models per replicate), baseline (an Optuna search per
+baseline with GLI's budget under --protocol fair; each baseline's paper setting per
+reported replicate under paper or with --paper-baselines), gli (Optuna over step size,
+iteration count and guidance strength), confirm (the chosen settings over every reported
+replicate), all in one Tune run: a replicate's trials start once its base models exist.
 With no flags it runs the whole study on digits on the local CPU.
 """
 
@@ -25,18 +27,18 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING
 
 from trainables import engine
-from trainables.data import OPTIONAL_SETTINGS, DataConfig, DataError, load_dataset
+from trainables.data import DataConfig, DataError, load_dataset
 from trainables.data.folder import FASHION_SIZES
 from trainables.methods import REFERENCE_ROWS
 from trainables.methods.interface import PROTOCOLS
 from trainables.records import (AUDIT_STAGE, OBJECTIVES, BASE_STAGE, BASELINE_STAGE, CONFIRM_LIMIT, CONFIRM_STAGE,
                                 DATA_FINGERPRINT_TAG, GIT_COMMIT_TAG, HARDWARE_TAG, SEARCH_STAGE, SETTINGS_PARAM,
-                                STUDIED, journal_path)
+                                STUDIED, TUNING_REPLICATE, AUDIT_REPLICATE, journal_path)
 
 AUDIT_SETTINGS = 3  # GLI's confirmed settings audited, best mean selection final score first
 
 from .cluster import connect, preflight, slots
-from .config import FIELDS, PLACEMENT, ConfigError, StudyConfig, load_yaml, resolve, write_resolved
+from .config import FIELDS, PLACEMENT, ConfigError, StudyConfig, data_config, load_yaml, resolve, write_resolved
 from .spaces import SearchSpace, paper_point
 
 if TYPE_CHECKING:
@@ -102,7 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(g, "--protocol", "fair: the notebooks' loops with one honest selection rule; paper: the notebooks step "
           "for step", choices=PROTOCOLS)
     g.add_argument("--selection", choices=["val", "test"], help=argparse.SUPPRESS)  # deprecated alias of --protocol
-    _flag(g, "--seeds", "seeds for base models, baselines and confirmation", type=int)
+    _flag(g, "--replicates", "reported replicates, each its own split and training seed (a tuning replicate, "
+          "never reported, comes on top)", type=int)
+    g.add_argument("--seeds", type=int, help=argparse.SUPPRESS)  # deprecated name of --replicates
     _flag(g, "--width", "use the width-reduced ResNet-18 at this width (small CPU runs)", type=int)
     _flag(g, "--base-epochs", "train the base models for this many epochs (default: the data set's recipe)", type=int)
     _flag(g, "--eval-every", "steps between evaluations inside a trial (default: about 10 per epoch)", type=int)
@@ -154,12 +158,6 @@ def study_key(cfg: StudyConfig, fingerprint: str) -> str:
     return hashlib.sha256(json.dumps([what, fingerprint], sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def data_config(cfg: StudyConfig) -> DataConfig:
-    """The data settings of a study (unset ones keep `DataConfig`'s defaults)."""
-    given = {k: getattr(cfg, k) for k in OPTIONAL_SETTINGS if getattr(cfg, k) is not None}
-    return DataConfig(dataset=cfg.dataset, data_dir=cfg.data_dir, cache_dir=cfg.cache_dir, **given)
-
-
 def _setup(argv: list[str] | None):
     args = build_parser().parse_args(argv)
     flags = {k: v for k, v in vars(args).items() if k in FIELDS}
@@ -187,11 +185,14 @@ def _prepare(cfg: StudyConfig, out: dict) -> None:
 
 
 def run_study(ctx: StudyContext) -> list:
-    """Base models first; each seed's trials as soon as its base models exist; GLI's search before the
-    baselines (they fill the slots while the search's last trials run); confirm once the searches end."""
-    cfg, seeds = ctx.cfg, list(range(ctx.cfg.seeds))
-    base = ctx.grid(BASE_STAGE, [{"method": m, "seed": s, "hparams": {}} for s in seeds for m in REFERENCE_ROWS])
-    needs = base  # a seed's trials wait for that seed's base models
+    """Base models first; each replicate's trials as soon as its base models exist; the searches (on the tuning
+    replicate, never reported) before the baselines (they fill the slots while the searches' last trials run);
+    confirm, on the reported replicates 1..N, once the searches end."""
+    cfg = ctx.cfg
+    seeds = list(range(TUNING_REPLICATE + 1, TUNING_REPLICATE + 1 + cfg.replicates))  # the reported replicates
+    base = ctx.grid(BASE_STAGE, [{"method": m, "seed": s, "hparams": {}} for s in [TUNING_REPLICATE, *seeds]
+                                 for m in REFERENCE_ROWS])
+    needs = base  # a replicate's trials wait for its base models
     searches = [ctx.search(SEARCH_STAGE, STUDIED, SearchSpace(STUDIED, cfg.gli_space),
                            paper_point(STUDIED, cfg.dataset, cfg.gli_space),
                            cfg.budget, needs)]
@@ -229,14 +230,15 @@ def failed_stage_message(stages) -> str | None:
 
 
 def audit_runs(ctx: StudyContext, searches) -> list[dict]:
-    """The audit's trials, built once confirm has ended: K retrained models, the original as a control,
-    and K runs (seeds 0..K-1, all from seed 0's original) of GLI's best confirmed settings and of each
-    baseline's chosen setting."""
+    """The audit's trials, built once confirm has ended, all on one reported replicate's split
+    (`AUDIT_REPLICATE`): K retrained models, the original as a control, and K runs (training seeds 0..K-1, all
+    from that replicate's original) of GLI's best confirmed settings and of each baseline's chosen setting."""
     from trainables.records import METHOD_COL, SEL_FINAL, TRIAL_KEY_COL, hparams_of, setting_of
 
     cfg, k = ctx.cfg, ctx.cfg.audit
-    runs = [{"method": "retrain", "seed": s, "hparams": {}} for s in range(k)]
-    runs.append({"method": "original", "seed": 0, "hparams": {}})  # deterministic: one run stands for all K
+    here = {"replicate": AUDIT_REPLICATE}
+    runs = [{"method": "retrain", "seed": s, "hparams": {}, **here} for s in range(k)]
+    runs.append({"method": "original", "seed": AUDIT_REPLICATE, "hparams": {}, **here})  # one run stands for all K
     settings = []
     confirmed = ctx.tracker.children(CONFIRM_STAGE)
     if len(confirmed):
@@ -248,7 +250,7 @@ def audit_runs(ctx: StudyContext, searches) -> list[dict]:
     for method in cfg.baselines:
         chosen = tuned[method].chosen(1) if method in tuned else [{}]
         settings += [(method, {**ctx.fixed_hparams(method), **c}) for c in chosen[:1]]
-    return runs + [{"method": m, "seed": s, "hparams": h} for m, h in settings for s in range(k)]
+    return runs + [{"method": m, "seed": s, "hparams": h, **here} for m, h in settings for s in range(k)]
 
 
 def main(argv: list[str] | None = None) -> int:

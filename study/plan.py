@@ -47,7 +47,7 @@ from trainables.unlearn import EvalConfig
 
 from . import internals
 from .cluster import trial_resources
-from .config import StudyConfig
+from .config import StudyConfig, data_config
 from .stages import GridStage, SearchStage, Stage
 from .tracking import Tracker, TrackingCallback
 from .waits import PlanSignal, wait_for_plan
@@ -280,7 +280,8 @@ class StudyContext:
                                 bootstrap=self.cfg.bootstrap)
         self.settings = TrialSettings(models_dir=self.cfg.models_dir, model=model_cfg, train=recipe,
                                       evaluation=evaluation, threads=max(1, int(self.cfg.cpus_per_trial)),
-                                      accel=engine.Accel.exact() if self.cfg.deterministic else engine.Accel())
+                                      accel=engine.Accel.exact() if self.cfg.deterministic else engine.Accel(),
+                                      data=data_config(self.cfg))
 
     def __getstate__(self) -> dict:
         """Tune pickles its searcher, the plan, whose stages hold this context: the data set (hundreds of MB
@@ -292,8 +293,8 @@ class StudyContext:
         fixed = {"epochs": self.cfg.method_epochs} if self.cfg.method_epochs else {}
         return {**fixed, **self.cfg.method_hparams.get(method or "", {})}
 
-    def key(self, stage: str, method: str, seed: int, hparams: dict) -> str:
-        return trial_key(stage, method, seed, resolved_hparams(method, self.dataset, **hparams))
+    def key(self, stage: str, method: str, seed: int, hparams: dict, replicate: int | None = None) -> str:
+        return trial_key(stage, method, seed, resolved_hparams(method, self.dataset, **hparams), replicate)
 
     def grid(self, stage: str, runs, after: tuple[str, ...] = (), needs: GridStage | None = None) -> GridStage:
         return GridStage(self, stage, runs, after, needs)

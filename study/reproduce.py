@@ -54,7 +54,8 @@ def reproduce(spec: dict, seeds: list[int], data_dir: str | None = None, models_
               protocol: str | None = None) -> dict:
     data_cfg = spec["data"]
     given = {k: data_cfg[k] for k in OPTIONAL_SETTINGS if data_cfg.get(k) is not None}
-    data = load_dataset(DataConfig(dataset=data_cfg["dataset"], data_dir=data_dir or data_cfg.get("data_dir"), **given))
+    data_settings = DataConfig(dataset=data_cfg["dataset"], data_dir=data_dir or data_cfg.get("data_dir"), **given)
+    data = load_dataset(data_settings)
     if data_cfg.get("fingerprint") and data.fingerprint != data_cfg["fingerprint"]:
         print(f"warning: the data set's fingerprint is {data.fingerprint}, the study's was {data_cfg['fingerprint']}: "
               "numbers may differ", file=sys.stderr)
@@ -65,7 +66,7 @@ def reproduce(spec: dict, seeds: list[int], data_dir: str | None = None, models_
     cache = folder if folder is not None and folder.is_dir() else None  # the study's checkpoints, or the local cache
     # The trial's own settings (its thread count too, for equal numerics), run by the study's own runner.
     settings = TrialSettings(models_dir=str(cache or ""), model=model_cfg, train=recipe, evaluation=evaluation,
-                             threads=max(1, int(spec.get("threads", 1))), accel=accel)
+                             threads=max(1, int(spec.get("threads", 1))), accel=accel, data=data_settings)
     return {seed: numbers(run_trial(TrialSpec(spec.get("stage") or "reproduce", spec["method"], seed,
                                               dict(spec["hparams"] or {})), settings, data))
             for seed in seeds}

@@ -221,7 +221,7 @@ class GridStage(Stage):
         runs = self.runs() if callable(self.runs) else self.runs
         finished = self.ctx.tracker.children(self.stage)
         done = set(finished[TRIAL_KEY_COL]) if len(finished) else set()
-        keys = [self.ctx.key(self.stage, r["method"], r["seed"], r["hparams"]) for r in runs]
+        keys = [self.ctx.key(self.stage, r["method"], r["seed"], r["hparams"], r.get("replicate")) for r in runs]
         self.pending = [r for r, key in zip(runs, keys) if key not in done]
         if len(finished):
             self.resume_best(finished[finished[TRIAL_KEY_COL].isin(keys)])
@@ -234,7 +234,8 @@ class GridStage(Stage):
         for i, run in enumerate(self.pending):
             if self.ready(run["seed"]):
                 del self.pending[i]
-                return TrialSpec(self.stage, run["method"], run["seed"], run["hparams"]).config(), run["seed"]
+                spec = TrialSpec(self.stage, run["method"], run["seed"], run["hparams"], replicate=run.get("replicate"))
+                return spec.config(), run["seed"]
         return None
 
     def seed_done(self, seed: int) -> bool:

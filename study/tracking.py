@@ -238,7 +238,8 @@ def metric_name(name: str) -> str:
 def outcome(result: dict) -> tuple[str, dict, int, dict, dict, list]:
     """What a trial's final report becomes in its run: (status, metrics, step, tags, arrays, curve)."""
     curve = result.get(records.CURVE) or []  # the evaluations, sent with the final report
-    tags = {k: str(result[k]) for k in ("node_id", records.HARDWARE_TAG, records.ACCEL_TAG) if k in result}
+    tags = {k: str(result[k]) for k in ("node_id", records.HARDWARE_TAG, records.ACCEL_TAG, records.REPLICATE_TAG,
+                                        records.SPLIT_SEED_TAG, records.SPLIT_FINGERPRINT_TAG) if k in result}
     if result.get(records.FINAL) != 1.0:
         reason = str(result.get(records.ERROR) or "the trial ended without a final report")
         return "FAILED", {}, 0, {**tags, records.ERROR: reason[:4000]}, {}, curve
@@ -290,7 +291,7 @@ class TrackingCallback(tune.Callback):
         if spec.stage not in self.stages:  # the plan's placeholders and bundles are not trials of the study
             return
         hparams = resolved_hparams(spec.method, self.dataset, **spec.hparams)
-        key = trial_key(spec.stage, spec.method, spec.seed, hparams)
+        key = trial_key(spec.stage, spec.method, spec.seed, hparams, spec.replicate)
         self.attempts[trial.trial_id] = self.attempts.get(trial.trial_id, 0) + 1  # > 1: Tune retried it
         first = {"tags": {"attempts": str(self.attempts[trial.trial_id])},
                  "metrics": {metric_name("scheduled_at"): time.time()}}  # for the start-up latency
@@ -317,10 +318,10 @@ class TrackingCallback(tune.Callback):
         hparams = resolved_hparams(spec.method, self.dataset, **spec.hparams)
         status, metrics, step, tags, arrays, curve = outcome(report)
         item = ItemTrial(item_id, report)
-        self.tracker.write_ended(trial_key(spec.stage, spec.method, spec.seed, hparams), spec.stage, spec.method, spec.seed,
-                            hparams, item_id, status, metrics, step, tags, arrays, curve,
-                            started=report.get("started_at"), ended=report.get("ended_at"),
-                            then=lambda run_id: self._written(item, status == "FINISHED", run_id))
+        self.tracker.write_ended(trial_key(spec.stage, spec.method, spec.seed, hparams, spec.replicate), spec.stage,
+                                 spec.method, spec.seed, hparams, item_id, status, metrics, step, tags, arrays, curve,
+                                 started=report.get("started_at"), ended=report.get("ended_at"),
+                                 then=lambda run_id: self._written(item, status == "FINISHED", run_id))
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         """A worker died and Tune will retry the trial: the same child run carries on."""

@@ -106,8 +106,11 @@ def make_fashion(root: Path, train: int = 300, test: int = 100, seed: int = 0) -
     return root
 
 
-def make_folder(root: Path, people: int = 30, per_person: int = 2, columns: str = "path,label", seed: int = 0) -> Path:
-    """A labelled image folder: PNGs of a few sizes and a manifest.csv with the given columns."""
+def make_folder(root: Path, people: int = 30, per_person: int = 2, columns: str = "path,label", seed: int = 0,
+                fixed: bool = False) -> Path:
+    """A labelled image folder: PNGs of a few sizes and a manifest.csv with the given columns; with `fixed`, the
+    split and forget columns say every row's part (train, test or unseen by person; every fifth train person
+    forgotten), else they are blank (drawn by the loader)."""
     rng = np.random.default_rng(seed)
     (root / "img").mkdir(parents=True, exist_ok=True)
     rows = [columns]
@@ -116,8 +119,10 @@ def make_folder(root: Path, people: int = 30, per_person: int = 2, columns: str 
             name = f"img/p{person:03d}_{k}.png"
             label = ["cat", "dog", "bird"][(person + k) % 3]
             Image.fromarray(rng.integers(0, 256, (20 + k, 24, 3), dtype=np.uint8)).save(root / name)
+            split = ("train", "train", "train", "test", "unseen")[person % 5]
             values = {"path": name, "label": label, "identity": f"p{person:03d}",
-                      "split": "", "forget": ""}
+                      "split": split if fixed else "",
+                      "forget": ("1" if split == "train" and person % 5 == 0 and person % 2 == 0 else "0") if fixed else ""}
             rows.append(",".join(values[c] for c in columns.split(",")))
     (root / "manifest.csv").write_text("\n".join(rows) + "\n")
     return root

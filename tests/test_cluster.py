@@ -204,14 +204,15 @@ def test_a_cluster_started_by_hand_with_ray_start_and_a_token(tmp_path):
     port = free_port()
     address = f"127.0.0.1:{port}"
     common = ["--block", "--num-cpus", "1", "--node-ip-address", "127.0.0.1", "--disable-usage-stats"]
-    nodes = [subprocess.Popen(["ray", "start", "--head", "--port", str(port), "--include-dashboard=false",
+    ray_cli = str(Path(sys.executable).with_name("ray"))  # the one installed beside this Python, on PATH or not
+    nodes = [subprocess.Popen([ray_cli, "start", "--head", "--port", str(port), "--include-dashboard=false",
                                "--temp-dir", temp, "--dashboard-agent-listen-port", str(free_port()), *common],
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)]
     try:
         deadline = time.time() + 60
         while not _listening(port) and time.time() < deadline:
             time.sleep(0.5)
-        nodes.append(subprocess.Popen(["ray", "start", "--address", address,
+        nodes.append(subprocess.Popen([ray_cli, "start", "--address", address,
                                        "--dashboard-agent-listen-port", str(free_port()), *common],
                                       env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                       start_new_session=True))

@@ -19,11 +19,11 @@ def test_defaults_resolve_paths(tmp_path, monkeypatch):
 
 def test_file_then_flags(tmp_path):
     path = tmp_path / "study.yaml"
-    path.write_text("budget: 7\nseeds: 2\nselection: test\ngli-space:\n  step_size: [0.002, 0.05]\n"
+    path.write_text("budget: 7\nreplicates: 2\nselection: test\ngli-space:\n  step_size: [0.002, 0.05]\n"
                     "  iterations: [1, 4]\n  guidance: [100, 5000]\n")
-    cfg = resolve(load_yaml(str(path)), {"seeds": 5, "budget": None})
+    cfg = resolve(load_yaml(str(path)), {"replicates": 5, "budget": None})
     assert cfg.budget == 7  # from the file
-    assert cfg.seeds == 5  # the flag wins
+    assert cfg.replicates == 5  # the flag wins
     assert cfg.protocol == "paper" and cfg.selection is None  # the deprecated alias, mapped
     assert cfg.gli_space["iterations"] == [1, 4]
 
@@ -43,6 +43,12 @@ def test_baselines_are_searched_with_the_same_budget_unless_asked_for_paper_sett
     assert ("deprecated" in capsys.readouterr().err) == ("tune_baselines" in given)
 
 
+def test_seeds_is_the_old_name_of_replicates(capsys):
+    cfg = resolve({"seeds": 4}, {})
+    assert cfg.replicates == 4 and cfg.seeds is None
+    assert "--seeds is deprecated: use --replicates 4" in capsys.readouterr().err
+
+
 def test_the_old_name_of_the_budget_still_works(capsys):
     cfg = resolve({"gli_trials": 9}, {})
     assert cfg.budget == 9 and cfg.gli_trials is None
@@ -51,7 +57,7 @@ def test_the_old_name_of_the_budget_still_works(capsys):
 
 def test_smoke_test_shrinks_the_study():
     cfg = resolve({}, {"smoke_test": True})
-    assert cfg.budget <= 4 and cfg.seeds == 1 and cfg.method_epochs == 1 and cfg.experiment_name.endswith("-smoke")
+    assert cfg.budget <= 4 and cfg.replicates == 1 and cfg.method_epochs == 1 and cfg.experiment_name.endswith("-smoke")
 
 
 @pytest.mark.parametrize("text,message", [
@@ -91,7 +97,8 @@ def test_bad_values(values, message):
 
 
 def test_fashion_mnist_sizes_reach_the_data(tmp_path):
-    from study.launch import build_parser, data_config
+    from study.config import data_config
+    from study.launch import build_parser
 
     args = build_parser().parse_args(["--dataset", "fashion-mnist", "--train-count", "500", "--unseen-count", "300",
                                       "--test-count", "200", "--forget-count", "50",

@@ -315,3 +315,47 @@ def test_image_folder_bad_input_one_line(tmp_path, case, message):
         manifest.write_text("\n".join(["path,label,split"] + [f"{line},{value}" for line in lines[1:]]) + "\n")
     with pytest.raises(DataError, match=message):
         load_dataset(DataConfig(dataset="folder", data_dir=str(root), image_size=16, cache_dir=str(tmp_path / "c")))
+
+
+def _members(ds, name):
+    return set(ds[name].identities.tolist())
+
+
+def test_replicates_redraw_a_random_split_and_nothing_else():
+    """Digits draws its forget, unseen and test sets: each replicate (split seed) draws them anew, and the same
+    seed draws the same split."""
+    one, two, again = (load_dataset(DataConfig(dataset="digits", split_seed=s)) for s in (1, 2, 1))
+    assert one.split_fingerprint != two.split_fingerprint and one.split_fingerprint == again.split_fingerprint
+    assert _members(one, "forget") != _members(two, "forget") and _members(one, "forget") == _members(again, "forget")
+    assert _members(one, "test_report") != _members(two, "test_report")  # the halves too
+    assert one.sizes() == two.sizes() and not one.forget_fixed
+    assert one.fingerprint != two.fingerprint  # so each replicate's base models have their own checkpoints
+
+
+def test_replicates_of_a_benchmark_with_fixed_parts_redraw_only_the_halves(tmp_path):
+    from tests.fixtures import make_folder
+
+    root = make_folder(tmp_path / "fixed", people=30, columns="path,label,identity,split,forget", fixed=True)
+    one, two = (load_dataset(DataConfig(dataset="folder", data_dir=str(root), image_size=16, split_seed=s,
+                                        cache_dir=str(tmp_path / "c"))) for s in (1, 2))
+    assert one.forget_fixed and two.forget_fixed
+    assert one.split_fingerprint == two.split_fingerprint  # forget, retain, test and unseen as the manifest says
+    for part in ("forget", "retain", "test", "unseen"):
+        assert _members(one, part) == _members(two, part)
+    assert _members(one, "val") != _members(two, "val")  # what the benchmark leaves random is redrawn
+    drawn = make_folder(tmp_path / "drawn", people=30, columns="path,label,identity")  # parts drawn by the loader
+    assert not load_dataset(DataConfig(dataset="folder", data_dir=str(drawn), image_size=16,
+                                       cache_dir=str(tmp_path / "c"))).forget_fixed
+
+
+def test_a_trial_of_another_replicate_gets_that_replicate_s_split():
+    from trainables.data import for_replicate
+
+    cfg = DataConfig(dataset="digits")
+    zero = load_dataset(cfg)
+    assert for_replicate(zero, 0, cfg) is zero  # its own split: no reload
+    three = for_replicate(zero, 3, cfg)
+    assert three.split_seed == 3 and three.split_fingerprint == load_dataset(DataConfig(split_seed=3)).split_fingerprint
+    assert for_replicate(zero, 3, cfg) is three  # kept for the next trial of that replicate
+    with pytest.raises(DataError, match="needs the data settings"):
+        for_replicate(zero, 4, None)

@@ -21,7 +21,7 @@ def _ctx(finished: set[str] = frozenset()):
 
     tracker = SimpleNamespace(children=lambda stage: pd.DataFrame(
         {"tags.trial_key": [k for k in finished if k.startswith(f"{stage}/")]}))
-    return SimpleNamespace(tracker=tracker, key=lambda stage, method, seed, hparams: f"{stage}/{method}/{seed}")
+    return SimpleNamespace(tracker=tracker, key=lambda stage, method, seed, hparams, replicate=None: f"{stage}/{method}/{seed}")
 
 
 def _run(method: str, seed: int) -> dict:
@@ -267,7 +267,7 @@ def test_progress_lines_keep_one_study_clock_name_the_best_and_estimate_what_is_
     # A resumed stage's best includes the trials an earlier run finished.
     finished = pd.DataFrame({"tags.trial_key": ["confirm/gli/0"], "tags.method": ["gli"], "sel_final_score": [0.99]})
     ctx = SimpleNamespace(tracker=SimpleNamespace(children=lambda stage: finished), started=1000.0,
-                          key=lambda stage, method, seed, hparams: f"{stage}/{method}/{seed}")
+                          key=lambda stage, method, seed, hparams, replicate=None: f"{stage}/{method}/{seed}")
     resumed = GridStage(ctx, "confirm", [_run("gli", 0), _run("gli", 1)])
     resumed.activate()
     assert resumed.planned == 1 and "best final score on the selection split 0.9900 (gli)" in resumed.progress(1001.0)

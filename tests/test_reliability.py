@@ -182,7 +182,7 @@ def test_a_worker_dying_mid_bundle_reruns_the_bundle_and_records_each_trial_once
     marker = tmp_path / "killed-once"
     monkeypatch.setattr("study.plan.study_trial", dying_once("gli", str(marker), bundled=True))
     config = tmp_path / "study.yaml"
-    config.write_text(yaml.safe_dump({"baselines": ["finetune"], "seeds": 1, "base_epochs": 3, "method_epochs": 1,
+    config.write_text(yaml.safe_dump({"baselines": ["finetune"], "replicates": 1, "base_epochs": 3, "method_epochs": 1,
                                       "eval_every": 7, "budget": 10, "max_failures": 2, "bundle_seconds": 60}))
     uri = f"sqlite:///{tmp_path}/store.db"
     assert launch(["--config", str(config), "--results-dir", str(tmp_path / "r"), "--tracking-uri", uri,
@@ -207,7 +207,7 @@ def _bad(tmp_path: Path, case: str) -> tuple[list[str], str]:
         (tmp_path / "c.yaml").write_text("baselines: [finetune, magic]\n")
         return ["--config", str(tmp_path / "c.yaml")], "unknown baseline method(s) magic"
     if case == "YAML does not parse":
-        (tmp_path / "c.yaml").write_text("seeds: [1,\n")
+        (tmp_path / "c.yaml").write_text("replicates: [1,\n")
         return ["--config", str(tmp_path / "c.yaml")], "not valid YAML"
     if case == "YAML unknown key":
         (tmp_path / "c.yaml").write_text("sedes: 3\n")

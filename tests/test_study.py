@@ -10,6 +10,7 @@ import os
 import re
 
 import optuna
+import pandas as pd
 import pytest
 import ray
 from mlflow.tracking import MlflowClient
@@ -67,8 +68,17 @@ def test_smoke_study_records_everything(smoke, capsys):
     assert methods == set(REFERENCE_ROWS) | set(available())
     for c in children:
         assert c.data.tags["mlflow.parentRunId"] == parent.info.run_id
-        assert c.data.tags["stage"] in ("base", "baseline", "gli", "confirm") and c.data.tags["seed"] == "0"
-        assert c.info.status == "FINISHED"
+        assert c.data.tags["stage"] in ("base", "baseline", "gli", "confirm") and c.info.status == "FINISHED"
+        assert c.data.tags["replicate"] == c.data.tags["split_seed"] == c.data.tags["seed"]
+    # replicate 0 tunes (every search) and replicate 1 is reported (confirm): base models for both
+    seeds = {stage: {c.data.tags["seed"] for c in children if c.data.tags["stage"] == stage}
+             for stage in ("base", "baseline", "gli", "confirm")}
+    assert seeds == {"base": {"0", "1"}, "baseline": {"0"}, "gli": {"0"}, "confirm": {"1"}}
+    prints = {c.data.tags["replicate"]: c.data.tags["split_fingerprint"] for c in children}
+    assert prints["0"] != prints["1"]  # digits: each replicate draws its own split
+    assert len({c.data.tags["split_fingerprint"] for c in children if c.data.tags["replicate"] == "1"}) == 1
+    summary_csv = pd.read_csv(results / "summary.csv")
+    assert set(summary_csv["seeds"]) == {1}  # the tuning replicate never appears in a reported row
     gli = [c for c in children if c.data.tags["stage"] == "gli"]
     assert len(gli) == 4
     assert {"step_size", "iterations", "w_start", "w_end"} <= set(gli[0].data.params)
@@ -109,8 +119,6 @@ def test_smoke_study_records_everything(smoke, capsys):
     assert {"summary/front.csv", "summary/summary.md", "summary/gli_trials.csv", "summary/tuning.csv",
             "summary/tuning.png"} <= artifacts
     # under fair every method is searched with the same budget, and the tuning card shows it
-    import pandas as pd
-
     cards = pd.read_csv(results / "tuning.csv")
     assert set(cards["method"]) == set(available()) and set(cards["budget"]) == {4} and set(cards["finished"]) == {4}
     for _, card in cards.iterrows():
@@ -186,7 +194,7 @@ def test_short_trials_run_in_bundles_each_recorded_once(tmp_path):
     import json
 
     config = tmp_path / "study.yaml"
-    config.write_text("baselines: [finetune, neggrad]\nseeds: 1\nbase_epochs: 3\nmethod_epochs: 1\neval_every: 7\n")
+    config.write_text("baselines: [finetune, neggrad]\nreplicates: 1\nbase_epochs: 3\nmethod_epochs: 1\neval_every: 7\n")
     uri = f"sqlite:///{tmp_path}/store.db"
     results = tmp_path / "r"
     assert launch(["--config", str(config), "--results-dir", str(results), "--tracking-uri", uri, "--budget", "10",
@@ -262,7 +270,7 @@ def test_export_then_reproduce_agrees(smoke, tmp_path, capsys):
 
     text = (out / "gli.yaml").read_text()
     spec = yaml.safe_load(text)
-    assert spec["data"]["fingerprint"] and spec["git_commit"] and spec["seeds"] == [0]
+    assert spec["data"]["fingerprint"] and spec["git_commit"] and spec["seeds"] == [1]  # the reported replicate
     # what ran: on this CPU no GPU lever was in effect; and no path of this machine
     assert spec["accel"]["precision"] == "fp32" and spec["accel"]["cuda_graphs"] is False
     assert spec["models"] == {"under": "results", "path": "ray/models"} and str(results) not in text
@@ -288,7 +296,7 @@ def test_export_then_reproduce_agrees(smoke, tmp_path, capsys):
     far["metrics"]["per_seed"][0]["forgetting_score"] += 10 * far["metrics"]["per_seed"][0]["fs_se"]
     (tmp_path / "far.yaml").write_text(yaml.safe_dump(far))
     assert reproduce_main([str(tmp_path / "far.yaml"), "--check", *models]) == 1
-    assert "differ beyond 3 standard errors (seed 0 forgetting_score)" in capsys.readouterr().out
+    assert "differ beyond 3 standard errors (seed 1 forgetting_score)" in capsys.readouterr().out
     assert reproduce_main([str(out / "finetune.yaml"), "--check", *models]) == 0
     # the study's data fingerprint is recorded everywhere, and another one is warned about
     assert yaml.safe_load((results / "config.yaml").read_text())["data_fingerprint"] == spec["data"]["fingerprint"]
@@ -311,6 +319,7 @@ def test_audit_of_a_finished_study_then_resumed(smoke, capsys):
     audit = [c for c in children if c.data.tags["stage"] == "audit"]
     methods = [c.data.tags["method"] for c in audit]
     assert methods.count("retrain") == 4 and methods.count("original") == 1 and methods.count("scrub") == 4
+    assert {c.data.tags["replicate"] for c in audit} == {"1"}  # every model on one reported replicate's split
     assert {"scores.npz"} <= {a.path for a in client.list_artifacts(audit[0].info.run_id)}
     table = (results / "audit.csv").read_text()
     assert "forget_quality" in table and "challenge_score" in table

@@ -24,6 +24,12 @@ STUDY_KEY_TAG = "study_key"  # on the parent run: what the study computes, so a 
 METHOD_TAG, STAGE_TAG, SEED_TAG, TRIAL_KEY_TAG, TRIAL_ID_TAG = "method", "stage", "seed", "trial_key", "trial_id"
 METHOD_COL, STAGE_COL, SEED_COL, TRIAL_KEY_COL = (f"tags.{t}" for t in (METHOD_TAG, STAGE_TAG, SEED_TAG, TRIAL_KEY_TAG))
 HARDWARE_TAG, ACCEL_TAG = "hardware", "accel"  # on a trial's run (and `hardware` on the parent): what it ran on
+# On a trial's run: its replicate (split seed r and training seed r), the split seed its data was drawn with, and a
+# digest of that split's membership (`Dataset.split_fingerprint`).
+REPLICATE_TAG, SPLIT_SEED_TAG, SPLIT_FINGERPRINT_TAG = "replicate", "split_seed", "split_fingerprint"
+REPLICATE_COL = f"tags.{REPLICATE_TAG}"
+TUNING_REPLICATE = 0  # every search runs on it; it is never reported
+AUDIT_REPLICATE = 1  # the privacy audit's models share this replicate's split (the first reported one)
 GIT_COMMIT_TAG, DATA_FINGERPRINT_TAG = "git_commit", "data_fingerprint"  # on the parent run
 STUDIED = "gli"  # the method the study searches and compares with every baseline
 # The stages of a study, as its runs' `stage` tag names them (the search stage is GLI's, named after it).
@@ -130,10 +136,12 @@ def optuna_study_name(experiment: str, method: str, protocol: str, objective: st
     return f"{experiment}-{method}-{protocol}-{objective}"
 
 
-def trial_key(stage: str, method: str, seed: int, hparams: dict) -> str:
-    """A trial's identity across reruns: stage, method, seed and a digest of every hyper-parameter."""
+def trial_key(stage: str, method: str, seed: int, hparams: dict, replicate: int | None = None) -> str:
+    """A trial's identity across reruns: stage, method, seed, the replicate where it is not the seed's own (the
+    audit's models share one replicate's split) and a digest of every hyper-parameter."""
     digest = hashlib.sha256(json.dumps(hparams, sort_keys=True, default=str).encode()).hexdigest()[:12]
-    return f"{stage}/{method}/seed{seed}/{digest}"
+    split = "" if replicate is None or replicate == seed else f"replicate{replicate}/"
+    return f"{stage}/{method}/seed{seed}/{split}{digest}"
 
 
 def setting_of(key: str) -> str:

@@ -141,7 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
         a(f"--{split}-count", type=int, help=f"fashion-mnist: {split} images (default {FASHION_SIZES[split]:,})")
     for name, what in (("test-max-id", "test"), ("retain-max-id", "retain"), ("forget-max-id", "forget")):
         a(f"--{name}", type=int, help=f"mucac: identity ids below this (and above the previous threshold) are {what}")
-    a("--seed", type=int, default=0, help="seed of the base models and of the method run")
+    a("--seed", type=int, default=0, help="the replicate: the data set's split seed and the seed of the base models "
+      "and of the method run")
     a("--set", action="append", default=[], metavar="KEY=VALUE", help="override a hyper-parameter (repeatable)")
     a("--protocol", choices=PROTOCOLS,
       help=f"fair: one honest selection rule; paper: the notebooks step for step (default {PROTOCOLS[0]})")
@@ -183,7 +184,9 @@ def main(argv: list[str] | None = None) -> int:
         evaluation.validate()
         given = {k: getattr(args, k) for k in OPTIONAL_SETTINGS + ("test_max_id", "retain_max_id", "forget_max_id")
                  if getattr(args, k) is not None}
-        data_cfg = DataConfig(dataset=args.dataset, data_dir=args.data_dir, cache_dir=args.cache_dir, **given)
+        # the seed is a replicate: its split seed and its training seed
+        data_cfg = DataConfig(dataset=args.dataset, data_dir=args.data_dir, cache_dir=args.cache_dir,
+                              split_seed=args.seed, **given)
         data = load_dataset(data_cfg)
         if problem := split_size_problem(data, protocol):
             raise DataError(problem)
@@ -195,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     base_models(data, args.seed, device, cache, args.width, args.base_epochs)  # trained (or found) once, said once
     model_cfg, recipe = default_configs(data.name, args.width, args.base_epochs)
     settings = TrialSettings(models_dir=str(cache or ""), model=model_cfg, train=recipe, evaluation=evaluation,
-                             threads=torch.get_num_threads())
+                             threads=torch.get_num_threads(), data=data_cfg)
     trace = Trace(args.trace)
     rows = []
     try:

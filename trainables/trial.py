@@ -1,6 +1,8 @@
 """One trial of the study, as Ray Tune runs it: a base model, a baseline, a GLI setting or a confirmation.
 
-Every trial's config has one shape, `TrialSpec` (stage, method, seed, hparams). What
+Every trial's config has one shape, `TrialSpec` (stage, method, seed, hparams). A trial's
+seed is its replicate: split seed r and training seed r together (the audit's models alone
+share one replicate's split, `replicate`). What
 every trial shares, `TrialSettings` (model, base training, evaluation, where the base
 checkpoints live), and the decoded data set reach the worker once, beside the config
 (`tune.with_parameters`). `run_trial` takes the base models from the shared checkpoint
@@ -27,11 +29,12 @@ import torch
 
 from . import engine
 from .base_models import BaseRecipe, base_model
-from .data import Dataset
+from .data import DataConfig, Dataset, for_replicate
 from .audit import audit_scores
 from .methods import REFERENCE_ROWS, create
 from .records import (ACCEL_TAG, AUDIT_STAGE, CURVE, ERROR, FINAL, FORGET_LOSSES, FORGET_SCORES, HARDWARE_TAG,
-                      ITEMS, SEL_ACCURACY, SEL_FINAL, SEL_FORGETTING, UNSEEN_LOSSES, WAIT, numbers)
+                      ITEMS, REPLICATE_TAG, SEL_ACCURACY, SEL_FINAL, SEL_FORGETTING, SPLIT_FINGERPRINT_TAG,
+                      SPLIT_SEED_TAG, UNSEEN_LOSSES, WAIT, numbers)
 from .models import ModelConfig
 from .selection import Diverged
 from .unlearn import EvalConfig, reference_row, unlearn
@@ -49,17 +52,23 @@ class TrialSpec:
     hparams: dict[str, Any] = field(default_factory=dict)
     wait: dict[str, Any] | None = None
     items: list[dict[str, Any]] | None = None
+    replicate: int | None = None  # the split seed, where it is not `seed` (the audit's models)
+
+    @property
+    def split_seed(self) -> int:
+        return self.seed if self.replicate is None else self.replicate
 
     def config(self) -> dict[str, Any]:
-        """The trial's config as Tune holds it (`wait` and `items` only where set)."""
+        """The trial's config as Tune holds it (`wait`, `items` and `replicate` only where set)."""
         out = {"stage": self.stage, "method": self.method, "seed": self.seed, "hparams": dict(self.hparams)}
-        extra = {WAIT: self.wait, ITEMS: self.items}
+        extra = {WAIT: self.wait, ITEMS: self.items, REPLICATE_TAG: self.replicate}
         return {**out, **{k: v for k, v in extra.items() if v is not None}}
 
     @classmethod
     def of(cls, config: dict[str, Any]) -> "TrialSpec":
+        replicate = config.get(REPLICATE_TAG)
         return cls(config["stage"], config["method"], int(config["seed"]), dict(config.get("hparams") or {}),
-                   config.get(WAIT), config.get(ITEMS))
+                   config.get(WAIT), config.get(ITEMS), None if replicate is None else int(replicate))
 
 
 @dataclass(frozen=True)
@@ -72,6 +81,7 @@ class TrialSettings:
     evaluation: EvalConfig = field(default_factory=EvalConfig)
     threads: int = 1  # torch threads per trial: the trial's CPU share, not every core of the node
     accel: engine.Accel = field(default_factory=engine.Accel)  # bf16 and CUDA graphs on a GPU
+    data: DataConfig | None = None  # the data settings: another replicate's split is drawn from them
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -104,6 +114,9 @@ def run_trial(spec: TrialSpec, settings: TrialSettings, data: Dataset, on_step=N
     `on_eval(n, selection_metrics)` see every update and evaluation (`trainables.run --trace`)."""
     start = time.perf_counter()
     placement = _placement()
+    data = for_replicate(data, spec.split_seed, settings.data)
+    placement.update({REPLICATE_TAG: str(spec.split_seed), SPLIT_SEED_TAG: str(data.split_seed),
+                      SPLIT_FINGERPRINT_TAG: data.split_fingerprint})
     torch.set_num_threads(max(1, settings.threads))
     if settings.accel.deterministic:
         engine.make_deterministic()
@@ -112,9 +125,9 @@ def run_trial(spec: TrialSpec, settings: TrialSettings, data: Dataset, on_step=N
     models_dir = Path(settings.models_dir) if settings.models_dir else None  # None: the local checkpoint cache
     audit = spec.stage == AUDIT_STAGE
     evaluation = replace(settings.evaluation, bootstrap=0) if audit else settings.evaluation
-    # An audit's unlearning runs all start from seed 0's original (the challenge's setup); its
-    # retrained models are one per seed. Elsewhere a trial's seed is its base models' seed.
-    base_seed = 0 if audit and spec.method != "retrain" else spec.seed
+    # An audit's unlearning runs all start from its replicate's original (the challenge's setup: one original);
+    # its retrained models are one per seed. Elsewhere a trial's seed is its base models' seed.
+    base_seed = spec.split_seed if audit and spec.method != "retrain" else spec.seed
     kinds = (spec.method,) if spec.method in REFERENCE_ROWS else REFERENCE_ROWS  # a base trial trains only its own
     bases = {kind: base_model(data, kind, settings.model, settings.train, base_seed, device, models_dir)
              for kind in kinds}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -19,12 +19,13 @@ import torch
 from . import audit as audit_lib
 from .augment import augment_batch
 from .cache import default_cache_dir, load_images
-from .folder import FASHION_CLASSES, FASHION_SIZES, fashion_mnist, read_manifest
+from .folder import FASHION_CLASSES, FASHION_SIZES, fashion_mnist, manifest_fixes_parts, read_manifest
 from .sources import MUCAC_ATTRIBUTES, Record, read_mucac, read_mufac
 from .splits import SPLIT_NAMES, DataError, Dataset, Split, assemble
 
 DATASETS = ("digits", "mufac", "mucac", "mucac-binary", "fashion-mnist", "folder")
 NEEDS_FOLDER = ("mufac", "mucac", "mucac-binary", "folder")
+FIXED_PARTS = ("mufac", "mucac", "mucac-binary")  # the benchmark fixes forget, retain, test and unseen
 DEFAULT_FORGET_COUNT = {"digits": 200, "mufac": 1500}
 # Optional data settings a study, an export and the command lines pass through (None: the default).
 SIZE_SETTINGS = ("forget_count", "train_count", "unseen_count", "test_count")
@@ -32,7 +33,7 @@ OPTIONAL_SETTINGS = SIZE_SETTINGS + ("image_size", "attribute")
 
 __all__ = [
     "DATASETS", "NEEDS_FOLDER", "OPTIONAL_SETTINGS", "SIZE_SETTINGS", "SPLIT_NAMES", "DataConfig", "DataError", "Dataset", "Split",
-    "augment_batch", "load_dataset",
+    "FIXED_PARTS", "augment_batch", "for_replicate", "load_dataset",
 ]
 
 
@@ -198,6 +199,8 @@ def load_dataset(cfg: DataConfig, for_training: bool = True) -> Dataset:
     cfg.validate()
     loaders = {"digits": _digits, "fashion-mnist": _fashion}
     ds = loaders.get(cfg.dataset, _from_folder)(cfg)
+    ds.forget_fixed = cfg.dataset in FIXED_PARTS or (
+        cfg.dataset == "folder" and manifest_fixes_parts(Path(cfg.data_dir).expanduser().resolve()))
     message = audit_lib.leakage_message(ds.audit["identity_overlap"], cfg.data_dir or cfg.dataset)
     if message and for_training:
         raise DataError(message)
@@ -209,3 +212,21 @@ def load_dataset(cfg: DataConfig, for_training: bool = True) -> Dataset:
             file=sys.stderr,
         )
     return ds
+
+
+_REPLICATES: dict[tuple, Dataset] = {}  # the last data sets loaded for other replicates, in this process
+
+
+def for_replicate(data: Dataset, split_seed: int, cfg: DataConfig | None) -> Dataset:
+    """`data` drawn with split seed `split_seed`: `data` itself when it is, else loaded from `cfg` (the study's
+    data settings) with that seed and kept for the next trial of the same replicate (two at most)."""
+    if data.split_seed == split_seed:
+        return data
+    if cfg is None:
+        raise DataError(f"{data.name}: replicate {split_seed} needs the data settings to draw its split")
+    key = (json.dumps(asdict(cfg), sort_keys=True, default=str), split_seed)
+    if key not in _REPLICATES:
+        while len(_REPLICATES) >= 2:
+            _REPLICATES.pop(next(iter(_REPLICATES)))
+        _REPLICATES[key] = load_dataset(replace(cfg, split_seed=split_seed))
+    return _REPLICATES[key]

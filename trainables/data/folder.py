@@ -108,6 +108,13 @@ def read_manifest(data_dir: Path, seed: int) -> tuple[list[Record], list[str]]:
     return [Record(p, (label,), ident, part) for p, label, ident, part in zip(paths, labels, identities, parts)], classes
 
 
+def manifest_fixes_parts(data_dir: Path) -> bool:
+    """Whether the folder's manifest gives every row's split and the forget flags (a blank flag is 0): then nothing
+    but the selection/report halves is drawn from the seed."""
+    table = read_columns(data_dir / "manifest.csv", ("path",), ("split", "forget"), "the data set")
+    return "forget" in table and "split" in table and all(v.strip() for v in table["split"])
+
+
 def _labels(column: list[str], manifest: Path) -> tuple[list[int], list[str]]:
     values = [v.strip() for v in column]
     for number, value in enumerate(values, start=2):

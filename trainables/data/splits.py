@@ -8,6 +8,7 @@ unseen_report) plus the task description every later stage needs.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 import torch
@@ -48,6 +49,22 @@ class Dataset:
     fingerprint: str
     augment: bool  # whether base training and fine-tuning use the SPEC section 4 augmentation
     audit: dict = field(default_factory=dict)
+    split_seed: int = 0  # the replicate's split: what the data set leaves random is drawn with it
+    forget_fixed: bool = False  # the benchmark fixes the forget set (and the other parts): a replicate redraws
+    # only the selection/report halves
+
+    @property
+    def split_fingerprint(self) -> str:
+        """A digest of the split's membership: which examples (by identity) lie in forget, retain, test and unseen.
+        Equal for two replicates exactly when they split alike there; where the benchmark fixes those parts, the
+        replicates differ only in their selection/report halves (the `split_seed` tag)."""
+        if "split_fingerprint" not in self.__dict__:
+            h = hashlib.sha256(self.fingerprint.encode())
+            for name in ("forget", "retain", "test", "unseen"):
+                ids = self.splits[name].identities.sort().values.to(torch.int64).cpu().numpy()
+                h.update(name.encode() + b"\0" + ids.tobytes())
+            self.__dict__["split_fingerprint"] = h.hexdigest()[:16]
+        return self.__dict__["split_fingerprint"]
 
     @property
     def in_channels(self) -> int:
@@ -115,4 +132,5 @@ def assemble(
         splits={k: splits[k] for k in SPLIT_NAMES},
         fingerprint=fingerprint,
         augment=augment,
+        split_seed=split_seed,
     )
