@@ -20,10 +20,11 @@ from trainables.records import (BASE_STAGE, BASELINE_STAGE, CONFIRM_LIMIT, CONFI
                                 SEARCH_STAGE, SEED_COL, SEL_FINAL, STAGE_COL, STUDIED, TRIAL_KEY_COL, journal_path,
                                 optuna_study_name, setting_of, write_atomic)
 
-from . import plots, tables, tuning
+from . import plots, sequential, tables, tuning
 from .audit import audit_table, plot_epsilons
 from .audit import to_markdown as audit_markdown
 from .pareto import pareto_front
+from .tables import MARGIN
 from .results import StudyRecords
 
 AXES = tables.AXES
@@ -41,6 +42,11 @@ class StudyInfo:
     paper_baselines: bool
     results_dir: str
     budget: int | None = None  # trials per searched method (`gli_trials` in studies recorded before the name)
+    replicates: int | None = None  # reported replicates at the start (`seeds` in studies recorded before the name)
+    until_settled: bool = False
+    max_replicates: int | None = None
+    margin: float = MARGIN
+    round_size: int | None = None
 
     @property
     def label(self) -> str:
@@ -68,7 +74,16 @@ class StudyInfo:
             values["paper_baselines"] = not params.get("tune_baselines", False)
         if values["budget"] is None:
             values["budget"] = params.get("gli_trials")
+        if values["replicates"] is None:
+            values["replicates"] = params.get("seeds")
+        for name in ("until_settled", "margin"):  # studies recorded before these settings
+            if values[name] is None:
+                values[name] = fields_default(cls, name)
         return cls(**values)
+
+
+def fields_default(cls, name: str):
+    return next(f.default for f in fields(cls) if f.name == name)
 
 
 def gli_front(trials: pd.DataFrame, objective: str, limit: int = CONFIRM_LIMIT) -> pd.DataFrame:
@@ -143,13 +158,17 @@ def build_report(study: StudyRecords, info: StudyInfo, out_dir: Path) -> tuple[p
     def write(name: str, text: str) -> None:
         written.append(write_atomic(out_dir / name, text))
 
-    pairs = tables.paired(rows, summary)
+    pairs = tables.paired(rows, summary, margin=info.margin)
+    verdicts = (sequential.settle(rows, info.replicates, info.max_replicates, info.round_size or 1, info.margin)
+                if info.until_settled and info.replicates and info.max_replicates else None)
     confirmed = set(rows[rows[STAGE_COL] == CONFIRM_STAGE]["method"]) if len(rows) else set()
     searched = [STUDIED] + ([] if info.paper_baselines else sorted(confirmed - {STUDIED}))  # the tuning cards
     studies = {m: s for m in searched if (s := load_optuna(info, m)) is not None}
     cards, curves = tuning.tuning_tables(studies, info.budget, rows, summary)
     # the verdicts first: what a paper may claim, then the table they come from
-    write("summary.md", info.preamble + "\n" + tables.paired_markdown(pairs, info.title) + "\n"
+    first = (sequential.verdicts_markdown(verdicts, info.title, info.margin) if verdicts is not None
+             else tables.paired_markdown(pairs, info.title, info.margin))
+    write("summary.md", info.preamble + "\n" + first + "\n"
           + tables.to_markdown(summary, info.title, info.dataset) + "\n" + tuning.tuning_markdown(cards) + "\n"
           + audit_markdown(audit, info.title))
     if len(cards):
@@ -159,6 +178,8 @@ def build_report(study: StudyRecords, info: StudyInfo, out_dir: Path) -> tuple[p
         write("audit.csv", audit.to_csv(index=False))
     if len(pairs):
         write("paired.csv", pairs.to_csv(index=False))
+    if verdicts is not None and len(verdicts):
+        write("verdicts.csv", verdicts.to_csv(index=False))
     write("summary.tex", tables.to_latex(summary, f"{info.title}; {info.label}", info.dataset))  # a caption alone
     write("summary.csv", tables.to_csv(summary, info.dataset).to_csv(index=False))
     params = [c for c in gli.columns if c.startswith("params.")] if len(gli) else []

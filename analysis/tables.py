@@ -268,12 +268,12 @@ def verdict(lo: float, hi: float, favour: int, margin: float = MARGIN) -> str:
     return "equivalent" if -margin < lo and hi < margin else "undecided"
 
 
-def paired(rows: pd.DataFrame, summary: pd.DataFrame, method: str = STUDIED, margin: float = MARGIN) -> pd.DataFrame:
+def paired(rows: pd.DataFrame, summary: pd.DataFrame, method: str = STUDIED, margin: float = MARGIN,
+           alpha: float = 1 - LEVEL) -> pd.DataFrame:
     """`method` minus each other unlearning method, seed by seed (each at its table row's setting), per metric of
     `COMPARED`: `baseline, metric, mean_diff, lo, hi, replicates, verdict`, with the t test's p-value, its
-    Holm-adjusted value over every comparison of the table, and the level the interval is taken at."""
-    from scipy import stats
-
+    Holm-adjusted value over every comparison of the table, and the level the interval is taken at. `alpha`: the
+    family-wise error rate of the table (a study that looks several times spends a share of its rate on each)."""
     columns = ["baseline", "metric", "mean_diff", "lo", "hi", "replicates", "verdict", "p", "p_holm", "level"]
     if len(rows) == 0 or method not in set(summary["method"]):
         return pd.DataFrame(columns=columns)
@@ -291,7 +291,7 @@ def paired(rows: pd.DataFrame, summary: pd.DataFrame, method: str = STUDIED, mar
             frame = frame.assign(privacy_gap=(pd.to_numeric(frame["mia_advantage"]) - reference).abs())
         return frame
 
-    ours, out, diffs = with_gap(per_seed(method)), [], []
+    ours, out, diffs, favours = with_gap(per_seed(method)), [], [], []
     for other in summary["method"]:
         if other == method or other in REFERENCE_ROWS:
             continue
@@ -302,31 +302,40 @@ def paired(rows: pd.DataFrame, summary: pd.DataFrame, method: str = STUDIED, mar
                 continue
             diff = (pd.to_numeric(ours.loc[seeds, col]) - pd.to_numeric(theirs.loc[seeds, col])).to_numpy(dtype=float)
             diff = diff[np.isfinite(diff)]  # a seed missing a value (no retrained model's advantage) is left out
-            p = math.nan
-            if len(diff) >= 2:
-                p = 0.0 if np.all(diff == diff[0]) and diff[0] != 0 else (
-                    1.0 if np.all(diff == 0) else float(stats.ttest_1samp(diff, 0.0).pvalue))
-            out.append({"baseline": other, "metric": col, "mean_diff": float(diff.mean()) if len(diff) else math.nan,
-                        "replicates": len(diff), "p": p, "favour": favour})
+            out.append({"baseline": other, "metric": col})
             diffs.append(diff)
-    table = pd.DataFrame(out)
-    tested = table["p"].notna().to_numpy()
-    table["p_holm"], table["level"] = math.nan, math.nan
+            favours.append(favour)
+    tested = compare(diffs, favours, alpha, margin)
+    return pd.concat([pd.DataFrame(out, columns=["baseline", "metric"]), tested], axis=1)[columns]
+
+
+def compare(diffs: list[np.ndarray], favours: list[int], alpha: float = 1 - LEVEL,
+            margin: float = MARGIN) -> pd.DataFrame:
+    """A family of paired comparisons, each a vector of per-replicate differences and the sign that favours
+    GLI: the mean difference, the t test's p-value (scipy's t distribution), Holm's adjusted p-value and level
+    over the family (`holm_levels`), the t interval at that level, and the verdict. A comparison with fewer
+    than two differences is not tested (undecided); one whose differences are all equal has a zero-width
+    interval."""
+    from scipy import stats
+
+    n = np.array([len(d) for d in diffs], dtype=float)
+    mean = np.array([d.mean() if len(d) else math.nan for d in diffs])
+    sem = np.array([d.std(ddof=1) / math.sqrt(len(d)) if len(d) >= 2 else math.nan for d in diffs])
+    df = np.maximum(n - 1, 1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p = np.where(sem > 0, 2 * stats.t.sf(np.abs(mean / sem), df), np.where(mean != 0, 0.0, 1.0))
+    p = np.where(n >= 2, p, math.nan)
+    tested = ~np.isnan(p)
+    p_holm, level = np.full(len(diffs), math.nan), np.full(len(diffs), math.nan)
     if tested.any():
-        adjusted, levels = holm_levels(table.loc[tested, "p"].to_numpy())
-        table.loc[tested, "p_holm"], table.loc[tested, "level"] = adjusted, 1 - levels
-    bounds = []
-    for (_, r), diff in zip(table.iterrows(), diffs):
-        if len(diff) < 2 or _missing(r["level"]):
-            bounds.append((math.nan, math.nan))
-        elif np.all(diff == diff[0]):
-            bounds.append((float(diff[0]), float(diff[0])))
-        else:
-            bounds.append(tuple(float(b) for b in stats.t.interval(r["level"], len(diff) - 1, loc=diff.mean(),
-                                                                   scale=stats.sem(diff))))
-    table["lo"], table["hi"] = [b[0] for b in bounds], [b[1] for b in bounds]
-    table["verdict"] = [verdict(lo, hi, f, margin) for lo, hi, f in zip(table["lo"], table["hi"], table["favour"])]
-    return table[columns]
+        adjusted, levels = holm_levels(p[tested], alpha)
+        p_holm[tested], level[tested] = adjusted, 1 - levels
+    with np.errstate(invalid="ignore"):
+        half = np.where(tested, stats.t.ppf(1 - (1 - np.nan_to_num(level, nan=0.5)) / 2, df) * np.nan_to_num(sem), math.nan)
+    lo, hi = mean - half, mean + half
+    verdicts = [verdict(a, b, f, margin) for a, b, f in zip(lo, hi, favours)]
+    return pd.DataFrame({"mean_diff": mean, "lo": lo, "hi": hi, "replicates": n.astype(int), "verdict": verdicts,
+                         "p": p, "p_holm": p_holm, "level": level})
 
 
 def paired_markdown(table: pd.DataFrame, title: str, margin: float = MARGIN) -> str:

@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from analysis.tables import MARGIN
 from trainables.data import DATASETS, NEEDS_FOLDER, OPTIONAL_SETTINGS, DataConfig
 from trainables.methods import HyperParameterError, available, get
 from trainables.methods.interface import PROTOCOLS, SELECTION_ALIAS
@@ -55,6 +56,10 @@ class StudyConfig:
     gli_trials: int | None = where(None)  # deprecated: the old name of budget
     replicates: int = 3  # reported replicates 1..N, each its own split seed and training seed (0 tunes)
     seeds: int | None = None  # deprecated: the old name of replicates
+    until_settled: bool = False  # add rounds of replicates until every GLI-minus-baseline comparison is settled
+    max_replicates: int = 20  # ... or this many replicates are reported
+    margin: float = MARGIN  # a comparison whose interval lies within +-margin is settled as equivalent
+    round_size: int | None = where(None)  # replicates per round (default: as many as fill the free slots)
     protocol: str = PROTOCOLS[0]  # fair: one honest selection rule; paper: the reference notebooks step for step
     selection: str | None = None  # deprecated: val is protocol fair, test is protocol paper
     objective: str = OBJECTIVES[0]
@@ -106,7 +111,15 @@ class StudyConfig:
             raise ConfigError(f"--bootstrap must be 0 (none) or a whole number >= 2, got {self.bootstrap!r}")
         if not _whole(self.audit, 0) or self.audit == 1:
             raise ConfigError(f"--audit needs at least 2 models per setting (the challenge used 512), got {self.audit}")
+        if self.until_settled and _whole(self.max_replicates, 1) and _whole(self.replicates, 1) \
+                and self.max_replicates < self.replicates:
+            raise ConfigError(f"--max-replicates ({self.max_replicates}) must be at least --replicates ({self.replicates})")
+        if not (_number(self.margin) and 0 < self.margin < 1):
+            raise ConfigError(f"--margin must be a number in (0, 1), got {self.margin!r}")
+        if self.round_size is not None and not _whole(self.round_size, 1):
+            raise ConfigError(f"--round-size must be a whole number >= 1, got {self.round_size!r}")
         for name, value, low in [("--budget", self.budget, 1), ("--replicates", self.replicates, 1),
+                                 ("--max-replicates", self.max_replicates, 1),
                                  ("--max-failures", self.max_failures, 0)]:
             if not _whole(value, low):
                 raise ConfigError(f"{name} must be a whole number >= {low}, got {value!r}")

@@ -107,6 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(g, "--replicates", "reported replicates, each its own split and training seed (a tuning replicate, "
           "never reported, comes on top)", type=int)
     g.add_argument("--seeds", type=int, help=argparse.SUPPRESS)  # deprecated name of --replicates
+    _flag(g, "--until-settled", "after --replicates, add rounds of replicates until every GLI-minus-baseline "
+          "comparison is settled (better, worse or equivalent, with its error rate spent over the planned looks "
+          "and Holm across comparisons) or --max-replicates are reported", action="store_true", default=None)
+    _flag(g, "--max-replicates", "with --until-settled: stop after this many reported replicates", type=int)
+    _flag(g, "--margin", "a comparison whose interval lies within +-margin is equivalent", type=float)
+    _flag(g, "--round-size", "with --until-settled: replicates per round (default: as many as fill the free "
+          "slots)", type=int)
     _flag(g, "--width", "use the width-reduced ResNet-18 at this width (small CPU runs)", type=int)
     _flag(g, "--base-epochs", "train the base models for this many epochs (default: the data set's recipe)", type=int)
     _flag(g, "--eval-every", "steps between evaluations inside a trial (default: about 10 per epoch)", type=int)
@@ -203,18 +210,74 @@ def run_study(ctx: StudyContext) -> list:
         ctx.grid(BASELINE_STAGE, [{"method": m, "seed": s, "hparams": ctx.fixed_hparams(m)}
                               for s in seeds for m in cfg.baselines], needs=needs)]
 
-    def confirm_runs() -> list[dict]:  # built once the searches have ended, from their Optuna studies
+    def confirm_runs(replicates=tuple(seeds)) -> list[dict]:  # once the searches have ended, from their studies
         runs = []
         for search in searches:
             limit = CONFIRM_LIMIT if search.method == STUDIED else 1
             runs += [{"method": search.method, "seed": s, "hparams": {**ctx.fixed_hparams(search.method), **chosen}}
-                     for chosen in search.chosen(limit) for s in seeds]
+                     for chosen in search.chosen(limit) for s in replicates]
         return runs
 
     confirm = ctx.grid(CONFIRM_STAGE, confirm_runs, tuple(s.label for s in searches), needs)
-    audit = [ctx.grid(AUDIT_STAGE, lambda: audit_runs(ctx, searches), (CONFIRM_STAGE,))] if cfg.audit else []
-    stages = [base, *searches, confirm, *grid, *audit]
+    rounds = settling_rounds(ctx, confirm_runs, (confirm.label, *(g.label for g in grid))) if cfg.until_settled else []
+    audit = ([ctx.grid(AUDIT_STAGE, lambda: audit_runs(ctx, searches), (CONFIRM_STAGE, *(r.label for r in rounds)))]
+             if cfg.audit else [])
+    stages = [base, *searches, confirm, *grid, *rounds, *audit]
     ctx.run(stages)
+    return stages
+
+
+def round_size(cfg: StudyConfig, slots: int) -> int:
+    """Replicates per round of `--until-settled`: as many as fill the free slots (a replicate's trials: its two
+    base models, every baseline's setting and GLI's confirmed ones), at least one."""
+    if cfg.round_size:
+        return int(cfg.round_size)
+    return max(1, slots // (len(REFERENCE_ROWS) + len(cfg.baselines) + CONFIRM_LIMIT))
+
+
+def settling_rounds(ctx: StudyContext, confirm_runs, after: tuple[str, ...]) -> list:
+    """The rounds of `--until-settled`, planned up to `--max-replicates`: each adds the next replicates' base
+    models, confirm runs (and paper-setting baselines) once the previous round has ended, unless every
+    GLI-minus-baseline comparison is already settled (`analysis.sequential`); then it and the rest are empty."""
+    from analysis.report import method_rows
+    from analysis.sequential import all_settled, look_sizes, settle
+
+    cfg = ctx.cfg
+    step = round_size(cfg, ctx.slots)
+    sizes = look_sizes(cfg.replicates, cfg.max_replicates, step)
+    decided: dict[int, bool] = {}
+
+    def more(have: int) -> bool:
+        """Whether the study goes on after `have` reported replicates (decided once per round, from MLflow)."""
+        if have not in decided:
+            ctx.tracker.flush()  # every ended trial's run written before the rows are read
+            rows = method_rows(ctx.tracker.children(), cfg.paper_baselines)
+            verdicts = settle(rows, cfg.replicates, cfg.max_replicates, step, cfg.margin)
+            decided[have] = not all_settled(verdicts)
+            if not decided[have]:
+                print(f"[study] every comparison settled after {have} replicates", file=sys.stderr, flush=True)
+        return decided[have]
+
+    stages, previous = [], after
+    for number, (have, size) in enumerate(zip(sizes, sizes[1:]), start=1):
+        new = tuple(range(TUNING_REPLICATE + 1 + have, TUNING_REPLICATE + 1 + size))
+
+        def base_runs(have=have, new=new):
+            return [{"method": m, "seed": s, "hparams": {}} for s in new for m in REFERENCE_ROWS] if more(have) else []
+
+        def method_runs(have=have, new=new):
+            return confirm_runs(new) if more(have) else []
+
+        def paper_runs(have=have, new=new):
+            return ([{"method": m, "seed": s, "hparams": ctx.fixed_hparams(m)} for s in new for m in cfg.baselines]
+                    if more(have) else [])
+
+        base = ctx.grid(BASE_STAGE, base_runs, previous, label=f"{BASE_STAGE}-round{number}")
+        round_stages = [base, ctx.grid(CONFIRM_STAGE, method_runs, previous, base, f"{CONFIRM_STAGE}-round{number}")]
+        if cfg.paper_baselines:
+            round_stages.append(ctx.grid(BASELINE_STAGE, paper_runs, previous, base, f"{BASELINE_STAGE}-round{number}"))
+        stages += round_stages
+        previous = tuple(s.label for s in round_stages)
     return stages
 
 
@@ -288,8 +351,11 @@ def main(argv: list[str] | None = None) -> int:
         raise prepared["error"]
     tracker = prepared["tracker"]
     protocol = PROTOCOL_LABEL[cfg.protocol]
-    params = {**asdict(cfg), "data_fingerprint": data.fingerprint}
     ctx = StudyContext(cfg, data, tracker, slots(cfg, resources), started=start)
+    if cfg.until_settled and cfg.round_size is None:  # what the slots give, recorded with the study's settings
+        cfg.round_size = round_size(cfg, ctx.slots)
+        write_resolved(cfg, results / "config.yaml", {"data_fingerprint": data.fingerprint})
+    params = {**asdict(cfg), "data_fingerprint": data.fingerprint}
     params[SETTINGS_PARAM] = ctx.settings.as_dict()  # model, base training and evaluation settings, for export
     tags = {"dataset": cfg.dataset, "protocol": cfg.protocol, "protocol_label": protocol,
             "objective": cfg.objective, GIT_COMMIT_TAG: git_commit(), DATA_FINGERPRINT_TAG: data.fingerprint,

@@ -296,8 +296,9 @@ class StudyContext:
     def key(self, stage: str, method: str, seed: int, hparams: dict, replicate: int | None = None) -> str:
         return trial_key(stage, method, seed, resolved_hparams(method, self.dataset, **hparams), replicate)
 
-    def grid(self, stage: str, runs, after: tuple[str, ...] = (), needs: GridStage | None = None) -> GridStage:
-        return GridStage(self, stage, runs, after, needs)
+    def grid(self, stage: str, runs, after: tuple[str, ...] = (), needs: GridStage | None = None,
+             label: str | None = None) -> GridStage:
+        return GridStage(self, stage, runs, after, needs, label)
 
     def search(self, stage: str, method: str, space, point: dict | None, budget: int,
                needs: GridStage | None = None) -> SearchStage:

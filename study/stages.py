@@ -213,8 +213,9 @@ class GridStage(Stage):
     only once the searches have ended.
     """
 
-    def __init__(self, ctx, stage: str, runs, after: tuple[str, ...] = (), needs: GridStage | None = None):
-        super().__init__(stage, stage, after, needs, getattr(ctx, "started", None))
+    def __init__(self, ctx, stage: str, runs, after: tuple[str, ...] = (), needs: GridStage | None = None,
+                 label: str | None = None):
+        super().__init__(stage, label or stage, after, needs, getattr(ctx, "started", None))
         self.ctx, self.runs, self.pending = ctx, runs, []
 
     def _plan(self) -> int:
@@ -226,7 +227,7 @@ class GridStage(Stage):
         if len(finished):
             self.resume_best(finished[finished[TRIAL_KEY_COL].isin(keys)])
         if len(self.pending) < len(runs):
-            print(f"[study] stage {self.stage}: {len(runs) - len(self.pending)} of {len(runs)} trial(s) already finished",
+            print(f"[study] stage {self.label}: {len(runs) - len(self.pending)} of {len(runs)} trial(s) already finished",
                   file=sys.stderr, flush=True)
         return len(self.pending)
 

@@ -81,7 +81,8 @@ def test_sigkill_mid_search_then_resume(tmp_path):
     again = _start(results, cache)
     out, _ = again.communicate(timeout=400)
     assert again.returncode == 0, out[-3000:]
-    assert "stage base: 2 of 2 trial(s) already finished" in out
+    # replicate 0's base models were needed for the search's first trial; replicate 1's may not have finished
+    assert re.search(r"stage base: [2-4] of 4 trial\(s\) already finished", out)
     assert "dropped a torn last line" in out
     # The baselines' searches run beside GLI's: whatever finished before the kill is not run again.
     from study.config import BASELINES
@@ -89,7 +90,8 @@ def test_sigkill_mid_search_then_resume(tmp_path):
     for method in BASELINES:
         assert (re.search(rf"stage baseline-{method}: [1-4] trial\(s\)", out)
                 or f"stage baseline ({method}): all 4 trials already in the Optuna study" in out), method
-    assert {p.name: p.stat().st_mtime_ns for p in (results / "ray" / "models").iterdir()} == stamps
+    after = {p.name: p.stat().st_mtime_ns for p in (results / "ray" / "models").iterdir()}
+    assert {name: after.get(name) for name in stamps} == stamps  # no finished checkpoint trained again
     study = _study(results)
     complete = [t for t in study.trials if t.state.name == "COMPLETE"]
     assert len(complete) == 4  # the budget, with the trials from before the crash counted once

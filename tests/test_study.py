@@ -13,6 +13,7 @@ import optuna
 import pandas as pd
 import pytest
 import ray
+import yaml
 from mlflow.tracking import MlflowClient
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
@@ -161,7 +162,7 @@ def test_second_run_reuses_finished_work(smoke, capsys):
     assert re.search(r"then open http://127\.0\.0\.1:5000/#/experiments/\d+/runs\?workflowType=machine_learning",
                      captured.out)  # the runs table, not the GenAI overview
     assert f"optuna-dashboard {results / 'optuna.journal'}" in captured.out
-    assert "stage base: 2 of 2 trial(s) already finished" in err
+    assert "stage base: 4 of 4 trial(s) already finished" in err
     assert "all 4 trials already in the Optuna study" in err
     assert [p.stat().st_mtime_ns for p in sorted((results / "ray" / "models").iterdir())] == stamps  # nothing retrained
     _, parents, after = _runs(uri, "gli-digits-smoke")
@@ -353,3 +354,30 @@ def test_export_and_reproduce_errors(smoke, tmp_path, capsys):
     not_export.write_text("dataset: digits\n")
     assert reproduce_main([str(not_export)]) == 2
     assert "not a method export of analysis.export" in capsys.readouterr().err
+
+
+def test_until_settled_adds_rounds_of_replicates_and_reports_verdicts(tmp_path, capsys):
+    """--until-settled: after the first replicates, rounds of one replicate each (two CPUs) until every comparison
+    is settled or --max-replicates; the report opens with the verdicts and verdicts.csv holds them."""
+    config = tmp_path / "study.yaml"
+    config.write_text("baselines: [finetune, eu_k]\nbase_epochs: 3\nmethod_epochs: 1\neval_every: 7\nbudget: 2\n"
+                      "replicates: 2\n")
+    uri = f"sqlite:///{tmp_path}/store.db"
+    results = tmp_path / "r"
+    assert launch(["--config", str(config), "--results-dir", str(results), "--tracking-uri", uri,
+                   "--experiment-name", "settle", "--until-settled", "--max-replicates", "3"]) == 0
+    err = capsys.readouterr().err
+    assert "stage base-round1: 2 trial(s)" in err or "every comparison settled after 2 replicates" in err
+    verdicts = pd.read_csv(results / "verdicts.csv")
+    assert list(verdicts.columns[:7]) == ["baseline", "metric", "mean_diff", "lo", "hi", "replicates", "verdict"]
+    assert set(verdicts["baseline"]) == {"finetune", "eu_k"} and set(verdicts["looks"]) == {2}
+    assert set(verdicts["verdict"]) <= {"better", "worse", "equivalent", "undecided"}
+    settled = verdicts["verdict"] != "undecided"
+    assert (verdicts.loc[~settled, "replicates"] == 3).all()  # what is undecided was looked at with every replicate
+    text = (results / "summary.md").read_text()
+    assert text.index("verdicts, run until settled") < text.index("| method | seeds |")  # the verdicts come first
+    _, _, children = _runs(uri, "settle")
+    confirm_seeds = {c.data.tags["seed"] for c in children if c.data.tags["stage"] == "confirm"}
+    assert confirm_seeds == ({"1", "2", "3"} if "stage base-round1" in err else {"1", "2"})
+    cfg = yaml.safe_load((results / "config.yaml").read_text())
+    assert cfg["round_size"] == 1 and cfg["until_settled"] is True  # what the two slots gave, recorded

@@ -1,0 +1,104 @@
+"""A study that runs until each comparison is settled: verdicts that stay valid although they are read after
+every round of replicates.
+
+After the first N reported replicates, and after each round of R more, the study looks at
+every GLI-minus-baseline comparison (`tables.paired`). It plans at most L looks (N, N + R,
+..., up to M replicates) and spends its 5% error rate over them in equal shares, alpha / L
+per look (Bonferroni across looks: whatever rule stops the study, the chance of any false
+`better`, `worse` or `equivalent` at any look is at most the sum of the shares), and within a
+look over every comparison with Holm's step-down adjustment (statsmodels). A comparison
+whose interval excludes 0 (`better`, `worse`) or lies within +-margin (`equivalent`) is
+settled at that look and keeps that verdict and interval; the study stops when every
+comparison is settled or M replicates are reported, and what is left is `undecided`.
+
+Everything is replayed from the recorded rows (each look sees the replicates it saw then),
+so a resumed study reaches the same verdicts.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from trainables.records import SEED_COL, STUDIED
+
+from .tables import LEVEL, MARGIN, paired, summarise
+
+VERDICT_COLUMNS = ["baseline", "metric", "mean_diff", "lo", "hi", "replicates", "verdict", "p", "p_holm", "level",
+                   "look", "looks"]
+
+
+def planned_looks(start: int, most: int, step: int) -> int:
+    """The looks a study makes at most: after `start` replicates, then after every `step` more, up to `most`."""
+    return 1 + max(0, math.ceil((most - start) / max(1, step)))
+
+
+def look_sizes(start: int, most: int, step: int) -> list[int]:
+    """The number of reported replicates at each planned look."""
+    return [min(most, start + k * max(1, step)) for k in range(planned_looks(start, most, step))]
+
+
+def run_looks(table_at, sizes: list[int], available: int, alpha: float = 1 - LEVEL) -> pd.DataFrame:
+    """The looks at `sizes` replicates that `available` replicates allow, each at an equal share of `alpha`:
+    `table_at(size, share)` gives the comparisons' table at a look (`tables.compare`'s columns and `baseline`,
+    `metric`). A comparison keeps the verdict and interval of the first look that settled it; the looks stop
+    once every comparison is settled. Returns `VERDICT_COLUMNS` (`look`: the look that settled it, or the
+    last one made); empty before the first look."""
+    share = alpha / len(sizes)
+    settled: dict[tuple, dict] = {}
+    last = None
+    for number, size in enumerate(sizes, start=1):
+        if size > available:
+            break
+        table = table_at(size, share)
+        for _, r in table.iterrows():
+            key = (r["baseline"], r["metric"])
+            if key not in settled and r["verdict"] != "undecided":
+                settled[key] = {**r.to_dict(), "look": number}
+        last = (number, table)
+        if len(settled) == len(table):
+            break
+    if last is None:
+        return pd.DataFrame(columns=VERDICT_COLUMNS)
+    number, table = last
+    out = [settled.get((r["baseline"], r["metric"]), {**r.to_dict(), "look": number}) for _, r in table.iterrows()]
+    return pd.DataFrame(out).assign(looks=len(sizes))[VERDICT_COLUMNS]
+
+
+def settle(rows: pd.DataFrame, start: int, most: int, step: int, margin: float = MARGIN,
+           method: str = STUDIED, alpha: float = 1 - LEVEL) -> pd.DataFrame:
+    """The verdict of every comparison after the looks the rows allow. `rows` are the table's rows
+    (`report.method_rows`) of the reported replicates; a look is made once all its replicates are there, on
+    those replicates alone (each method's setting chosen as the table chose it then)."""
+    if not len(rows):
+        return pd.DataFrame(columns=VERDICT_COLUMNS)
+    seeds = sorted(pd.to_numeric(rows[SEED_COL]).unique())
+
+    def table_at(size: int, share: float) -> pd.DataFrame:
+        seen = rows[pd.to_numeric(rows[SEED_COL]).isin(seeds[:size])]
+        return paired(seen, summarise(seen), method, margin, share)
+
+    return run_looks(table_at, look_sizes(start, most, step), len(seeds), alpha)
+
+
+def all_settled(verdicts: pd.DataFrame) -> bool:
+    return bool(len(verdicts)) and bool((verdicts["verdict"] != "undecided").all())
+
+
+def verdicts_markdown(verdicts: pd.DataFrame, title: str, margin: float = MARGIN) -> str:
+    """The verdicts in plain words: what a paper may claim for each comparison and on how many replicates."""
+    if not len(verdicts):
+        return ""
+    looks = int(verdicts["looks"].max())
+    words = {"better": "GLI is better", "worse": "GLI is worse", "equivalent": f"equivalent within ±{margin}",
+             "undecided": "undecided: no claim either way"}
+    lines = [f"**{title}: verdicts, run until settled**", "",
+             f"Each comparison was looked at after every round of replicates, at most {looks} times; the 5% error rate "
+             f"is split equally over those {looks} looks and, within a look, over the comparisons by Holm's "
+             "adjustment, so every verdict below holds together with the others.", "",
+             "| versus | metric | verdict | replicates | difference [lo, hi] |", "|---|---|---|---|---|"]
+    for _, r in verdicts.iterrows():
+        interval = ("-" if pd.isna(r["lo"]) else f"{r['mean_diff']:.4f} [{r['lo']:.4f}, {r['hi']:.4f}]")
+        lines.append(f"| {r['baseline']} | {r['metric']} | {words[r['verdict']]} | {int(r['replicates'])} | {interval} |")
+    return "\n".join(lines) + "\n"
