@@ -21,6 +21,8 @@ import pandas as pd  # noqa: E402
 
 from trainables.records import write_atomic  # noqa: E402
 
+from .pareto import pareto_front  # noqa: E402
+
 
 def _save(fig, base: Path) -> list[Path]:
     base.parent.mkdir(parents=True, exist_ok=True)
@@ -143,6 +145,7 @@ def place_labels(ax, labels: list[tuple[float, float, str]], obstacles: list[tup
     legend = ax.get_legend()
     if legend is not None:
         blocked.append(legend.get_window_extent(renderer))
+    blocked += [inset.get_tightbbox(renderer) for inset in ax.child_axes]  # an inset, with its tick labels
     placed: list = []
     texts = []
     directions = [(1, 0), (1, 1), (1, -1), (-1, 0), (-1, 1), (-1, -1), (0, 1), (0, -1),
@@ -195,33 +198,44 @@ def _wrap(text: str, width: int) -> list[str]:
     return textwrap.wrap(text, width)
 
 
-def panels(names: list[str], draw, title: str, xlabel: str, base: Path, size=(3.2, 2.6)) -> list[Path]:
-    """A grid of small histograms, four to a row: `draw(ax, name)` fills each; saved as PNG and PDF."""
+def panels(names: list[str], draw, title: str, xlabel: str, base: Path, size=(3.2, 2.6), ylabel: str | None = None,
+           share: bool = False) -> list[Path]:
+    """A grid of small panels, four to a row: `draw(ax, name)` fills each; with `share`, one range on both axes
+    for every panel; saved as PNG and PDF."""
     if not names:
         return []
     cols = min(4, len(names))
     rows = math.ceil(len(names) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(size[0] * cols, size[1] * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(size[0] * cols, size[1] * rows), squeeze=False,
+                             sharex=share, sharey=share)
     for ax, name in zip(axes.flat, names):
         draw(ax, name)
         ax.tick_params(labelsize=7)
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
+    if share:  # every panel keeps its own tick labels: a row may have no panel below it
+        for ax in axes.flat:
+            ax.xaxis.set_tick_params(labelbottom=True)
+            ax.yaxis.set_tick_params(labelleft=True)
     axes.flat[0].legend(fontsize=7)
     fig.suptitle("\n".join(_wrap(title, 120)), fontsize=9)
     fig.supxlabel(xlabel, fontsize=8)
+    if ylabel:
+        fig.supylabel(ylabel, fontsize=8)
     fig.tight_layout()
     return _save(fig, base)
 
 
 def plot_losses(losses: dict[str, tuple[np.ndarray, np.ndarray]], title: str, base: Path) -> list[Path]:
-    """Per method, histograms of the forget and unseen per-example losses on shared bins."""
+    """Per method, histograms of the forget and unseen per-example losses, every panel on the same bins and the
+    same axes (a method's losses read against another's)."""
+    every = np.concatenate([np.asarray(v, dtype=float).ravel() for pair in losses.values() for v in pair] or [[]])
+    every = every[np.isfinite(every)]
+    hi = float(np.quantile(every, 0.99)) if len(every) else 1.0
+    bins = np.linspace(0, max(hi, 1e-6), 40)
+
     def draw(ax, name):
         forget, unseen = (np.asarray(v, dtype=float) for v in losses[name])
-        both = np.concatenate([forget, unseen])
-        both = both[np.isfinite(both)]
-        hi = float(np.quantile(both, 0.99)) if len(both) else 1.0
-        bins = np.linspace(0, max(hi, 1e-6), 40)
         # stepfilled: one polygon per histogram rather than a patch per bar (a third of the drawing time)
         ax.hist(np.clip(unseen, 0, hi), bins=bins, alpha=0.55, density=True, color="#ff7f0e", label="unseen",
                 histtype="stepfilled")
@@ -230,7 +244,8 @@ def plot_losses(losses: dict[str, tuple[np.ndarray, np.ndarray]], title: str, ba
         ax.set_title(name, fontsize=9)
 
     return panels(list(losses), draw, f"per-example loss, forget vs unseen; {title}",
-                  "loss (clipped at the 99th percentile)", base)
+                  "per-example loss (clipped at the 99th percentile of all methods)", base, ylabel="density",
+                  share=True)
 
 
 def plot_optuna(study, title: str, out_dir: Path) -> list[Path]:
@@ -299,3 +314,75 @@ def plot_tuning(curves: pd.DataFrame, title: str, base: Path) -> list[Path]:
         ax.grid(alpha=0.3)
 
     return panels(list(dict.fromkeys(curves["method"])), draw, f"tuning, best so far; {title}", "trial", base)
+
+
+def _interval_bars(ax, points: pd.DataFrame, x: str, y: str, color: str) -> None:
+    """Each point's 95% interval over replicates both ways (`<metric>_lo`, `<metric>_hi`, asymmetric)."""
+    def err(col):
+        if f"{col}_lo" not in points or f"{col}_hi" not in points:
+            return None
+        lo = (points[col] - points[f"{col}_lo"]).clip(lower=0).fillna(0)
+        hi = (points[f"{col}_hi"] - points[col]).clip(lower=0).fillna(0)
+        return np.vstack([lo.to_numpy(dtype=float), hi.to_numpy(dtype=float)])
+
+    ax.errorbar(points[x], points[y], xerr=err(x), yerr=err(y), fmt="none", ecolor=color, elinewidth=0.7,
+                alpha=0.7, zorder=1)
+
+
+def plot_report_front(methods: pd.DataFrame, gli_settings: pd.DataFrame, title: str, base: Path,
+                      x: str = "forgetting_score", y: str = "accuracy") -> list[Path]:
+    """What the tables report, as a figure: each method's mean over the reported replicates on the report halves
+    with its 95% interval both ways, and GLI's front over its confirmed settings on the same replicates (a
+    line). The main axes hold the cluster; when a point lies far from it (a baseline that collapsed), an inset
+    shows every point, the main view framed in it, so no method is left off. One column wide."""
+    points = methods[[math.isfinite(a) and math.isfinite(b) for a, b in zip(methods.get(x, []), methods.get(y, []))]] \
+        if len(methods) else methods
+    if not len(points):
+        return []
+    fig, ax = plt.subplots(figsize=(COLUMN_WIDTH, 3.1))
+    anchor = list(points.loc[points["method"].isin(["retrain", "gli"]), y]) or list(points[y])
+    y_lo, y_hi = _focus(list(points[y]), anchor, 0.15)
+    markers = {"original": ("s", "#d62728", "original"), "retrain": ("*", "#2ca02c", "retrained"),
+               "gli": ("o", "#08519c", "GLI (best confirmed)")}
+    if len(gli_settings) > 1:
+        front = pareto_front(gli_settings, accuracy=y, forgetting=x)
+        ax.plot(front[x], front[y], "-", color="#08519c", lw=0.9, alpha=0.7, label="GLI front (confirmed)", zorder=2)
+    inside = points[(points[y] >= y_lo) & (points[y] <= y_hi)]
+    labels, obstacles = [], []
+    for _, r in inside.sort_values(x).iterrows():
+        marker, color, label = markers.get(r["method"], ("D", "#555555", None))
+        _interval_bars(ax, pd.DataFrame([r]), x, y, color)
+        ax.scatter([r[x]], [r[y]], marker=marker, s=40 if label else 16, color=color, zorder=4, edgecolor="black",
+                   linewidth=0.4, label=label)
+        labels.append((r[x], r[y], r["method"]))
+        obstacles.append((r[x], r[y]))
+    ax.set_ylim(y_lo, y_hi)
+    ax.set_xlim(*_padded(ax.get_xlim(), 0.08))
+    _iso_final_lines(ax)
+    ax.set_xlabel("forgetting score, report halves (lower is better)", fontsize=7)
+    ax.set_ylabel("accuracy, report halves (higher is better)", fontsize=7)
+    ax.tick_params(labelsize=6)
+    ax.set_title("\n".join(_wrap(title, 60)), fontsize=6.5)
+    ax.grid(alpha=0.25, lw=0.4)
+    far = points[~points.index.isin(inside.index)]
+    (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+    # the corners of the axes, by how many points lie under a box there: the inset and the legend take the emptiest
+    where = {"lower left": (0.04, 0.05), "lower right": (0.62, 0.05), "upper left": (0.04, 0.58),
+             "upper right": (0.62, 0.58)}
+    fx, fy = (inside[x] - x0) / (x1 - x0), (inside[y] - y0) / (y1 - y0)
+    crowd = {name: int(((fx > cx - 0.03) & (fx < cx + 0.37) & (fy > cy - 0.03) & (fy < cy + 0.40)).sum())
+             for name, (cx, cy) in where.items()}
+    free = sorted(where, key=lambda name: (crowd[name], list(where).index(name)))
+    ax.legend(fontsize=5.5, loc=free[1] if len(far) else free[0], framealpha=0.8)
+    fig.tight_layout()
+    if len(far):  # every method on the figure: the far ones in an inset of the whole range
+        inset = ax.inset_axes([*where[free[0]], 0.34, 0.34])
+        inset.scatter(points[x], points[y], s=6, color="#555555", zorder=3)
+        for _, r in far.iterrows():
+            inset.annotate(r["method"], (r[x], r[y]), textcoords="offset points", xytext=(3, 2), fontsize=4.5)
+        inset.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=0.5, color="#08519c"))
+        inset.tick_params(labelsize=4)
+        inset.set_title("all methods (frame: main view)", fontsize=4.5, pad=2)
+    place_labels(ax, labels, obstacles)
+    return _save(fig, base)
+

@@ -188,15 +188,28 @@ def build_report(study: StudyRecords, info: StudyInfo, out_dir: Path) -> tuple[p
     trials["on_front"] = trials[TRIAL_KEY_COL].isin(front[TRIAL_KEY_COL]) if len(front) else False
     write("gli_trials.csv", trials.to_csv(index=False))
     refs = summary[summary["method"] != STUDIED] if len(summary) else summary
-    points = [trials[trials["on_front"]].assign(kind="gli_front", method=STUDIED)]
-    if len(refs):
-        points.append(refs[["method"] + [a for a in AXES if a in refs]].assign(
-            kind=["reference" if m in REFERENCE_ROWS else "baseline" for m in refs["method"]]))
-    write("front.csv", pd.concat(points, ignore_index=True).to_csv(index=False))
+    # front.csv: the front figure's points, what the tables report (means over the reported replicates on the
+    # report halves, with their intervals): every method's row and each confirmed GLI setting
+    gli_rows = rows[(rows["method"] == STUDIED) & (rows[STAGE_COL] == CONFIRM_STAGE)] if len(rows) else rows
+    settings = tables.summarise(gli_rows.assign(method=gli_rows["setting"])) if len(gli_rows) else pd.DataFrame()
+    axes = [f"{m}{suffix}" for m in ("accuracy", "forgetting_score", "final_score") for suffix in ("", "_lo", "_hi")]
+    points = []
+    if len(summary):
+        points.append(summary[["method", "seeds"] + [a for a in axes if a in summary]].assign(
+            kind=["reference" if m in REFERENCE_ROWS else "gli" if m == STUDIED else "baseline"
+                  for m in summary["method"]]))
+    if len(settings):
+        on_front = set(pareto_front(settings, "accuracy", "forgetting_score")["method"])
+        points.append(settings[["method", "seeds"] + [a for a in axes if a in settings]].rename(
+            columns={"method": "setting"}).assign(method=STUDIED, kind=[
+                "gli_front" if s in on_front else "gli_setting" for s in settings["method"]]))
+    write("front.csv", (pd.concat(points, ignore_index=True) if points else pd.DataFrame()).to_csv(index=False))
     try:
+        written += plots.plot_report_front(summary, settings, f"{info.title}: means over replicates, report halves",
+                                           out_dir / "front")
         written += plots.plot_front(gli, front if info.objective == "pareto" else front.head(0), refs,
-                                    f"{info.title}: GLI vs baselines, selection splits",
-                                    out_dir / "front")
+                                    f"{info.title}: GLI's search, tuning replicate, selection halves",
+                                    out_dir / "search")
         written += plots.plot_losses(_losses(study, rows, summary), info.title, out_dir / "losses")
         if epsilons:
             written += plot_epsilons(epsilons, info.title, out_dir / "audit_epsilons")

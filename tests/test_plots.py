@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
@@ -70,3 +73,49 @@ def test_iso_lines_are_lines_of_equal_final_score():
         (f0, f1), (a0, a1) = line.get_xdata(), line.get_ydata()
         assert abs((a0 + 1 - 2 * f0) / 2 - (a1 + 1 - 2 * f1) / 2) < 1e-9  # final = (acc + 1 - 2 FS) / 2
     plt.close(fig)
+
+
+def test_the_report_front_keeps_every_method_on_the_figure_with_its_interval(tmp_path):
+    """What the tables report: a far point (a collapsed baseline) goes to an inset of the whole range, framed
+    with the main view; no point is dropped; the intervals are drawn both ways."""
+    from analysis.plots import plot_report_front
+
+    rows = [("original", 0.05, 0.915), ("retrain", 0.03, 0.868), ("finetune", 0.044, 0.912), ("gli", 0.046, 0.91),
+            ("eu_k", 0.053, 0.38)]
+    methods = pd.DataFrame([{"method": m, "forgetting_score": fs, "forgetting_score_lo": fs - 0.02,
+                             "forgetting_score_hi": fs + 0.03, "accuracy": acc, "accuracy_lo": acc - 0.05,
+                             "accuracy_hi": min(1.0, acc + 0.03)} for m, fs, acc in rows])
+    settings = methods[methods["method"] == "gli"].assign(method="s1")
+    captured = {}
+    import analysis.plots as plots
+
+    real_save = plots._save
+    plots._save = lambda fig, base: (captured.setdefault("fig", fig), real_save(fig, base))[1]
+    try:
+        png, pdf = plot_report_front(methods, settings, "t: means over replicates", tmp_path / "front")
+    finally:
+        plots._save = real_save
+    ax = captured["fig"].axes[0]  # the main axes (the inset is its child)
+    insets = ax.child_axes
+    assert len(insets) == 1  # eu_k is far below the cluster: shown in the inset
+    inset_text = [t.get_text() for t in insets[0].texts]
+    main_text = [t.get_text() for t in ax.texts]
+    assert "eu_k" in inset_text and all(m in main_text for m in ("original", "retrain", "finetune", "gli"))
+    assert png.exists() and b"/Subtype /Type3" not in pdf.read_bytes()
+
+
+def test_the_losses_figure_shares_its_bins_and_axes():
+    import analysis.plots as plots
+
+    captured = {}
+    real_save = plots._save
+    plots._save = lambda fig, base: (captured.setdefault("fig", fig), [])[1]
+    try:
+        rng = np.random.default_rng(0)
+        plots.plot_losses({"a": (rng.exponential(0.2, 100), rng.exponential(1.0, 100)),
+                           "b": (rng.exponential(2.0, 100), rng.exponential(3.0, 100))}, "t", Path("unused"))
+    finally:
+        plots._save = real_save
+    a, b = captured["fig"].axes[:2]
+    assert a.get_xlim() == b.get_xlim() and a.get_ylim() == b.get_ylim()
+    assert captured["fig"]._supylabel.get_text() == "density"
