@@ -25,7 +25,8 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from trainables.metrics import final_score
-from trainables.records import (ERROR, FINAL, METHOD_COL, SEL_ACCURACY, SEL_FINAL, SEL_FORGETTING, TRIAL_KEY_COL, journal_path,
+from trainables.records import (ERROR, FINAL, METHOD_COL, SEL_ACCURACY, SEL_FINAL, SEL_FORGETTING, TRIAL_KEY_COL,
+                                TUNING_REPLICATE, journal_path,
                                 optuna_study_name, repair_journal)
 from trainables.trial import TrialSpec
 
@@ -246,7 +247,7 @@ class GridStage(Stage):
 
 
 class SearchStage(Stage):
-    """An Optuna search for one method on the first seed, resumable from the journal file.
+    """An Optuna search for one method on the tuning replicate (never reported), resumable from the journal file.
 
     With `search_batch` B > 0 (the study's setting) the search asks Optuna for B settings at once and
     asks again only when all B have ended and Optuna has been told of each: every proposal is then
@@ -340,7 +341,7 @@ class SearchStage(Stage):
         return params
 
     def _suggest(self, trial_id: str) -> tuple[dict, int] | None:
-        if not self.ready(0):
+        if not self.ready(TUNING_REPLICATE):
             return None
         params = self._next_setting(trial_id)
         if params is None and self.batch:
@@ -352,8 +353,8 @@ class SearchStage(Stage):
         hparams = {**self.ctx.fixed_hparams(self.method), **params}  # the suggestion goes into hparams
         paper = bool(self.point) and set(params) == set(self.point) and all(
             math.isclose(float(params[k]), float(self.point[k]), rel_tol=1e-9) for k in params)
-        self.attrs[trial_id] = {"seed": 0, "setting": "paper" if paper else "searched"}
-        return TrialSpec(self.stage, self.method, 0, hparams).config(), 0
+        self.attrs[trial_id] = {"seed": TUNING_REPLICATE, "setting": "paper" if paper else "searched"}
+        return TrialSpec(self.stage, self.method, TUNING_REPLICATE, hparams).config(), TUNING_REPLICATE
 
     def on_result(self, trial_id: str, result: dict) -> None:
         with self.lock:

@@ -428,7 +428,7 @@ def test_launcher_killed_with_tracking_writes_queued_then_resume(tmp_path, mlflo
     results, cache = tmp_path / "r", tmp_path / "cache"
     args = ("--tracking-uri", mlflow_server.uri, "--tracking-outage", "600")
     proc = _start(results, cache, *args)
-    _wait_for(proc, "[study] base: 2/2 done")
+    _wait_for(proc, "[study] base: 4/4 done")
     mlflow_server.stop()
     # The writer says so when a write fails: from then on that trial's write is queued, retried, not written.
     _wait_for(proc, "writes are queued and retried")
