@@ -62,6 +62,7 @@ def open_sqlite_store(uri: str) -> None:
 
 
 NOTE_TAG = "mlflow.note.content"  # MLflow's UI renders this tag as the description, in Markdown
+NOTE_LIMIT = 8000  # characters of a tag value MLflow keeps (it truncates longer ones with a warning)
 EXPERIMENT_NOTE = (
     "**{name}**: a hyper-parameter study of machine-unlearning methods, written by `python -m study.launch`. "
     "The parent run (no parent) holds the study's settings and, as its description, the summary table; each "
@@ -81,6 +82,15 @@ class RunHandle(NamedTuple):
     """A trial's child run, named by its trial key (the writer process knows its run id)."""
 
     key: str
+
+
+def parent_note(markdown: str) -> str:
+    """The report as the parent's description: MLflow keeps a tag's first `NOTE_LIMIT` characters, so a longer
+    report is cut at a line and says where the rest is."""
+    if len(markdown) <= NOTE_LIMIT:
+        return markdown
+    tail = "\n\n(cut here: the whole report is the `summary/summary.md` artifact of this run)\n"
+    return markdown[: markdown.rfind("\n", 0, NOTE_LIMIT - len(tail))] + tail
 
 
 class Tracker:
@@ -173,8 +183,8 @@ class Tracker:
                       "keep mlflow.db-wal beside mlflow.db when copying it", file=sys.stderr)
 
     def describe_parent(self, markdown: str) -> None:
-        """The parent run's description in the UI (the study's summary table)."""
-        self.writer.submit("set_tag", run_id=self.parent_id, key=NOTE_TAG, value=markdown[:60000])
+        """The parent run's description in the UI (the study's summary tables, `parent_note`)."""
+        self.writer.submit("set_tag", run_id=self.parent_id, key=NOTE_TAG, value=parent_note(markdown))
 
     def log_artifact(self, path: Path, folder: str | None = None) -> None:
         self.writer.submit("log_artifact", run_id=self.parent_id, path=str(path), folder=folder)

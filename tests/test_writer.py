@@ -309,3 +309,15 @@ def test_a_run_found_again_keeps_its_params_and_gets_the_ones_it_lacks(tmp_path,
     assert tracker.client.get_run(old).data.params == {"blocks": '"layer3"', "lr": "0.1"}
     assert "refused" not in capfd.readouterr().err
     tracker.end_parent("FINISHED")
+
+
+def test_a_long_report_is_cut_at_a_line_where_mlflow_would_cut_it_anywhere():
+    from study.tracking import NOTE_LIMIT, parent_note
+
+    short = "# study\n\n| a | b |\n"
+    assert parent_note(short) == short
+    long = "".join(f"| row {i} | {'x' * 60} |\n" for i in range(200))
+    note = parent_note(long)
+    assert len(note) <= NOTE_LIMIT and note.endswith("the `summary/summary.md` artifact of this run)\n")
+    body = note.split("\n\n(cut here")[0]
+    assert long.startswith(body) and body.endswith("|")  # whole rows only
