@@ -52,9 +52,9 @@ WAIT = "wait"  # a wait trial's field: the plan's version it waits past, its mar
 SETTINGS_PARAM = "trial_settings"  # on the parent run: the settings every trial shared (JSON)
 LOSSES_ARTIFACT = "losses.npz"  # on a trial's run: its per-example forget and unseen report losses
 SCORES_ARTIFACT = "scores.npz"  # on an audit run: per forget example, the audit's score (see trainables.audit)
-AUDIT_STAGE = "audit"  # its runs start from seed 0's original model; their seed seeds the run
+AUDIT_STAGE = "audit"  # its runs share AUDIT_REPLICATE's split and start from its original; their seed seeds the run
 EXPORT_KIND = "gli-study-export"  # the `kind` of a file written by analysis.export
-CONFIRM_LIMIT = 5  # Pareto-optimal GLI settings confirmed over every seed, best selection final score first
+CONFIRM_LIMIT = 5  # Pareto-optimal GLI settings confirmed on every reported replicate, best selection final score first
 
 # A trial's metrics in MLflow, three kinds under three kinds of name (README, "Results and MLflow"):
 # - final values, plain names (`accuracy`, `sel_final_score`): one value each, the chosen checkpoint's;
