@@ -42,6 +42,7 @@ def _focus(values: list[float], anchor: list[float], margin: float) -> tuple[flo
 
 
 COLUMN_WIDTH = 3.4  # inches: one column of a two-column paper
+REFERENCE_MARKERS = {"original": ("s", "#d62728", "original"), "retrain": ("*", "#2ca02c", "retrained")}
 
 
 def plot_front(trials: pd.DataFrame, front: pd.DataFrame, references: pd.DataFrame, title: str, base: Path,
@@ -62,7 +63,7 @@ def plot_front(trials: pd.DataFrame, front: pd.DataFrame, references: pd.DataFra
     if len(front):
         f = front.sort_values(x)
         ax.plot(f[x], f[y], "-o", color="#08519c", ms=3, lw=1.0, label="GLI front", zorder=3)
-    markers = {"original": ("s", "#d62728", "original"), "retrain": ("*", "#2ca02c", "retrained")}
+    markers = REFERENCE_MARKERS
     off_chart, labels, obstacles = [], [], [(px, py) for px, py in zip(front[x], front[y])] if len(front) else []
     for _, r in refs.sort_values(x).iterrows():
         m = r["method"]
@@ -77,14 +78,7 @@ def plot_front(trials: pd.DataFrame, front: pd.DataFrame, references: pd.DataFra
         text = m if quality is None or quality != quality else f"{m} (F {quality:.2f})"  # F beside FS, when audited
         labels.append((r[x], r[y], text))
         obstacles.append((r[x], r[y]))
-    ax.set_ylim(y_lo, y_hi)
-    ax.set_xlim(*_padded(ax.get_xlim(), 0.08))
-    _iso_final_lines(ax)
-    ax.set_xlabel("forgetting score (lower is better)", fontsize=7)
-    ax.set_ylabel("accuracy (higher is better)", fontsize=7)
-    ax.tick_params(labelsize=6)
-    ax.set_title("\n".join(_wrap(title, 60)), fontsize=6.5)
-    ax.grid(alpha=0.25, lw=0.4)
+    _front_axes(ax, (y_lo, y_hi), title, "")
     ax.legend(fontsize=5.5, loc="lower right", framealpha=0.8)
     fig.tight_layout()
     place_labels(ax, labels, obstacles)
@@ -92,6 +86,19 @@ def plot_front(trials: pd.DataFrame, front: pd.DataFrame, references: pd.DataFra
         fig.text(0.01, -0.02, "\n".join(_wrap("below the chart (FS, accuracy): " + ", ".join(off_chart), 70)),
                  fontsize=5.5, va="top")
     return _save(fig, base)
+
+
+def _front_axes(ax, ylim: tuple[float, float], title: str, where: str) -> None:
+    """A front figure's axes: the accuracy range shown, padded forgetting-score range, lines of equal final
+    score, labelled axes (`where`: which split the values come from), a short title."""
+    ax.set_ylim(*ylim)
+    ax.set_xlim(*_padded(ax.get_xlim(), 0.08))
+    _iso_final_lines(ax)
+    ax.set_xlabel(f"forgetting score{where} (lower is better)", fontsize=7)
+    ax.set_ylabel(f"accuracy{where} (higher is better)", fontsize=7)
+    ax.tick_params(labelsize=6)
+    ax.set_title("\n".join(_wrap(title, 60)), fontsize=6.5)
+    ax.grid(alpha=0.25, lw=0.4)
 
 
 def _padded(limits: tuple[float, float], fraction: float) -> tuple[float, float]:
@@ -342,7 +349,7 @@ def plot_report_front(methods: pd.DataFrame, gli_settings: pd.DataFrame, title: 
     fig, ax = plt.subplots(figsize=(COLUMN_WIDTH, 3.1))
     anchor = list(points.loc[points["method"].isin(["retrain", "gli"]), y]) or list(points[y])
     y_lo, y_hi = _focus(list(points[y]), anchor, 0.15)
-    markers = {"original": ("s", "#d62728", "original"), "retrain": ("*", "#2ca02c", "retrained"),
+    markers = {**REFERENCE_MARKERS,
                "gli": ("o", "#08519c", "GLI (best confirmed)")}
     if len(gli_settings) > 1:
         front = pareto_front(gli_settings, accuracy=y, forgetting=x)
@@ -356,14 +363,7 @@ def plot_report_front(methods: pd.DataFrame, gli_settings: pd.DataFrame, title: 
                    linewidth=0.4, label=label)
         labels.append((r[x], r[y], r["method"]))
         obstacles.append((r[x], r[y]))
-    ax.set_ylim(y_lo, y_hi)
-    ax.set_xlim(*_padded(ax.get_xlim(), 0.08))
-    _iso_final_lines(ax)
-    ax.set_xlabel("forgetting score, report halves (lower is better)", fontsize=7)
-    ax.set_ylabel("accuracy, report halves (higher is better)", fontsize=7)
-    ax.tick_params(labelsize=6)
-    ax.set_title("\n".join(_wrap(title, 60)), fontsize=6.5)
-    ax.grid(alpha=0.25, lw=0.4)
+    _front_axes(ax, (y_lo, y_hi), title, ", report halves")
     far = points[~points.index.isin(inside.index)]
     (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
     # the corners of the axes, by how many points lie under a box there: the inset and the legend take the emptiest

@@ -9,7 +9,7 @@ before and after an interruption alike.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 
 import pandas as pd
@@ -67,8 +67,9 @@ class StudyInfo:
 
     @classmethod
     def from_params(cls, params: dict) -> "StudyInfo":
-        """From the parent run's (decoded) params, or from a `StudyConfig` as a dict. A study recorded before
-        `paper_baselines` existed has `tune_baselines` (its opposite) instead."""
+        """From the parent run's (decoded) params, or from a `StudyConfig` as a dict. A study recorded before a
+        setting existed lacks it: its old name is read (`tune_baselines`, the opposite of `paper_baselines`;
+        `gli_trials`; `seeds`), else the field's default."""
         values = {f.name: params.get(f.name) for f in fields(cls)}
         if values["paper_baselines"] is None:
             values["paper_baselines"] = not params.get("tune_baselines", False)
@@ -76,14 +77,10 @@ class StudyInfo:
             values["budget"] = params.get("gli_trials")
         if values["replicates"] is None:
             values["replicates"] = params.get("seeds")
-        for name in ("until_settled", "margin"):  # studies recorded before these settings
-            if values[name] is None:
-                values[name] = fields_default(cls, name)
+        for f in fields(cls):
+            if values[f.name] is None and f.default is not MISSING:
+                values[f.name] = f.default
         return cls(**values)
-
-
-def fields_default(cls, name: str):
-    return next(f.default for f in fields(cls) if f.name == name)
 
 
 def gli_front(trials: pd.DataFrame, objective: str, limit: int = CONFIRM_LIMIT) -> pd.DataFrame:

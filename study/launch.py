@@ -248,9 +248,9 @@ def settling_rounds(ctx: StudyContext, confirm_runs, after: tuple[str, ...]) -> 
     decided: dict[int, bool] = {}
 
     def more(have: int) -> bool:
-        """Whether the study goes on after `have` reported replicates (decided once per round, from MLflow)."""
+        """Whether the study goes on after `have` reported replicates (decided once per round, from MLflow: reading
+        the children flushes the writer first, so every ended trial's run is there)."""
         if have not in decided:
-            ctx.tracker.flush()  # every ended trial's run written before the rows are read
             rows = method_rows(ctx.tracker.children(), cfg.paper_baselines)
             verdicts = settle(rows, cfg.replicates, cfg.max_replicates, step, cfg.margin)
             decided[have] = not all_settled(verdicts)

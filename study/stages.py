@@ -361,6 +361,8 @@ class SearchStage(Stage):
             self.searcher.on_trial_result(trial_id, result)
 
     def ended(self, trial_id: str, result: dict | None, error: bool, seconds: float | None = None) -> bool:
+        if trial_id not in self.live:  # not this stage's running trial (already ended): Optuna hears nothing twice
+            return False
         wake = super().ended(trial_id, result, error, seconds)
         # a batch's last trial: the next batch can be asked for (wait trials woken)
         wake |= bool(self.batch) and not self.live and not self.ahead and self.to_issue > 0

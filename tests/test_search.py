@@ -62,3 +62,16 @@ def test_an_unbatched_search_depends_on_the_order_trials_end_in(tmp_path):
     newest = _run_search(tmp_path / "b", 0, "newest")
     assert oldest[:10] == newest[:10]  # TPE's random start: order does not matter yet
     assert oldest != newest
+
+
+def test_a_trial_that_ends_twice_is_told_to_optuna_once(tmp_path):
+    """Tune may report an end again (a retried bundle's item, a restored trial): the stage frees the slot and
+    tells Optuna once; the second report changes nothing."""
+    stage = SearchStage(_ctx(tmp_path, 0), "baseline", "finetune", SearchSpace("finetune"), None, 2)
+    stage.activate()
+    config = stage.take("t0")
+    report = _score(config["hparams"])
+    stage.ended("t0", report, False)
+    stage.recorded(ItemTrial("t0", report), ok=True, run_id=None)
+    assert stage.ended("t0", report, False) is False
+    assert not stage.untold and [t.state.name for t in stage.study.trials] == ["COMPLETE"]

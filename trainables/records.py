@@ -27,7 +27,6 @@ HARDWARE_TAG, ACCEL_TAG = "hardware", "accel"  # on a trial's run (and `hardware
 # On a trial's run: its replicate (split seed r and training seed r), the split seed its data was drawn with, and a
 # digest of that split's membership (`Dataset.split_fingerprint`).
 REPLICATE_TAG, SPLIT_SEED_TAG, SPLIT_FINGERPRINT_TAG = "replicate", "split_seed", "split_fingerprint"
-REPLICATE_COL = f"tags.{REPLICATE_TAG}"
 TUNING_REPLICATE = 0  # every search runs on it; it is never reported
 AUDIT_REPLICATE = 1  # the privacy audit's models share this replicate's split (the first reported one)
 GIT_COMMIT_TAG, DATA_FINGERPRINT_TAG = "git_commit", "data_fingerprint"  # on the parent run
@@ -36,7 +35,7 @@ STUDIED = "gli"  # the method the study searches and compares with every baselin
 BASE_STAGE, BASELINE_STAGE, SEARCH_STAGE, CONFIRM_STAGE = "base", "baseline", STUDIED, "confirm"
 # The selection metrics the searches optimise and the tables rank settings by.
 SEL_ACCURACY, SEL_FORGETTING, SEL_FINAL = "sel_accuracy", "sel_forgetting_score", "sel_final_score"
-OBJECTIVES = ("pareto", "final_score")
+OBJECTIVES = ("pareto", "final_score")  # a search's objective: the first two SEL_* (Pareto), or the third alone
 # A trial's one report, from the worker (`trainables.trial.run_trial`, `trainables.bundle`) to the driver.
 FINAL = "final"  # 1.0 in a complete report, 0.0 in a failed one (which says why under ERROR)
 ERROR = "error"
@@ -48,7 +47,7 @@ ITEMS, ITEM_SECONDS = "items", "item_seconds"  # a bundle's report: its items' r
 # shape (`trainables.trial.TrialSpec`) that carry what they need, apart from any hyper-parameters.
 WAIT_STAGE, BUNDLE_STAGE = "wait", "bundle"
 WAIT = "wait"  # a wait trial's field: the plan's version it waits past, its marker file and signal actor
-# a bundle's field is ITEMS: its trials, each {"id", "config"}  # a search's objective: both of the first two (Pareto), or the third alone
+# a bundle's field is ITEMS: its trials, each {"id", "config"}
 SETTINGS_PARAM = "trial_settings"  # on the parent run: the settings every trial shared (JSON)
 LOSSES_ARTIFACT = "losses.npz"  # on a trial's run: its per-example forget and unseen report losses
 SCORES_ARTIFACT = "scores.npz"  # on an audit run: per forget example, the audit's score (see trainables.audit)
