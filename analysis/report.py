@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from trainables.data import FIXED_PARTS
+from trainables.methods import available, get
 from trainables.metrics import PROTOCOL_LABEL
 from trainables.records import (BASE_STAGE, BASELINE_STAGE, CONFIRM_LIMIT, CONFIRM_STAGE, METHOD_COL, REFERENCE_ROWS,
                                 SEARCH_STAGE, SEED_COL, SEL_FINAL, STAGE_COL, STUDIED, TRIAL_KEY_COL, journal_path,
@@ -61,9 +62,20 @@ class StudyInfo:
     def preamble(self) -> str:
         fixed = (" The benchmark fixes the forget set (and retain, test and unseen): a replicate redraws only the "
                  "selection and report halves." if self.dataset in FIXED_PARTS else "")
-        return (f"# {self.title}\n\nProtocol: {self.label}.\n\nA replicate r is split seed r and training seed r "
-                f"together: replicate 0 tuned every search and is never reported; every row below comes from "
-                f"replicates 1 and up, on their report halves.{fixed}\n")
+        return (f"# {self.title}\n\nProtocol: {self.label}.{self.baselines_note}\n\nA replicate r is split seed r and "
+                f"training seed r together: replicate 0 tuned every search and is never reported; every row below "
+                f"comes from replicates 1 and up, on their report halves.{fixed}\n")
+
+    @property
+    def baselines_note(self) -> str:
+        """How the baselines were set: searched with the budget, or at fixed settings, saying whose."""
+        if not self.paper_baselines:
+            trials = f" ({self.budget} trials)" if self.budget else ""
+            return f" Every baseline searched with the same budget as GLI{trials}."
+        authors = [m for m in available() if get(m).defaults_from == "authors"]
+        return (" Baselines at fixed settings, not searched: the GLI notebooks' settings"
+                + (f"; {', '.join(authors)} (which the notebooks do not have) at their authors' defaults"
+                   if authors else "") + ".")
 
     @classmethod
     def from_params(cls, params: dict) -> "StudyInfo":

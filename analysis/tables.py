@@ -53,7 +53,7 @@ EDGE = 1e-6  # values at a bound are taken this close to it (relative to the ran
 # A comparison is `equivalent` when its whole interval lies within +-MARGIN (final score and forgetting score).
 MARGIN = 0.01
 ORDER = ["original", "retrain", "finetune", "cf_k", "neggrad", "advanced_neggrad", "unsir", "scrub",
-         "bad_teaching", "eu_k", "gli"]
+         "bad_teaching", "eu_k", "random_labels", "salun", "l1_sparse", "ssd", "gli"]
 
 # The GLI paper's table (ResNet-18 from scratch): (accuracy, top-2, forgetting score, final score).
 PAPER = {

@@ -116,6 +116,25 @@ def test_every_paired_method_runs_on_a_forget_set_smaller_than_a_batch(nine, nam
     assert "smaller than a batch of 64: paired batches of 9" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("name", ["l1_sparse", "random_labels", "salun", "ssd"])
+def test_the_authors_loops_run_on_a_forget_set_smaller_than_a_batch(nine, name):
+    """Their loops read the forget set in batches of their own (256, SSD 128): nine images are one short batch."""
+    import math
+
+    import torch
+
+    from trainables.methods import create
+    from trainables.unlearn import EvalConfig, unlearn
+
+    data, original = nine
+    steps = []
+    result = unlearn(create(name, "digits", epochs=1), original, data, seed=0, device=torch.device("cpu"),
+                     cfg=EvalConfig(protocol="fair", eval_every=20), on_step=lambda n, step: steps.append(step))
+    assert steps and {s.forget for s in steps} <= {0, 9}
+    assert any(s.forget == 9 for s in steps) == (name != "l1_sparse")  # l1-sparse reads the retain set only
+    assert all(math.isfinite(v) for k, v in result["metrics"].items() if isinstance(v, float))
+
+
 def test_under_paper_the_notebook_loops_run_as_they_are_and_say_so(nine, capsys):
     import torch
 

@@ -42,9 +42,11 @@ def _state(model):
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def test_registry_lists_every_paper_method():
+def test_registry_lists_every_method():
     assert available() == sorted(["finetune", "cf_k", "neggrad", "advanced_neggrad", "unsir", "scrub",
-                                  "bad_teaching", "eu_k", "gli"])
+                                  "bad_teaching", "eu_k", "gli", "salun", "random_labels", "l1_sparse", "ssd"])
+    assert sorted(m for m in available() if get(m).defaults_from == "authors") == [
+        "l1_sparse", "random_labels", "salun", "ssd"]  # the methods GLI's notebooks do not have
     with pytest.raises(KeyError, match="known: advanced_neggrad, bad_teaching"):
         get("sgd_ascent")
     with pytest.raises(ValueError, match="already registered"):

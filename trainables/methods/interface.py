@@ -151,6 +151,11 @@ class Batch:
     def forget(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self._get("forget")
 
+    def has(self, split: str) -> bool:
+        """Whether this iteration has a batch of `split` (loaded or to load)."""
+        rows = self.draw.retain if split == "retain" else self.draw.forget
+        return split in self.loaded or rows is not None
+
     def size(self, split: str) -> int:
         return len(self.loaded[split][1]) if split in self.used else 0
 
@@ -182,6 +187,9 @@ class Method:
     Params: ClassVar[type[MethodParams]] = MethodParams
     steps_per_draw: ClassVar[int] = 1  # optimiser updates per loop iteration (SCRUB: 2)
     selects_under_paper: ClassVar[bool] = False  # paper: only GLI evaluates per step and keeps its best checkpoint
+    # whose settings `paper` runs: "paper" (the GLI notebooks') or "authors" (the method's own code's defaults, for
+    # methods the notebooks do not have)
+    defaults_from: ClassVar[str] = "paper"
 
     def __init__(self, params: MethodParams):
         if not isinstance(params, self.Params):
@@ -235,7 +243,8 @@ class Method:
 
     def sgd(self, ctx: Context, lr: float) -> torch.optim.Optimizer:
         params = [p for p in ctx.model.parameters() if p.requires_grad]
-        return torch.optim.SGD(params, lr=lr, momentum=self.hp.momentum)
+        return torch.optim.SGD(params, lr=lr, momentum=self.hp.momentum,
+                               weight_decay=getattr(self.hp, "weight_decay", 0.0))
 
     def set_mode(self, ctx: Context, batch: Batch) -> None:
         """The model's mode for the next update (train; the paper's accidents override this)."""

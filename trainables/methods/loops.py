@@ -16,6 +16,9 @@ what happens to it. Codes as in reference-loops.md:
 - CY `cycled`: per retain batch the next batch of a cycled forget loader, never skipped;
   `replay` is `itertools.cycle`, whose later passes repeat the first pass's batches
   (the same tensors: `Draw.slot` names them), otherwise every pass is reshuffled.
+- FR `forget_then_retain`: per epoch one pass over the forget set, then one over the
+  retain set, every batch (the last, smaller ones included), one update each: the loop of
+  SalUn's and Random Labels' code (methods-2026.md sections 1-2), not a notebook's.
 """
 
 from __future__ import annotations
@@ -100,3 +103,15 @@ def cycled(n_retain: int, n_forget: int, size: int, epochs: int, gen: torch.Gene
             slot = position % len(first) if replay else None
             yield Draw(epoch, b, len(batches), idx, pending.pop(0), slot)
             position += 1
+
+
+def forget_then_retain(n_forget: int, n_retain: int, size: int, epochs: int, gen: torch.Generator
+                       ) -> Iterator[Draw]:
+    for epoch in range(1, epochs + 1):
+        fb = _batches(n_forget, size, gen)  # the forget loader's pass is drawn first, as it is iterated first
+        rb = _batches(n_retain, size, gen)
+        count = len(fb) + len(rb)
+        for b, idx in enumerate(fb):
+            yield Draw(epoch, b, count, None, idx)
+        for b, idx in enumerate(rb):
+            yield Draw(epoch, len(fb) + b, count, idx, None)

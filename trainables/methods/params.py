@@ -141,3 +141,17 @@ class MethodParams:
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class OptmlParams(MethodParams):
+    """The OPTML group's unlearning runs (SalUn, Random Labels, l1-sparse; methods-2026.md sections 1-3): one SGD
+    for the whole run, momentum 0.9, weight decay 5e-4, batch 256, 10 epochs (their `arg_parser.py` defaults;
+    the step schedule at epochs 91 and 136 never acts in 10 epochs). The learning rate is searched in
+    [1e-4, 1e-1], the range the same group states for its own searches."""
+
+    lr: float = default(MethodParams, "lr", 0.01)
+    epochs: int = default(MethodParams, "epochs", 10)
+    batch_size: int = default(MethodParams, "batch_size", 256)
+    momentum: float = default(MethodParams, "momentum", 0.9)
+    weight_decay: float = declare(5e-4, NON_NEGATIVE, label="weight decay")
