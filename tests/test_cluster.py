@@ -140,10 +140,12 @@ def test_two_studies_at_once_on_one_tracking_server_and_cluster_keep_to_their_ow
     server = mlflow_server
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
     shared = tmp_path / "shared"
+    config = tmp_path / "study.yaml"  # two baselines: both studies still train the same base models at once
+    config.write_text("baselines: [finetune, ssd]\n")
     try:
         procs = {}
         for name in ("study-a", "study-b"):
-            cmd = [sys.executable, "-m", "study.launch", "--smoke-test", "--experiment-name", name,
+            cmd = [sys.executable, "-m", "study.launch", "--smoke-test", "--config", str(config), "--experiment-name", name,
                    "--results-dir", str(tmp_path / name), "--tracking-uri", server.uri,
                    "--address", cluster.address, "--storage-path", str(shared)]
             procs[name] = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -217,7 +219,9 @@ def test_a_cluster_started_by_hand_with_ray_start_and_a_token(tmp_path):
                                       env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                       start_new_session=True))
         root = Path(__file__).resolve().parents[1]
-        launch_cmd = [sys.executable, "-m", "study.launch", "--smoke-test", "--address", address,
+        config = tmp_path / "study.yaml"
+        config.write_text("baselines: [finetune, ssd]\n")
+        launch_cmd = [sys.executable, "-m", "study.launch", "--smoke-test", "--config", str(config), "--address", address,
                       "--results-dir", str(tmp_path / "r"), "--storage-path", str(tmp_path / "shared")]
         refused = subprocess.run(launch_cmd, env={**base, "GLI_CACHE_DIR": str(tmp_path / "cache")}, cwd=root,
                                  capture_output=True, text=True, timeout=120)

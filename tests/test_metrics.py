@@ -165,3 +165,39 @@ def test_bootstrap_refits_the_attack_as_scikit_learn_does():
                     for n in (60, 600))
     assert 0 < large < small  # ten times the data: about a third of the standard error
     assert bootstrap_fs_se(x, y, 50) == bootstrap_fs_se(x, y, 50)  # seeded
+
+
+def test_the_attack_loop_is_cross_val_score():
+    """`attack_accuracy` fits and scores the same models as SPEC section 2's cross_val_score, to the last bit."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedShuffleSplit, cross_val_score
+
+    from trainables.metrics import attack_accuracy, attack_table
+
+    rng = np.random.default_rng(5)
+    for n, scale, protocol in ((40, 0.4, "fair"), (179, 1.0, "paper"), (300, 0.05, "fair")):
+        x, y = attack_table(rng.exponential(scale, n + 7), rng.exponential(0.6, n), 42, protocol)
+        spec = float(np.mean(cross_val_score(LogisticRegression(), x, y,
+                                             cv=StratifiedShuffleSplit(n_splits=10, random_state=0), scoring="accuracy")))
+        assert attack_accuracy(x, y) == spec
+
+
+def test_the_chosen_checkpoint_gets_the_fs_se_a_bootstrapped_evaluation_gives():
+    """Evaluations skip the bootstrap; the chosen one's fs_se is computed at the end from its own losses."""
+    import torch
+
+    from trainables.data import DataConfig, load_dataset
+    from trainables.metrics import SELECTION_SPLITS
+    from trainables.selection import Selection
+
+    data = load_dataset(DataConfig())
+    torch.manual_seed(0)
+    model = build_model(ModelConfig("resnet18_small", 4), 1, data.num_outputs).eval()
+    selection = Selection("x", model, data, "fair", None, True, False, bootstrap=60)
+    selection.evaluate(1, True)
+    assert "fs_se" not in selection.curve[0]  # no bootstrap inside the evaluation
+    selection.finish()
+    test, unseen = SELECTION_SPLITS["fair"]
+    direct = evaluate(model, data, test, unseen, retain=False, amp=False, bootstrap=60)
+    assert selection.best_sel["fs_se"] == direct["fs_se"] > 0
+    assert selection.best_sel["forgetting_score"] == direct["forgetting_score"]

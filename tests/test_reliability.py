@@ -37,9 +37,17 @@ def _runs(uri: str, experiment: str):
             [r for r in runs if "mlflow.parentRunId" in r.data.tags])
 
 
+# The crash and outage studies: the smoke study with two baselines (one trained, one edit-only), which exercise
+# every stage as the full list does at a fraction of its trials (tests/test_study.py's smoke study runs them all).
+BASELINES = ["finetune", "ssd"]
+
+
 def _start(results: Path, cache: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "GLI_CACHE_DIR": str(cache), "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "study.launch", "--smoke-test", "--results-dir", str(results), *extra],
+    config = results.parent / "study.yaml"  # beside the results: the rerun reads the same file, the same study
+    config.write_text(yaml.safe_dump({"baselines": BASELINES}))
+    return subprocess.Popen([sys.executable, "-m", "study.launch", "--smoke-test", "--config", str(config),
+                             "--results-dir", str(results), *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT,
                             start_new_session=True)
 
@@ -85,8 +93,6 @@ def test_sigkill_mid_search_then_resume(tmp_path):
     assert re.search(r"stage base: [2-4] of 4 trial\(s\) already finished", out)
     assert "dropped a torn last line" in out
     # The baselines' searches run beside GLI's: whatever finished before the kill is not run again.
-    from study.config import BASELINES
-
     for method in BASELINES:
         assert (re.search(rf"stage baseline-{method}: [1-4] trial\(s\)", out)
                 or f"stage baseline ({method}): all 4 trials already in the Optuna study" in out), method

@@ -1,6 +1,9 @@
 """Checkpoint selection inside a run: evaluations, the best checkpoint, patience.
 
-An evaluation's forward passes run when it is asked for; its membership attack and KDE
+Evaluations run without the forgetting score's bootstrap (`fs_se`, the larger part of an
+evaluation's CPU time): it is computed once, for the checkpoint chosen, from that
+evaluation's losses (the same table and resamples, so the same value). An evaluation's
+forward passes run when it is asked for; its membership attack and KDE
 (tens of milliseconds of CPU work) can run on a worker thread (`background=True`, used
 on a GPU), so the next updates are already queued while it computes. Results are taken
 in order. With patience, the run may then be a few updates past an evaluation that
@@ -19,7 +22,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import torch
 
 from .data import Dataset
-from .metrics import SELECTION_SPLITS, metrics_from, outputs
+from .metrics import SELECTION_SPLITS, fs_standard_error, metrics_from, outputs
 
 _POOL: ThreadPoolExecutor | None = None
 
@@ -42,9 +45,10 @@ class Selection:
         self.name, self.model, self.data, self.protocol = name, model, data, protocol
         self.patience, self.select_best, self.amp, self.on_eval = patience, select_best, amp, on_eval
         self.background, self.ahead, self.bootstrap = background, ahead, bootstrap
-        self.pending: deque[tuple[int, Future, dict | None]] = deque()
+        self.pending: deque[tuple[int, Future, dict | None, tuple]] = deque()
         self.curve: list[dict] = []
         self.best_score, self.best_step, self.best_state, self.best_sel = -math.inf, 0, None, {}
+        self.best_losses: tuple | None = None  # the chosen evaluation's (forget, unseen) losses, for its fs_se
         self.since_best = 0
         self.stop_step: int | None = None  # the evaluation that ended the run (patience)
 
@@ -57,13 +61,13 @@ class Selection:
         # A background result arrives after later updates, so it needs its own copy of the weights; a
         # synchronous one is taken at once, and the model is copied only if it is the best so far.
         state = self._copy() if self.background else None
-        work = (metrics_from, cache, self.data, test, unseen, False, 42, self.protocol, self.bootstrap)
+        work = (metrics_from, cache, self.data, test, unseen, False, 42, self.protocol, 0)
         if self.background:
             future = _pool().submit(*work)
         else:
             future = Future()
             future.set_result(work[0](*work[1:]))
-        self.pending.append((step, future, state))
+        self.pending.append((step, future, state, (cache["forget"][1], cache[unseen][1])))
         self._take(block=len(self.pending) > self.ahead or not self.background)
         return self.stop_step is not None
 
@@ -71,12 +75,15 @@ class Selection:
         return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
 
     def finish(self) -> None:
-        """Take every pending result (the ones after a stop are dropped)."""
+        """Take every pending result (the ones after a stop are dropped); then the chosen checkpoint's fs_se."""
         self._take(block=True)
+        if self.bootstrap and self.best_losses is not None:
+            self.best_sel = {**self.best_sel, "fs_se": fs_standard_error(*self.best_losses, 42, self.protocol,
+                                                                         self.bootstrap)}
 
     def _take(self, block: bool) -> None:
         while self.pending and self.stop_step is None and (block or self.pending[0][1].done()):
-            step, future, state = self.pending.popleft()
+            step, future, state, losses = self.pending.popleft()
             sel = future.result()
             if not math.isfinite(sel["final_score"]):
                 raise Diverged(f"{self.name}: non-finite selection metrics at step {step}")
@@ -86,6 +93,7 @@ class Selection:
             if sel["final_score"] > self.best_score or not self.select_best:
                 state = state if state is not None else self._copy()
                 self.best_score, self.best_step, self.best_state, self.best_sel = sel["final_score"], step, state, sel
+                self.best_losses = losses
                 self.since_best = 0
             else:
                 self.since_best += 1
