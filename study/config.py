@@ -81,7 +81,7 @@ class StudyConfig:
     bundle_seconds: float = where(1.0)  # trials shorter than half this run several to a Tune trial (study/plan.py)
     max_failures: int = where(2)  # retries of a trial whose worker died (a diverging trial is never retried)
     audit: int = where(0)  # models per setting in the privacy audit after confirm (0: no audit; trainables/audit.py)
-    bootstrap: int = BOOTSTRAP  # resamples behind each evaluation's fs_se, the forgetting score's standard error (0: none)
+    bootstrap: int = BOOTSTRAP  # resamples behind fs_se at the chosen checkpoint, the forgetting score's standard error (0: none)
     gli_space: dict[str, list[float]] = field(default_factory=lambda: get("gli").Params.bounds())  # as declared
     cache_dir: str | None = where(None)  # decoded-image cache (default ~/.cache/gli-study)
     method_hparams: dict[str, dict] = field(default_factory=dict)  # per-method overrides of the paper's settings

@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(g, "--base-epochs", "train the base models for this many epochs (default: the data set's recipe)", type=int)
     _flag(g, "--eval-every", "steps between evaluations inside a trial (default: about 10 per epoch)", type=int)
     _flag(g, "--patience", "evaluations without improvement before a trial stops (default: none)", type=int)
-    _flag(g, "--bootstrap", "resamples behind each evaluation's fs_se, the forgetting score's standard error "
+    _flag(g, "--bootstrap", "resamples behind fs_se at the chosen checkpoint, the forgetting score's standard error "
           "(0: none, faster)", type=int)
     _flag(g, "--audit", "after confirm, audit GLI's best settings, each baseline and the original with K unlearning "
           "runs each against K retrained models (the unlearning challenge's forgetting quality; 0: no audit)",

@@ -26,7 +26,7 @@ from .data.augment import to_float
 SELECTION_SPLITS = {"fair": ("val", "unseen_val"), "paper": ("test", "unseen")}
 REPORT_SPLITS = {"fair": ("test_report", "unseen_report"), "paper": ("test", "unseen")}
 _trapezoid = getattr(np, "trapezoid", None) or np.trapz  # numpy 2 renamed trapz
-BOOTSTRAP = 200  # resamples behind each evaluation's fs_se
+BOOTSTRAP = 200  # resamples behind fs_se at the chosen checkpoint
 # The attack's 10 stratified splits hold out a tenth of its table: with m examples a side, ceil(0.2 m)
 # held out must leave both classes on each side of every split, which needs m >= 6.
 ATTACK_MIN = 6

@@ -153,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--width", type=int, help="use the width-reduced ResNet-18 at this width (small CPU runs)")
     a("--base-epochs", type=int, help="train the base models for this many epochs (default: the data set's recipe)")
     a("--trace", metavar="FILE", help="write one JSON line per optimiser update and per evaluation")
-    a("--bootstrap", type=int, default=BOOTSTRAP, help="resamples behind each evaluation's fs_se (0: none; default %(default)s)")
+    a("--bootstrap", type=int, default=BOOTSTRAP, help="resamples behind fs_se at the chosen checkpoint (0: none; default %(default)s)")
     a("--cache-dir", help="cache for decoded images and base checkpoints")
     a("--json", action="store_true", help="print one JSON object per row (the last line is one)")
     return parser

@@ -41,7 +41,7 @@ class EvalConfig:
     protocol: str = "fair"
     eval_every: int | None = None  # updates between evaluations; None: the protocol's
     patience: int | None = None  # stop after this many evaluations without improvement; None: the protocol's
-    bootstrap: int = BOOTSTRAP  # resamples behind each evaluation's fs_se (0: none)
+    bootstrap: int = BOOTSTRAP  # resamples behind fs_se at the chosen checkpoint (0: none)
 
     def validate(self) -> None:
         if self.protocol not in PROTOCOLS:
