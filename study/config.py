@@ -70,7 +70,7 @@ class StudyConfig:
     allow_cpu: bool = where(False)
     sampler_seed: int = 0
     search_batch: int = 4  # settings asked for at once per search, so that a seeded search repeats (0: as slots free)
-    eval_every: int | None = None  # steps between evaluations inside a trial (default: ~10 per epoch)
+    eval_every: int | None = None  # steps between evaluations inside a trial (default: ~10 per epoch, at most ~20 per run)
     patience: int | None = None  # evaluations without improvement before a trial stops early
     base_epochs: int | None = None  # override the base models' training epochs
     image_size: int | None = None  # decode face images at this size (default 128); small CPU runs

@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
           "slots)", type=int)
     _flag(g, "--width", "use the width-reduced ResNet-18 at this width (small CPU runs)", type=int)
     _flag(g, "--base-epochs", "train the base models for this many epochs (default: the data set's recipe)", type=int)
-    _flag(g, "--eval-every", "steps between evaluations inside a trial (default: about 10 per epoch)", type=int)
+    _flag(g, "--eval-every", "steps between evaluations inside a trial (default: about 10 per epoch, at most about 20 per run)", type=int)
     _flag(g, "--patience", "evaluations without improvement before a trial stops (default: none)", type=int)
     _flag(g, "--bootstrap", "resamples behind fs_se at the chosen checkpoint, the forgetting score's standard error "
           "(0: none, faster)", type=int)

@@ -284,3 +284,19 @@ def test_diverging_run_raises(setup):
     data, original = setup
     with pytest.raises(Diverged):
         unlearn(_fast("neggrad", lr=1e6), original, data, 0, CPU, EvalConfig(eval_every=1))
+
+
+def test_fair_evaluates_about_ten_times_an_epoch_and_about_twenty_times_at_most(setup):
+    """The notebooks' 1- and 2-epoch methods keep about 10 evaluations per epoch; the authors' 10-epoch loops get
+    about 20 in all, not 10 per epoch."""
+    data, original = setup
+    ctx = _ctx(data, original)
+    for name in ("finetune", "gli", "scrub", "random_labels", "salun", "l1_sparse"):
+        method = create(name, "digits")
+        steps, epochs = method.planned_steps(ctx), method.planned_epochs()
+        every, _, best = EvalConfig().schedule(method, ctx)
+        per_epoch = max(1, round(steps / epochs / 10))
+        if epochs <= 2:
+            assert every == per_epoch, name  # as before the authors' methods came
+        else:
+            assert every > per_epoch and 16 <= steps // every <= 25, (name, steps, every)
