@@ -19,8 +19,8 @@ import pandas as pd
 import yaml
 
 from trainables.data import OPTIONAL_SETTINGS
-from trainables.records import (ACCEL_TAG, DATA_FINGERPRINT_TAG, EXPORT_KIND, GIT_COMMIT_TAG, HARDWARE_TAG,
-                                REFERENCE_ROWS, SEED_COL, SETTINGS_PARAM, STAGE_COL, STUDIED, TRIAL_KEY_COL,
+from trainables.records import (ACCEL_TAG, BANK_TAG, BASE_STAGE, DATA_FINGERPRINT_TAG, EXPORT_KIND, GIT_COMMIT_TAG,
+                                HARDWARE_TAG, REFERENCE_ROWS, SEED_COL, SETTINGS_PARAM, STAGE_COL, STUDIED, TRIAL_KEY_COL,
                                 hparams_of, setting_of, write_atomic)
 
 from .report import AXES, StudyInfo, build_report, method_rows
@@ -78,7 +78,18 @@ def models_location(models_dir: str, results_dir: str | None, storage_path: str 
     return {"under": "elsewhere", "path": path.name}
 
 
-def export_config(method: str, group: pd.DataFrame, params: dict, tags: dict, info: StudyInfo) -> dict:
+def bank_keys(children: pd.DataFrame, seeds) -> list[str]:
+    """The bank entries (checkpoint names) of the base models of `seeds`, as their base runs' tags name them: the
+    checkpoints a paper releases to let others start from exactly these models."""
+    col = f"tags.{BANK_TAG}"
+    if len(children) == 0 or col not in children:
+        return []
+    base = children[(children[STAGE_COL] == BASE_STAGE) & children[SEED_COL].astype(str).isin({str(s) for s in seeds})]
+    return sorted(set(base[col].dropna()))
+
+
+def export_config(method: str, group: pd.DataFrame, params: dict, tags: dict, info: StudyInfo,
+                  bank: list[str] | None = None) -> dict:
     settings = params[SETTINGS_PARAM]
     hardware = _hardware(group, tags)
     first = group.iloc[0]
@@ -96,6 +107,7 @@ def export_config(method: str, group: pd.DataFrame, params: dict, tags: dict, in
         "accel": _accel(group, settings, hardware),
         "models": models_location(settings["models_dir"], params.get("results_dir"), params.get("storage_path")),
         "seeds": sorted(int(s) for s in group[SEED_COL]),
+        "bank_keys": bank or [],  # the base-model checkpoints behind these seeds (`python -m study.bank list`)
         "hardware": hardware,
         "protocol": info.protocol,
         "protocol_label": info.label,
@@ -111,11 +123,13 @@ def export(experiment: str, tracking_uri: str | None, out: Path) -> list[Path]:
     study, params, tags = open_study(experiment, tracking_uri)
     info = StudyInfo.from_params(params)
     summary, front, written = build_report(study, info, out)
-    rows = method_rows(study.children(), info.paper_baselines)
+    children = study.children()
+    rows = method_rows(children, info.paper_baselines)
     for _, r in summary.iterrows():
         group = rows[(rows["method"] == r["method"]) & (rows["setting"] == r["setting"])]
         path = out / f"{r['method']}.yaml"
-        write_atomic(path, yaml.safe_dump(export_config(r["method"], group, params, tags, info), sort_keys=False))
+        config = export_config(r["method"], group, params, tags, info, bank_keys(children, group[SEED_COL]))
+        write_atomic(path, yaml.safe_dump(config, sort_keys=False))
         written.append(path)
     confirm = rows[rows["method"] == STUDIED]
     pareto = []

@@ -276,6 +276,9 @@ def test_export_then_reproduce_agrees(smoke, tmp_path, capsys):
     assert spec["accel"]["precision"] == "fp32" and spec["accel"]["cuda_graphs"] is False
     assert spec["models"] == {"under": "results", "path": "ray/models"} and str(results) not in text
     assert set(spec["hparams"]) >= {"step_size", "iterations", "w_start", "w_end"}
+    # the bank entries behind the reported replicate: its original and retrained checkpoints, which exist
+    assert len(spec["bank_keys"]) == 2 and all("-s1-" in k for k in spec["bank_keys"])
+    assert all((results / "ray" / "models" / k).is_file() for k in spec["bank_keys"])
     pareto = yaml.safe_load((out / "gli-pareto.yaml").read_text())
     assert len(pareto["settings"]) >= 1 and "confirmed" in pareto["settings"][0]
     capsys.readouterr()

@@ -3,8 +3,9 @@
 Each data set trains them as its own notebook does (reference-loops.md section 3, the
 same under both protocols): `default_configs` gives the model and a `BaseRecipe`, one
 `TrainConfig` per kind. `base_model` returns a trained model from the checkpoint cache,
-training it on first use; the cache key covers the data fingerprint, the model and
-training settings and the seed, so a changed setting never reuses a stale model. `python -m trainables.base_models`
+training it on first use; the cache key (`bank_key`) covers the data, the split's membership,
+the model and training settings and the seed, so a changed setting never reuses a stale model
+(`python -m study.bank` lists, sizes and prunes the checkpoints). `python -m trainables.base_models`
 trains both on a data set and prints their metrics.
 """
 
@@ -124,10 +125,18 @@ def train_model(
     return model, time.perf_counter() - start
 
 
+def bank_key(data: Dataset, kind: str, model_cfg: ModelConfig, cfg: TrainConfig, seed: int) -> dict:
+    """What a base model is a function of, its content key in the bank of reference models: the data set and
+    its split's membership (`split_fingerprint`: which images lie in forget, retain, test and unseen, so the
+    forgotten subset too), the kind (original or retrain), the architecture, the training recipe and the seed."""
+    return {"dataset": data.name, "data": data.fingerprint, "split": data.split_fingerprint, "kind": kind,
+            "model": asdict(model_cfg), "recipe": asdict(cfg), "seed": seed}
+
+
 def checkpoint_path(
     data: Dataset, kind: str, model_cfg: ModelConfig, cfg: TrainConfig, seed: int, cache_dir: Path | None = None
 ) -> Path:
-    key = json.dumps([data.name, data.fingerprint, kind, asdict(model_cfg), asdict(cfg), seed], sort_keys=True)
+    key = json.dumps(bank_key(data, kind, model_cfg, cfg, seed), sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     return (cache_dir or default_cache_dir()) / "models" / f"{data.name}-{kind}-s{seed}-{digest}.pt"
 
@@ -151,7 +160,8 @@ def base_model(
     path.parent.mkdir(parents=True, exist_ok=True)
     state_dict = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: two writers never share a file
-    torch.save({"state_dict": state_dict, "seconds": seconds, "digest": state_digest(state_dict)}, tmp)
+    torch.save({"state_dict": state_dict, "seconds": seconds, "digest": state_digest(state_dict),
+                "key": json.dumps(bank_key(data, kind, model_cfg, cfg, seed), sort_keys=True)}, tmp)
     os.replace(tmp, path)  # never a half-written checkpoint under the final name after a crash
     return model, seconds, False
 

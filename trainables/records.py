@@ -27,6 +27,7 @@ HARDWARE_TAG, ACCEL_TAG = "hardware", "accel"  # on a trial's run (and `hardware
 # On a trial's run: its replicate (split seed r and training seed r), the split seed its data was drawn with, and a
 # digest of that split's membership (`Dataset.split_fingerprint`).
 REPLICATE_TAG, SPLIT_SEED_TAG, SPLIT_FINGERPRINT_TAG = "replicate", "split_seed", "split_fingerprint"
+BANK_TAG = "bank_key"  # on a base model's run: its checkpoint's name in the bank (`python -m study.bank`)
 TUNING_REPLICATE = 0  # every search runs on it; it is never reported
 AUDIT_REPLICATE = 1  # the privacy audit's models share this replicate's split (the first reported one)
 GIT_COMMIT_TAG, DATA_FINGERPRINT_TAG = "git_commit", "data_fingerprint"  # on the parent run

@@ -28,12 +28,12 @@ from typing import Any
 import torch
 
 from . import engine
-from .base_models import BaseRecipe, base_model
+from .base_models import BaseRecipe, base_model, checkpoint_path
 from .data import DataConfig, Dataset, for_replicate
 from .audit import audit_scores
 from .methods import REFERENCE_ROWS, create
-from .records import (ACCEL_TAG, AUDIT_STAGE, CURVE, ERROR, FINAL, FORGET_LOSSES, FORGET_SCORES, HARDWARE_TAG,
-                      ITEMS, REPLICATE_TAG, SEL_ACCURACY, SEL_FINAL, SEL_FORGETTING, SPLIT_FINGERPRINT_TAG,
+from .records import (ACCEL_TAG, AUDIT_STAGE, BANK_TAG, CURVE, ERROR, FINAL, FORGET_LOSSES, FORGET_SCORES,
+                      HARDWARE_TAG, ITEMS, REPLICATE_TAG, SEL_ACCURACY, SEL_FINAL, SEL_FORGETTING, SPLIT_FINGERPRINT_TAG,
                       SPLIT_SEED_TAG, UNSEEN_LOSSES, WAIT, numbers)
 from .models import ModelConfig
 from .selection import Diverged
@@ -141,6 +141,8 @@ def run_trial(spec: TrialSpec, settings: TrialSettings, data: Dataset, on_step=N
             row["rte"] = 1.0
         scores = {FORGET_SCORES: audit_scores(model, data, device).tolist()} if audit else {}
         where = {k: v for k, v in placement.items() if isinstance(v, str)}  # node, hardware, accel: tags
+        where[BANK_TAG] = checkpoint_path(data, spec.method, settings.model, settings.train[spec.method], base_seed,
+                                          models_dir).name  # the bank entry, which an export names
         return {**numbers(row), **where, **_loss_lists(losses), **scores}
     method = create(spec.method, data.name, **spec.hparams)
     startup = time.perf_counter() - start

@@ -1,0 +1,169 @@
+"""`python -m study.bank list | du | prune`: the bank of reference models, the base-model checkpoints.
+
+A study keeps its original and retrained models under `<storage path>/models` (a run of
+`trainables.run` under the local cache, `~/.cache/gli-study/models`), one file per content key
+(`trainables.base_models.bank_key`: the data, the split's membership, the kind, the architecture, the
+training recipe and the seed), and every stage, study and audit that needs the same model reads that
+file instead of training it again; a file that fails its digest is trained again. A base model's run in
+MLflow names its entry (tag `bank_key`) and exports list the entries behind their seeds (`bank_keys`),
+so that a paper can release exactly those checkpoints.
+
+  list    every entry: kind, seed, split, size, the compute it cost, age and whether it verifies
+  du      totals per data set and kind
+  prune   remove entries by data set, kind, age, or those that fail to verify (and leftover
+          temporary files); prints what it would remove unless given --yes
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+NAME = re.compile(r"^(?P<dataset>.+)-(?P<kind>original|retrain)-s(?P<seed>\d+)-(?P<digest>[0-9a-f]{16})\.pt$")
+
+
+def bank_folder(args: argparse.Namespace) -> Path:
+    """The folder the arguments name: --models-dir, --storage-path's `models`, a study's, or the local cache's."""
+    if args.models_dir:
+        return Path(args.models_dir).expanduser().resolve()
+    if args.storage_path:
+        return Path(args.storage_path).expanduser().resolve() / "models"
+    if args.experiment:
+        from analysis.results import open_study
+        from trainables.records import SETTINGS_PARAM
+
+        _, params, _ = open_study(args.experiment, args.tracking_uri)
+        return Path(params[SETTINGS_PARAM]["models_dir"])
+    from trainables.data.cache import default_cache_dir
+
+    return default_cache_dir() / "models"
+
+
+def entries(folder: Path) -> list[dict]:
+    """One row per checkpoint (name order), each read and verified against its digest."""
+    from trainables.base_models import CheckpointError, read_checkpoint
+
+    rows = []
+    for path in sorted(folder.glob("*.pt")):
+        match = NAME.match(path.name)
+        stat = path.stat()
+        row = {"name": path.name, "dataset": match["dataset"] if match else "?",
+               "kind": match["kind"] if match else "?", "seed": int(match["seed"]) if match else -1,
+               "bytes": stat.st_size, "age_days": (time.time() - stat.st_mtime) / 86400, "seconds": float("nan"),
+               "split": "", "status": "ok"}
+        try:
+            state = read_checkpoint(path)
+            row["seconds"] = float(state["seconds"])
+            key = json.loads(state["key"]) if isinstance(state.get("key"), str) else {}
+            row["split"] = key.get("split", "")
+        except CheckpointError as exc:
+            row["status"] = f"broken: {exc}"
+        rows.append(row)
+    return rows
+
+
+def _leftovers(folder: Path) -> list[Path]:
+    """Temporary files of writes that never finished (a writer killed between save and rename)."""
+    return sorted(folder.glob("*.pt.*.tmp"))
+
+
+def _list(rows: list[dict]) -> str:
+    lines = [f"{'entry':<60} {'kind':<8} {'seed':>4} {'split':<16} {'MB':>7} {'train s':>8} {'age d':>6}  status"]
+    for r in rows:
+        lines.append(f"{r['name']:<60} {r['kind']:<8} {r['seed']:>4} {r['split'] or '-':<16} "
+                     f"{r['bytes'] / 1e6:>7.2f} {r['seconds']:>8.1f} {r['age_days']:>6.1f}  {r['status']}")
+    return "\n".join(lines)
+
+
+def _du(rows: list[dict]) -> str:
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["dataset"], r["kind"]), []).append(r)
+    lines = [f"{'data set':<16} {'kind':<8} {'entries':>7} {'MB':>9} {'compute h':>10} {'broken':>6}"]
+    for (dataset, kind), group in sorted(groups.items()):
+        seconds = sum(r["seconds"] for r in group if r["status"] == "ok")
+        lines.append(f"{dataset:<16} {kind:<8} {len(group):>7} {sum(r['bytes'] for r in group) / 1e6:>9.2f} "
+                     f"{seconds / 3600:>10.3f} {sum(r['status'] != 'ok' for r in group):>6}")
+    total = sum(r["bytes"] for r in rows) / 1e6
+    compute = sum(r["seconds"] for r in rows if r["status"] == "ok") / 3600
+    lines.append(f"{'all':<16} {'':<8} {len(rows):>7} {total:>9.2f} {compute:>10.3f} "
+                 f"{sum(r['status'] != 'ok' for r in rows):>6}")
+    return "\n".join(lines)
+
+
+def select(rows: list[dict], args: argparse.Namespace) -> list[dict]:
+    """The entries `prune` removes: all filters given must match; --broken alone selects the broken ones."""
+    chosen = []
+    for r in rows:
+        if args.dataset and r["dataset"] != args.dataset:
+            continue
+        if args.kind and r["kind"] != args.kind:
+            continue
+        if args.older_than is not None and r["age_days"] <= args.older_than:
+            continue
+        if args.broken and r["status"] == "ok":
+            continue
+        chosen.append(r)
+    return chosen
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m study.bank", description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="\n".join(__doc__.splitlines()[11:]))
+    p.add_argument("command", choices=["list", "du", "prune"])
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--storage-path", help="a study's storage path (its bank is <storage path>/models)")
+    where.add_argument("--models-dir", help="the bank's folder itself")
+    where.add_argument("--experiment", help="a study's MLflow experiment: its bank")
+    p.add_argument("--tracking-uri", help="with --experiment (default sqlite:///./results/<experiment>/mlflow.db)")
+    p.add_argument("--dataset", help="prune: only this data set's entries")
+    p.add_argument("--kind", choices=["original", "retrain"], help="prune: only this kind")
+    p.add_argument("--older-than", type=float, metavar="DAYS", help="prune: only entries last written before")
+    p.add_argument("--broken", action="store_true", help="prune: only entries that fail to verify (and leftovers)")
+    p.add_argument("--yes", action="store_true", help="prune: remove them (without it: say what would go)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        folder = bank_folder(args)
+    except Exception as exc:  # a study that cannot be opened: one line
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not folder.is_dir():
+        print(f"error: no bank at {folder}", file=sys.stderr)
+        return 2
+    rows = entries(folder)
+    print(f"bank: {folder}")
+    if args.command == "list":
+        print(_list(rows))
+    elif args.command == "du":
+        print(_du(rows))
+    else:
+        if not (args.dataset or args.kind or args.older_than is not None or args.broken):
+            print("error: prune needs a filter (--dataset, --kind, --older-than or --broken)", file=sys.stderr)
+            return 2
+        chosen = select(rows, args)
+        leftovers = _leftovers(folder) if args.broken else []
+        for r in chosen:
+            print(f"{'removing' if args.yes else 'would remove'} {r['name']} ({r['status']})")
+        for path in leftovers:
+            print(f"{'removing' if args.yes else 'would remove'} {path.name} (an unfinished write)")
+        if args.yes:
+            for r in chosen:
+                (folder / r["name"]).unlink(missing_ok=True)
+            for path in leftovers:
+                path.unlink(missing_ok=True)
+        freed = sum(r["bytes"] for r in chosen) / 1e6
+        print(f"{len(chosen) + len(leftovers)} file(s), {freed:.2f} MB {'removed' if args.yes else 'to remove (--yes)'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
