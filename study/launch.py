@@ -294,13 +294,15 @@ def failed_stage_message(stages) -> str | None:
 
 def audit_runs(ctx: StudyContext, searches) -> list[dict]:
     """The audit's trials, built once confirm has ended, all on one reported replicate's split
-    (`AUDIT_REPLICATE`): K retrained models, the original as a control, and K runs (training seeds 0..K-1, all
-    from that replicate's original) of GLI's best confirmed settings and of each baseline's chosen setting."""
+    (`AUDIT_REPLICATE`): 2K retrained models (seeds 0..K-1 are the reference; K..2K-1 measure F's ceiling, F
+    between two independent sets of K retrained models), the original as a control, and K runs (training seeds
+    0..K-1, all from that replicate's original) of GLI's best confirmed settings and of each baseline's chosen
+    setting."""
     from trainables.records import METHOD_COL, SEL_FINAL, TRIAL_KEY_COL, hparams_of, setting_of
 
     cfg, k = ctx.cfg, ctx.cfg.audit
     here = {"replicate": AUDIT_REPLICATE}
-    runs = [{"method": "retrain", "seed": s, "hparams": {}, **here} for s in range(k)]
+    runs = [{"method": "retrain", "seed": s, "hparams": {}, **here} for s in range(2 * k)]
     runs.append({"method": "original", "seed": AUDIT_REPLICATE, "hparams": {}, **here})  # one run stands for all K
     settings = []
     confirmed = ctx.tracker.children(CONFIRM_STAGE)

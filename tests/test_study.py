@@ -322,11 +322,21 @@ def test_audit_of_a_finished_study_then_resumed(smoke, capsys):
     client, _, children = _runs(uri, "gli-digits-smoke")
     audit = [c for c in children if c.data.tags["stage"] == "audit"]
     methods = [c.data.tags["method"] for c in audit]
-    assert methods.count("retrain") == 4 and methods.count("original") == 1 and methods.count("scrub") == 4
+    # 2K retrained models: K the reference, K more for F's ceiling (F between two sets of retrained models)
+    assert methods.count("retrain") == 8 and methods.count("original") == 1 and methods.count("scrub") == 4
     assert {c.data.tags["replicate"] for c in audit} == {"1"}  # every model on one reported replicate's split
     assert {"scores.npz"} <= {a.path for a in client.list_artifacts(audit[0].info.run_id)}
-    table = (results / "audit.csv").read_text()
-    assert "forget_quality" in table and "challenge_score" in table
+    table = pd.read_csv(results / "audit.csv")
+    assert {"forget_quality", "forget_quality_lo", "forget_quality_hi", "challenge_score"} <= set(table.columns)
+    assert (table["forget_quality_lo"] <= table["forget_quality"]).all()
+    assert (table["forget_quality"] <= table["forget_quality_hi"]).all()
+    assert set(table["null_kind"]) == {"retrained"} and table["forget_quality_null"].nunique() == 1
+    ceiling = table.iloc[0]
+    print(f"ceiling at K = 4: retrained {ceiling['forget_quality_null']:.4f} "
+          f"[{ceiling['forget_quality_null_lo']:.4f}, {ceiling['forget_quality_null_hi']:.4f}], "
+          f"simulated {ceiling['forget_quality_null_sim']:.4f}")
+    # the two ceilings agree: retraining's own F against the simulated value at the same K and size
+    assert ceiling["forget_quality_null_lo"] <= ceiling["forget_quality_null_sim"] <= ceiling["forget_quality_null_hi"]
     stamps = {p.name: p.stat().st_mtime_ns for p in (results / "ray" / "models").iterdir()}
     assert audit_main(["--experiment", "gli-digits-smoke", "--tracking-uri", uri, "--models", "4"]) == 0
     assert "stage audit: " in capsys.readouterr().err
