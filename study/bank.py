@@ -27,20 +27,25 @@ NAME = re.compile(r"^(?P<dataset>.+)-(?P<kind>original|retrain)-s(?P<seed>\d+)-(
 
 
 def bank_folder(args: argparse.Namespace) -> Path:
-    """The folder the arguments name: --models-dir, --storage-path's `models`, a study's, or the local cache's."""
+    """The folder of checkpoint files the arguments name: --models-dir, --storage-path's, a study's, or the local
+    cache's. A study's `models_dir` keeps its files in a `models` folder of its own (`checkpoint_path`): either
+    level may be given."""
     if args.models_dir:
-        return Path(args.models_dir).expanduser().resolve()
-    if args.storage_path:
-        return Path(args.storage_path).expanduser().resolve() / "models"
-    if args.experiment:
+        folder = Path(args.models_dir).expanduser().resolve()
+    elif args.storage_path:
+        folder = Path(args.storage_path).expanduser().resolve() / "models"
+    elif args.experiment:
         from analysis.results import open_study
         from trainables.records import SETTINGS_PARAM
 
         _, params, _ = open_study(args.experiment, args.tracking_uri)
-        return Path(params[SETTINGS_PARAM]["models_dir"])
-    from trainables.data.cache import default_cache_dir
+        folder = Path(params[SETTINGS_PARAM]["models_dir"])
+    else:
+        from trainables.data.cache import default_cache_dir
 
-    return default_cache_dir() / "models"
+        folder = default_cache_dir()
+    inner = folder / "models"
+    return inner if inner.is_dir() and not list(folder.glob("*.pt")) else folder
 
 
 def entries(folder: Path) -> list[dict]:

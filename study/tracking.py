@@ -249,7 +249,8 @@ def outcome(result: dict) -> tuple[str, dict, int, dict, dict, list]:
     """What a trial's final report becomes in its run: (status, metrics, step, tags, arrays, curve)."""
     curve = result.get(records.CURVE) or []  # the evaluations, sent with the final report
     tags = {k: str(result[k]) for k in ("node_id", records.HARDWARE_TAG, records.ACCEL_TAG, records.REPLICATE_TAG,
-                                        records.SPLIT_SEED_TAG, records.SPLIT_FINGERPRINT_TAG) if k in result}
+                                        records.SPLIT_SEED_TAG, records.SPLIT_FINGERPRINT_TAG, records.BANK_TAG)
+            if k in result}
     if result.get(records.FINAL) != 1.0:
         reason = str(result.get(records.ERROR) or "the trial ended without a final report")
         return "FAILED", {}, 0, {**tags, records.ERROR: reason[:4000]}, {}, curve

@@ -31,7 +31,7 @@ def test_the_key_follows_the_split_and_the_bank_lists_sizes_and_prunes(tmp_path,
     names = sorted(p.name for p in folder.glob("*.pt"))
     assert len(names) == 2
 
-    assert bank(["list", "--models-dir", str(folder)]) == 0
+    assert bank(["list", "--models-dir", str(tmp_path)]) == 0  # a study's models_dir: its files one level down
     out = capsys.readouterr().out
     assert all(n in out for n in names) and out.count(" ok") == 2 and first.split_fingerprint in out
 

@@ -278,7 +278,13 @@ def test_export_then_reproduce_agrees(smoke, tmp_path, capsys):
     assert set(spec["hparams"]) >= {"step_size", "iterations", "w_start", "w_end"}
     # the bank entries behind the reported replicate: its original and retrained checkpoints, which exist
     assert len(spec["bank_keys"]) == 2 and all("-s1-" in k for k in spec["bank_keys"])
-    assert all((results / "ray" / "models" / k).is_file() for k in spec["bank_keys"])
+    assert all((results / "ray" / "models" / "models" / k).is_file() for k in spec["bank_keys"])
+    from study.bank import main as bank_main
+
+    capsys.readouterr()
+    assert bank_main(["list", "--storage-path", str(results / "ray")]) == 0
+    listed = capsys.readouterr().out
+    assert all(k in listed for k in spec["bank_keys"]) and " broken" not in listed
     pareto = yaml.safe_load((out / "gli-pareto.yaml").read_text())
     assert len(pareto["settings"]) >= 1 and "confirmed" in pareto["settings"][0]
     capsys.readouterr()
