@@ -124,3 +124,91 @@ def plot_epsilons(epsilons: dict, title: str, base: Path) -> list[Path]:
         ax.set_title(f"{method} {setting[:6]}", fontsize=8)
 
     return panels(names, draw, f"per-example epsilon (clipped at 6); {title}", "epsilon", base, size=(3.0, 2.4))
+
+
+ULIRA_COLUMNS = [("auc", "AUC", 3), ("tpr_at_0.01", "TPR at 1% FPR", 3), ("tpr_at_0.05", "TPR at 5% FPR", 3),
+                 ("balanced_accuracy", "balanced accuracy", 3)]
+FAMILY_RATE = 0.05  # the family-wise error rate of "an attacker can tell it from retraining", Bonferroni over rows
+
+
+def ulira_table(study) -> pd.DataFrame:
+    """U-LiRA per attacked setting (`stage=ulira` runs): each metric with its bootstrap interval, beside the
+    retrained model's own values (the floor: the attack on retraining itself) and the AUC's paired difference
+    from them, its interval Bonferroni-adjusted over the rows; `distinguishable` where that interval lies above 0.
+    Empty when the study has no U-LiRA runs."""
+    from trainables.audit import TARGET_SEED, attack_intervals, auc_difference_interval, ulira_log_ratios
+    from trainables.records import ULIRA_STAGE
+
+    runs = study.children(ULIRA_STAGE)
+    if len(runs) == 0:
+        return pd.DataFrame()
+    runs = runs.assign(method=runs[METHOD_COL], setting=runs[TRIAL_KEY_COL].map(setting_of),
+                       model=pd.to_numeric(runs[SEED_COL]).astype(int))
+    attacks = {}
+    for (method, setting), group in runs.groupby(["method", "setting"], sort=False):
+        seeds, scores, members = [], [], []
+        for _, r in group.sort_values("model").iterrows():
+            s, m = study.load_scores(r["run_id"]), study.load_members(r["run_id"])
+            if s is not None and m is not None:
+                seeds.append(r["model"]), scores.append(s), members.append(m)
+        have = set(seeds)
+        # a shadow counts only with its pair partner (each candidate must be forgotten by half the shadows)
+        keep = [i for i, j in enumerate(seeds) if j >= TARGET_SEED or (j ^ 1) in have]
+        shadows = sum(seeds[i] < TARGET_SEED for i in keep)
+        if shadows < 2 or shadows == len(keep):
+            print(f"[report] U-LiRA {method}/{setting[:8]}: {shadows} paired shadows and {len(keep) - shadows} "
+                  "targets read: too few to attack, left out", flush=True)
+            continue
+        ratio, labels = ulira_log_ratios(np.stack([scores[i] for i in keep]), np.stack([members[i] for i in keep]),
+                                         shadows)
+        attacks[(method, setting)] = (ratio, labels, shadows, len(keep) - shadows)
+    rows = []
+    floor = next((v for (m, _), v in attacks.items() if m == "retrain"), None)
+    compared = sum(m != "retrain" for m, _ in attacks)
+    level = 1 - FAMILY_RATE / max(compared, 1)
+    for (method, setting), (ratio, labels, shadows, targets) in attacks.items():
+        row = {"method": method, "setting": setting, "shadows": shadows, "targets": targets,
+               "candidates": ratio.shape[1], **attack_intervals(ratio, labels)}
+        if floor is not None and method != "retrain" and floor[0].shape[1] == ratio.shape[1]:
+            diff, lo, hi = auc_difference_interval(ratio, labels, floor[0], floor[1], level=level)
+            row.update(auc_vs_retrain=diff, auc_vs_retrain_lo=lo, auc_vs_retrain_hi=hi,
+                       distinguishable=bool(lo > 0))
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    if floor is not None:
+        retrained = table[table["method"] == "retrain"].iloc[0]
+        for key, _, _ in ULIRA_COLUMNS:
+            table[f"retrain_{key}"] = retrained[key]
+    return table.sort_values("auc", ascending=False).reset_index(drop=True)
+
+
+def ulira_markdown(table: pd.DataFrame, title: str) -> str:
+    if len(table) == 0:
+        return ""
+    first = table.iloc[0]
+    lines = [f"**U-LiRA, the per-example membership attack on unlearning; {title}**", "",
+             f"{int(first['shadows'])} shadow and {int(first['targets'])} target models per setting, "
+             f"{int(first['candidates'])} forget candidates; each cell a value and its 95% bootstrap interval over "
+             "the candidates.", "",
+             "| method | setting | " + " | ".join(h for _, h, _ in ULIRA_COLUMNS) + " | AUC minus retrained |",
+             "|---|---|" + "---|" * (len(ULIRA_COLUMNS) + 1)]
+    for _, r in table.iterrows():
+        cells = [f"{r[k]:.{d}f} [{r[f'{k}_lo']:.{d}f}, {r[f'{k}_hi']:.{d}f}]" for k, _, d in ULIRA_COLUMNS]
+        if r["method"] == "retrain" or pd.isna(r.get("auc_vs_retrain")):
+            versus = "(the floor)" if r["method"] == "retrain" else ""
+        else:
+            versus = (f"{r['auc_vs_retrain']:+.3f} [{r['auc_vs_retrain_lo']:+.3f}, {r['auc_vs_retrain_hi']:+.3f}]"
+                      + (" **told apart**" if r["distinguishable"] else ""))
+        lines.append(f"| {r['method']} | {r['setting'][:8]} | " + " | ".join(cells) + f" | {versus} |")
+    told = [str(r["method"]) for _, r in table.iterrows() if r["method"] != "retrain"
+            and not pd.isna(r.get("distinguishable")) and bool(r["distinguishable"])]
+    lines += ["", "Each shadow (and target) model trained on the retain set and half the forget candidates, then "
+              "unlearned that half with the method's setting; per candidate, the shadows that forgot it and those that "
+              "never trained on it are each fitted by a Gaussian of the score (LiRA's median and spread), and a "
+              "target's score is their log likelihood ratio. The retrained model's attack is the floor (it never "
+              "saw any candidate: AUC 0.5 up to noise); the original's, which forgets nothing, the ceiling. "
+              f"AUC minus retrained: paired over the candidates, its interval at {100 * (1 - FAMILY_RATE):.0f}% "
+              "family-wise over the rows (Bonferroni); **told apart** where it lies above 0: an attacker can tell "
+              "that method's models from retraining.",
+              "", "Told apart from retraining: " + (", ".join(told) if told else "none") + "."]
+    return "\n".join(lines) + "\n"

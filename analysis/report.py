@@ -22,7 +22,7 @@ from trainables.records import (BASE_STAGE, BASELINE_STAGE, CONFIRM_LIMIT, CONFI
                                 optuna_study_name, setting_of, write_atomic)
 
 from . import plots, sequential, tables, tuning
-from .audit import audit_table, plot_epsilons
+from .audit import audit_table, plot_epsilons, ulira_markdown, ulira_table
 from .audit import to_markdown as audit_markdown
 from .pareto import pareto_front
 from .tables import MARGIN
@@ -159,6 +159,7 @@ def build_report(study: StudyRecords, info: StudyInfo, out_dir: Path) -> tuple[p
     rows = method_rows(children, info.paper_baselines)
     summary = tables.summarise(rows)
     audit, epsilons = audit_table(study)
+    attack = ulira_table(study)
     if len(audit) and len(summary):
         quality = {(r["method"], r["setting"]): r["forget_quality"] for _, r in audit.iterrows()}
         summary["forget_quality"] = [quality.get((m, s)) for m, s in zip(summary["method"], summary["setting"])]
@@ -179,12 +180,14 @@ def build_report(study: StudyRecords, info: StudyInfo, out_dir: Path) -> tuple[p
              else tables.paired_markdown(pairs, info.title, info.margin))
     write("summary.md", info.preamble + "\n" + first + "\n"
           + tables.to_markdown(summary, info.title, info.dataset) + "\n" + tuning.tuning_markdown(cards) + "\n"
-          + audit_markdown(audit, info.title))
+          + audit_markdown(audit, info.title) + ("\n" + ulira_markdown(attack, info.title) if len(attack) else ""))
     if len(cards):
         write("tuning.csv", cards.to_csv(index=False))
         write("tuning_trials.csv", curves.to_csv(index=False))
     if len(audit):
         write("audit.csv", audit.to_csv(index=False))
+    if len(attack):
+        write("ulira.csv", attack.to_csv(index=False))
     if len(pairs):
         write("paired.csv", pairs.to_csv(index=False))
     if verdicts is not None and len(verdicts):

@@ -36,6 +36,11 @@ class StudyRecords:
         arrays = records.load_arrays(self.client, run_id, records.SCORES_ARTIFACT)
         return None if arrays is None else arrays["forget"]
 
+    def load_members(self, run_id: str):
+        """A U-LiRA run's forget candidates: True where its model trained on and then forgot one."""
+        arrays = records.load_arrays(self.client, run_id, records.SCORES_ARTIFACT)
+        return None if arrays is None or "member" not in arrays else arrays["member"].astype(bool)
+
 
 def open_study(experiment: str, tracking_uri: str | None) -> tuple[StudyRecords, dict, dict]:
     """The experiment's most recent study (a finished one first); returns (records, decoded params, tags)."""

@@ -1,9 +1,12 @@
-"""`python -m study.audit --experiment NAME --models K`: add the privacy audit to a finished study.
+"""`python -m study.audit --experiment NAME --models K [--attack ulira --shadows S]`: add the privacy audits to a
+finished study.
 
 Reruns the study's own launch command from its resolved configuration (`config.yaml` in
-its results folder) with `--audit K`: every stage already finished is skipped (the
-trials MLflow holds, the Optuna journal, the base checkpoints), so only the audit's
-trials run; a later audit reuses the retrained models and runs an earlier one left.
+its results folder) with `--audit K` (the unlearning challenge's forgetting quality) and/or
+`--attack ulira` (U-LiRA's per-example attack over S shadow models): every stage already
+finished is skipped (the trials MLflow holds, the Optuna journal, the bank's models), so
+only the audits' trials run; a later audit reuses the retrained and shadow models and
+runs what an earlier one left.
 """
 
 from __future__ import annotations
@@ -21,8 +24,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m study.audit", description=__doc__.splitlines()[0])
     parser.add_argument("--experiment", required=True, help="the study's MLflow experiment (its --experiment-name)")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///./results/<experiment>/mlflow.db)")
-    parser.add_argument("--models", type=int, required=True, help="K: unlearning runs per setting and retrained models")
+    parser.add_argument("--models", type=int, help="K: unlearning runs per setting and retrained models (the "
+                        "challenge's forgetting quality)")
+    parser.add_argument("--attack", choices=["ulira"], help="U-LiRA, the per-example attack over shadow models")
+    parser.add_argument("--shadows", type=int, help="with --attack ulira: shadow models per setting (even; default 16)")
+    parser.add_argument("--targets", type=int, help="with --attack ulira: target models per setting (even; default 4)")
     args = parser.parse_args(argv)
+    if args.models is None and args.attack is None:
+        parser.error("give --models K (the forgetting quality), --attack ulira, or both")
     try:
         _, params, _ = open_study(args.experiment, args.tracking_uri)
     except ResultsError as exc:
@@ -32,7 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     if not config.is_file():
         print(f"error: {config}: the study's resolved configuration is missing", file=sys.stderr)
         return 2
-    flags = ["--config", str(config), "--audit", str(args.models)]
+    flags = ["--config", str(config)] + (["--audit", str(args.models)] if args.models is not None else [])
+    flags += ["--attack", args.attack] if args.attack else []
+    flags += [f for name in ("shadows", "targets") if getattr(args, name) is not None
+              for f in (f"--{name}", str(getattr(args, name)))]
     return launch(flags + (["--tracking-uri", args.tracking_uri] if args.tracking_uri else []))
 
 

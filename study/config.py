@@ -18,6 +18,7 @@ from analysis.tables import MARGIN
 from trainables.data import DATASETS, NEEDS_FOLDER, OPTIONAL_SETTINGS, DataConfig
 from trainables.methods import HyperParameterError, available, get
 from trainables.methods.interface import PROTOCOLS, SELECTION_ALIAS
+from trainables.audit import ULIRA_TARGETS
 from trainables.metrics import BOOTSTRAP
 from trainables.records import OBJECTIVES, default_results_dir, default_tracking_uri, write_atomic
 
@@ -81,6 +82,9 @@ class StudyConfig:
     bundle_seconds: float = where(1.0)  # trials shorter than half this run several to a Tune trial (study/plan.py)
     max_failures: int = where(2)  # retries of a trial whose worker died (a diverging trial is never retried)
     audit: int = where(0)  # models per setting in the privacy audit after confirm (0: no audit; trainables/audit.py)
+    attack: str | None = where(None)  # "ulira": U-LiRA's per-example attack after confirm (None: none)
+    shadows: int = where(16)  # U-LiRA's shadow models per audited setting (even: complementary pairs)
+    targets: int = where(ULIRA_TARGETS)  # U-LiRA's held-out target models per audited setting (even)
     bootstrap: int = BOOTSTRAP  # resamples behind fs_se at the chosen checkpoint, the forgetting score's standard error (0: none)
     gli_space: dict[str, list[float]] = field(default_factory=lambda: get("gli").Params.bounds())  # as declared
     cache_dir: str | None = where(None)  # decoded-image cache (default ~/.cache/gli-study)
@@ -111,6 +115,12 @@ class StudyConfig:
             raise ConfigError(f"--bootstrap must be 0 (none) or a whole number >= 2, got {self.bootstrap!r}")
         if not _whole(self.audit, 0) or self.audit == 1:
             raise ConfigError(f"--audit needs at least 2 models per setting (the challenge used 512), got {self.audit}")
+        if self.attack not in (None, "ulira"):
+            raise ConfigError(f"--attack must be ulira, got {self.attack!r}")
+        for name, value in (("--shadows", self.shadows), ("--targets", self.targets)):
+            if not _whole(value, 2) or value % 2:
+                raise ConfigError(f"{name} must be an even whole number >= 2 (models come in complementary pairs), "
+                                  f"got {value!r}")
         if self.until_settled and _whole(self.max_replicates, 1) and _whole(self.replicates, 1) \
                 and self.max_replicates < self.replicates:
             raise ConfigError(f"--max-replicates ({self.max_replicates}) must be at least --replicates ({self.replicates})")

@@ -33,9 +33,10 @@ from trainables.methods import REFERENCE_ROWS
 from trainables.methods.interface import PROTOCOLS
 from trainables.records import (AUDIT_STAGE, OBJECTIVES, BASE_STAGE, BASELINE_STAGE, CONFIRM_LIMIT, CONFIRM_STAGE,
                                 DATA_FINGERPRINT_TAG, GIT_COMMIT_TAG, HARDWARE_TAG, SEARCH_STAGE, SETTINGS_PARAM,
-                                STUDIED, TUNING_REPLICATE, AUDIT_REPLICATE, journal_path)
+                                STUDIED, TUNING_REPLICATE, AUDIT_REPLICATE, ULIRA_STAGE, journal_path)
 
 AUDIT_SETTINGS = 3  # GLI's confirmed settings audited, best mean selection final score first
+ULIRA_SETTINGS = 1  # ... and attacked with U-LiRA (each costs shadows + targets unlearning runs)
 
 from .cluster import connect, preflight, slots
 from .config import FIELDS, PLACEMENT, ConfigError, StudyConfig, data_config, load_yaml, resolve, write_resolved
@@ -123,6 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(g, "--audit", "after confirm, audit GLI's best settings, each baseline and the original with K unlearning "
           "runs each against K retrained models (the unlearning challenge's forgetting quality; 0: no audit)",
           type=int, metavar="K")
+    _flag(g, "--attack", "after confirm, U-LiRA: per-example likelihood-ratio attacks on GLI's best setting, each "
+          "baseline's, the original and the retrained model, from shadow models that forgot or never saw each "
+          "forget example", choices=["ulira"])
+    _flag(g, "--shadows", "with --attack ulira: shadow models per audited setting (even)", type=int)
+    _flag(g, "--targets", "with --attack ulira: held-out target models per audited setting (even)", type=int)
     _flag(g, "--deterministic", "GPU trials that repeat bit for bit on the same GPU, driver and libraries: fp32, "
           "deterministic kernels, no CUDA graphs (slower; CPU runs repeat without it)", action="store_true", default=None)
     g = p.add_argument_group("search")
@@ -220,9 +226,10 @@ def run_study(ctx: StudyContext) -> list:
 
     confirm = ctx.grid(CONFIRM_STAGE, confirm_runs, tuple(s.label for s in searches), needs)
     rounds = settling_rounds(ctx, confirm_runs, (confirm.label, *(g.label for g in grid))) if cfg.until_settled else []
-    audit = ([ctx.grid(AUDIT_STAGE, lambda: audit_runs(ctx, searches), (CONFIRM_STAGE, *(r.label for r in rounds)))]
-             if cfg.audit else [])
-    stages = [base, *searches, confirm, *grid, *rounds, *audit]
+    after_confirm = (CONFIRM_STAGE, *(r.label for r in rounds))
+    audit = [ctx.grid(AUDIT_STAGE, lambda: audit_runs(ctx, searches), after_confirm)] if cfg.audit else []
+    stages = [base, *searches, confirm, *grid, *rounds, *audit, *(ulira_stages(ctx, searches, after_confirm)
+                                                                  if cfg.attack == "ulira" else [])]
     ctx.run(stages)
     return stages
 
@@ -298,24 +305,52 @@ def audit_runs(ctx: StudyContext, searches) -> list[dict]:
     between two independent sets of K retrained models), the original as a control, and K runs (training seeds
     0..K-1, all from that replicate's original) of GLI's best confirmed settings and of each baseline's chosen
     setting."""
-    from trainables.records import METHOD_COL, SEL_FINAL, TRIAL_KEY_COL, hparams_of, setting_of
-
-    cfg, k = ctx.cfg, ctx.cfg.audit
+    k = ctx.cfg.audit
     here = {"replicate": AUDIT_REPLICATE}
     runs = [{"method": "retrain", "seed": s, "hparams": {}, **here} for s in range(2 * k)]
     runs.append({"method": "original", "seed": AUDIT_REPLICATE, "hparams": {}, **here})  # one run stands for all K
+    settings = audited_settings(ctx, searches, AUDIT_SETTINGS)
+    return runs + [{"method": m, "seed": s, "hparams": h, **here} for m, h in settings for s in range(k)]
+
+
+def audited_settings(ctx: StudyContext, searches, gli_settings: int) -> list[tuple[str, dict]]:
+    """(method, hyper-parameters) of what the privacy audits examine, once confirm has ended: GLI's
+    `gli_settings` best confirmed settings (mean selection final score) and each baseline's chosen setting."""
+    from trainables.records import METHOD_COL, SEL_FINAL, TRIAL_KEY_COL, hparams_of, setting_of
+
     settings = []
     confirmed = ctx.tracker.children(CONFIRM_STAGE)
     if len(confirmed):
         gli = confirmed[confirmed[METHOD_COL] == STUDIED].copy()
         gli["setting"] = gli[TRIAL_KEY_COL].map(setting_of)
-        best = gli.groupby("setting")[SEL_FINAL].mean().sort_values(ascending=False).head(AUDIT_SETTINGS)
+        best = gli.groupby("setting")[SEL_FINAL].mean().sort_values(ascending=False).head(gli_settings)
         settings += [(STUDIED, hparams_of(gli[gli["setting"] == s].iloc[0])) for s in best.index]
     tuned = {s.method: s for s in searches[1:]}
-    for method in cfg.baselines:
+    for method in ctx.cfg.baselines:
         chosen = tuned[method].chosen(1) if method in tuned else [{}]
         settings += [(method, {**ctx.fixed_hparams(method), **c}) for c in chosen[:1]]
-    return runs + [{"method": m, "seed": s, "hparams": h, **here} for m, h in settings for s in range(k)]
+    return settings
+
+
+def ulira_stages(ctx: StudyContext, searches, after: tuple[str, ...]) -> list:
+    """U-LiRA's trials, on the audit's replicate (`AUDIT_REPLICATE`): models (seeds) 0..S-1 are the shadows and
+    `TARGET_SEED`.. the T targets. Model j's original trains on the retain set and half the forget candidates
+    (`trainables.audit.shadow_member_mask`) and its retrained model on the retain set (the replicate's own, so
+    the privacy audit's retrained models serve both); both come from the bank, and need not wait for confirm.
+    Once confirm has ended, model j of GLI's best setting and of each baseline's unlearns its half from its
+    original. The original and the retrained model are attacked too: the attack's ceiling and its floor."""
+    from trainables.audit import TARGET_SEED
+
+    models = [*range(ctx.cfg.shadows), *range(TARGET_SEED, TARGET_SEED + ctx.cfg.targets)]
+    here = {"replicate": AUDIT_REPLICATE}
+    shadows = ctx.grid(ULIRA_STAGE, [{"method": m, "seed": j, "hparams": {}, **here} for j in models
+                                     for m in REFERENCE_ROWS], label=f"{ULIRA_STAGE}-models")
+
+    def unlearning_runs() -> list[dict]:
+        return [{"method": m, "seed": j, "hparams": h, **here}
+                for m, h in audited_settings(ctx, searches, ULIRA_SETTINGS) for j in models]
+
+    return [shadows, ctx.grid(ULIRA_STAGE, unlearning_runs, after, shadows)]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -40,8 +40,8 @@ from trainables.base_models import default_configs
 from trainables.bundle import bundle_config, bundle_items, run_bundle
 from trainables.data import Dataset
 from trainables.methods import resolved_hparams
-from trainables.records import (FORGET_LOSSES, FORGET_SCORES, ITEM_SECONDS, ITEMS, UNSEEN_LOSSES, WAIT_STAGE,
-                                trial_key)
+from trainables.records import (FORGET_LOSSES, FORGET_SCORES, ITEM_SECONDS, ITEMS, SHADOW_MEMBERS, UNSEEN_LOSSES,
+                                WAIT_STAGE, trial_key)
 from trainables.trial import TrialSettings, TrialSpec, run_trial
 from trainables.unlearn import EvalConfig
 
@@ -75,7 +75,7 @@ def study_trial(config: dict, data: Dataset | None = None, settings: TrialSettin
     tune.report(run_trial(spec, settings, data))
 
 
-BULKY = (FORGET_LOSSES, UNSEEN_LOSSES, FORGET_SCORES)  # per-example arrays: MLflow artifacts, not the JSON log
+BULKY = (FORGET_LOSSES, UNSEEN_LOSSES, FORGET_SCORES, SHADOW_MEMBERS)  # per-example arrays: MLflow artifacts, not the JSON log
 
 
 def _slim(result: dict) -> dict:

@@ -261,7 +261,9 @@ def outcome(result: dict) -> tuple[str, dict, int, dict, dict, list]:
         arrays[records.LOSSES_ARTIFACT] = {"forget": result[records.FORGET_LOSSES],
                                            "unseen": result.get(records.UNSEEN_LOSSES, [])}
     if records.FORGET_SCORES in result:
-        arrays[records.SCORES_ARTIFACT] = {"forget": result[records.FORGET_SCORES]}
+        arrays[records.SCORES_ARTIFACT] = {"forget": result[records.FORGET_SCORES],
+                                           **({"member": result[records.SHADOW_MEMBERS]}
+                                              if records.SHADOW_MEMBERS in result else {})}
     return "FINISHED", metrics, int(result.get("steps", 0)), tags, arrays, curve
 
 

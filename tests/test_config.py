@@ -90,6 +90,9 @@ def test_bad_yaml(tmp_path, text, message):
     ({"sampler_seed": "zero"}, "--sampler-seed must be a whole number >= 0, got 'zero'"),
     ({"bundle_seconds": "1s"}, "--bundle-seconds must be a number, got '1s'"),
     ({"audit": True}, "--audit needs at least 2 models"),
+    ({"attack": "lira"}, "--attack must be ulira, got 'lira'"),
+    ({"attack": "ulira", "shadows": 3}, "--shadows must be an even whole number >= 2"),
+    ({"attack": "ulira", "targets": 0}, "--targets must be an even whole number >= 2"),
 ])
 def test_bad_values(values, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):

@@ -343,10 +343,33 @@ def test_audit_of_a_finished_study_then_resumed(smoke, capsys):
           f"simulated {ceiling['forget_quality_null_sim']:.4f}")
     # the two ceilings agree: retraining's own F against the simulated value at the same K and size
     assert ceiling["forget_quality_null_lo"] <= ceiling["forget_quality_null_sim"] <= ceiling["forget_quality_null_hi"]
-    stamps = {p.name: p.stat().st_mtime_ns for p in (results / "ray" / "models").iterdir()}
-    assert audit_main(["--experiment", "gli-digits-smoke", "--tracking-uri", uri, "--models", "4"]) == 0
+    # U-LiRA on the same study: its retrained models are the audit's (from the bank), its shadow originals new
+    models = results / "ray" / "models" / "models"  # the bank: `<models_dir>/models/*.pt`
+    before = set(p.name for p in models.iterdir())
+    ulira = ["--attack", "ulira", "--shadows", "2", "--targets", "2"]
+    assert audit_main(["--experiment", "gli-digits-smoke", "--tracking-uri", uri, *ulira]) == 0
+    out = capsys.readouterr().out
+    assert "U-LiRA, the per-example membership attack" in out and "Told apart from retraining:" in out
+    _, _, children = _runs(uri, "gli-digits-smoke")
+    attacked = [c for c in children if c.data.tags["stage"] == "ulira"]
+    seeds = {c.data.tags["seed"] for c in attacked}
+    assert seeds == {"0", "1", "10000", "10001"}  # two shadows, two targets
+    added = set(p.name for p in models.iterdir()) - before
+    assert sorted(n.split("-")[1] for n in added) == ["original"] * 4 + ["retrain"] * 2  # retrained 0, 1: the audit's
+    table = pd.read_csv(results / "ulira.csv")
+    assert set(table["method"]) == {"original", "retrain", *available()}
+    assert (table["shadows"] == 2).all() and (table["targets"] == 2).all()
+    for key in ("auc", "tpr_at_0.01", "tpr_at_0.05", "balanced_accuracy"):
+        assert ((0 <= table[f"{key}_lo"]) & (table[f"{key}_lo"] <= table[key]) & (table[key] <= table[f"{key}_hi"])
+                & (table[f"{key}_hi"] <= 1)).all()
+    floor = table[table["method"] == "retrain"].iloc[0]
+    assert floor["auc_lo"] <= 0.5 <= floor["auc_hi"]  # retraining never saw a candidate
+    assert (table["retrain_auc"] == floor["auc"]).all()
+    # every model of a second run of both audits comes from the bank and no trial runs again
+    stamps = {p.name: p.stat().st_mtime_ns for p in models.iterdir()}
+    assert audit_main(["--experiment", "gli-digits-smoke", "--tracking-uri", uri, "--models", "4", *ulira]) == 0
     assert "stage audit: " in capsys.readouterr().err
-    assert {p.name: p.stat().st_mtime_ns for p in (results / "ray" / "models").iterdir()} == stamps
+    assert {p.name: p.stat().st_mtime_ns for p in models.iterdir()} == stamps
     _, _, again = _runs(uri, "gli-digits-smoke")
     assert len(again) == len(children)  # nothing ran twice
 

@@ -16,6 +16,8 @@ results agree (tests/test_audit.py runs a CPU port of the published code beside 
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import math
 
 import numpy as np
@@ -236,3 +238,141 @@ def lira_log_ratio(target, unlearned, retrained, global_variance: bool = False) 
 
     (mu_in, sd_in), (mu_out, sd_out) = fit(unlearned), fit(retrained)
     return norm.logpdf(target, mu_in, sd_in) - norm.logpdf(target, mu_out, sd_out)
+
+
+# --- U-LiRA: the per-example attack over shadow models ------------------------------------------------------------
+
+ULIRA_TARGETS = 4  # held-out target models (two complementary pairs): every forget candidate is a member of two
+TARGET_SEED = 10_000  # U-LiRA's target models are seeds TARGET_SEED.. and its shadows seeds 0..S-1: a run's role is
+# its seed's, so more shadows can be added to a study later without touching its targets
+PER_EXAMPLE_VARIANCE_FROM = 64  # shadows from which each example's own spread is fitted; below, one global spread
+# (LiRA, Carlini et al. 2022: with fewer than about 64 shadows a global variance estimate attacks better)
+ULIRA_BOOTSTRAP = 1000  # resamples of the forget candidates behind each attack metric's interval
+FPR_LEVELS = (0.01, 0.05)  # the attack's TPR is read at these false-positive rates
+
+
+def shadow_member_mask(examples: int, key: str, model: int) -> np.ndarray:
+    """Which of the `examples` forget candidates shadow (or target) model `model` trains on and then forgets.
+
+    Models come in pairs (2i, 2i + 1) on complementary halves of one permutation drawn from (`key`, i), `key`
+    being the split's fingerprint: every candidate is forgotten by exactly one model of each pair and never
+    trained on by the other, so with S shadows each candidate has S/2 of each kind. The mask depends on the
+    model's index alone, so a trial needs no count of models to draw it."""
+    if examples < 2:
+        raise ValueError(f"U-LiRA needs at least 2 forget candidates, got {examples}")
+    seed = int(hashlib.sha256(str(key).encode()).hexdigest()[:16], 16)
+    order = np.random.default_rng([seed, model // 2]).permutation(examples)
+    member = np.zeros(examples, dtype=bool)
+    member[order[: examples // 2] if model % 2 == 0 else order[examples // 2:]] = True
+    return member
+
+
+def shadow_dataset(data, member: np.ndarray):
+    """The data set of a shadow (or target) model: its forget set the candidates in `member`, its training set
+    the retain set and those; the other candidates are never trained on. Its `split_fingerprint` differs from
+    `data`'s, so its original has its own entry in the bank."""
+    import torch
+
+    from .data.splits import concat
+
+    forget = data["forget"].subset(torch.from_numpy(np.flatnonzero(member)))
+    splits = {**data.splits, "forget": forget, "train": concat([data["retain"], forget])}
+    return dataclasses.replace(data, splits=splits)
+
+
+def ulira_log_ratios(scores, members, shadows: int, global_variance: bool | None = None):
+    """The attack on each target model: `scores` and `members` are [models, candidates], the first `shadows`
+    models the shadows and the rest the targets. Per candidate, the shadows that forgot it are one side and the
+    shadows that never trained on it the other (`lira_log_ratio`). Returns (log ratios [targets, candidates],
+    labels [targets, candidates], True where the target forgot the candidate). `global_variance` defaults to
+    True below `PER_EXAMPLE_VARIANCE_FROM` shadows."""
+    scores, members = np.asarray(scores, dtype=np.float64), np.asarray(members, dtype=bool)
+    if scores.shape != members.shape or scores.ndim != 2:
+        raise ValueError(f"scores and members must be [models, candidates] alike, got {scores.shape} and {members.shape}")
+    if shadows < 2 or shadows % 2 or scores.shape[0] - shadows < 1:
+        raise ValueError(f"need an even number >= 2 of shadows and at least one target, got {shadows} of "
+                         f"{scores.shape[0]} models")
+    inside_count = members[:shadows].sum(axis=0)
+    if not np.all(inside_count == shadows // 2):
+        raise ValueError("every candidate must be forgotten by exactly half the shadows (`shadow_member_mask`)")
+    order = np.argsort(~members[:shadows], axis=0, kind="stable")  # per candidate: the shadows that forgot it first
+    side = np.take_along_axis(scores[:shadows], order, axis=0)
+    if global_variance is None:
+        global_variance = shadows < PER_EXAMPLE_VARIANCE_FROM
+    ratio = lira_log_ratio(scores[shadows:], side[: shadows // 2], side[shadows // 2:], global_variance)
+    return ratio, members[shadows:]
+
+
+def roc(score, label) -> tuple[np.ndarray, np.ndarray]:
+    """(false-positive rates, true-positive rates) at every distinct threshold, from (0, 0) to (1, 1); a higher
+    score says member. Ties share one threshold, as scikit-learn's `roc_curve` (without dropping points)."""
+    score, label = np.asarray(score, dtype=np.float64).ravel(), np.asarray(label, dtype=bool).ravel()
+    positives, negatives = int(label.sum()), int((~label).sum())
+    if positives == 0 or negatives == 0:
+        raise ValueError("the attack needs members and non-members")
+    order = np.argsort(-score, kind="mergesort")
+    s, y = score[order], label[order]
+    last = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]  # each distinct score's last position
+    tp = np.cumsum(y)[last]
+    fp = (last + 1) - tp
+    return np.r_[0.0, fp / negatives], np.r_[0.0, tp / positives]
+
+
+def attack_metrics(score, label) -> dict:
+    """The attack's AUC, balanced accuracy (LiRA's: the best over thresholds of 1 - (FPR + FNR) / 2) and TPR at
+    each of `FPR_LEVELS` (LiRA's reading: the largest TPR among thresholds whose FPR is below the level)."""
+    fpr, tpr = roc(score, label)
+    out = {"auc": float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2)),
+           "balanced_accuracy": float(np.max(1 - (fpr + (1 - tpr)) / 2))}
+    for level in FPR_LEVELS:
+        out[f"tpr_at_{level:g}"] = float(tpr[fpr < level].max())
+    return out
+
+
+def attack_intervals(ratio, labels, draws: int = ULIRA_BOOTSTRAP, level: float = 0.95, seed: int = 0) -> dict:
+    """`attack_metrics` of [targets, candidates] scores and labels, each with a percentile bootstrap interval over
+    the candidates (a resampled candidate brings its every target), so the intervals stay inside [0, 1]. It is
+    the uncertainty from which examples were forgotten, given the shadows and targets."""
+    ratio, labels = np.atleast_2d(ratio), np.atleast_2d(labels)
+    point = attack_metrics(ratio, labels)
+    rng = np.random.default_rng(seed)
+    n = ratio.shape[1]
+    samples = {k: [] for k in point}
+    for _ in range(draws):
+        pick = rng.integers(0, n, n)
+        lab = labels[:, pick]
+        if lab.all() or not lab.any():
+            continue
+        for k, v in attack_metrics(ratio[:, pick], lab).items():
+            samples[k].append(v)
+    tail = (1 - level) / 2 * 100
+    out = {}
+    for k, v in point.items():
+        lo, hi = (np.percentile(samples[k], [tail, 100 - tail]) if samples[k] else (math.nan, math.nan))
+        out.update({k: v, f"{k}_lo": float(lo), f"{k}_hi": float(hi)})
+    return out
+
+
+def auc_difference_interval(ratio, labels, reference, reference_labels, draws: int = ULIRA_BOOTSTRAP,
+                            level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+    """AUC(`ratio`) - AUC(`reference`) with a paired percentile bootstrap interval over the candidates (one
+    resample of the candidates for both: the two attacks share candidates and targets). The reference is the
+    retrained model's attack: a method an attacker cannot tell from retraining has an interval that holds 0."""
+    ratio, labels = np.atleast_2d(ratio), np.atleast_2d(labels)
+    reference, reference_labels = np.atleast_2d(reference), np.atleast_2d(reference_labels)
+    if ratio.shape[1] != reference.shape[1]:
+        raise ValueError(f"the two attacks must score the same candidates, got {ratio.shape} and {reference.shape}")
+    point = attack_metrics(ratio, labels)["auc"] - attack_metrics(reference, reference_labels)["auc"]
+    rng = np.random.default_rng(seed)
+    n, diffs = ratio.shape[1], []
+    for _ in range(draws):
+        pick = rng.integers(0, n, n)
+        a, b = labels[:, pick], reference_labels[:, pick]
+        if a.all() or not a.any() or b.all() or not b.any():
+            continue
+        diffs.append(attack_metrics(ratio[:, pick], a)["auc"] - attack_metrics(reference[:, pick], b)["auc"])
+    if not diffs:
+        return point, math.nan, math.nan
+    tail = (1 - level) / 2 * 100
+    lo, hi = np.percentile(diffs, [tail, 100 - tail])
+    return float(point), float(lo), float(hi)

@@ -53,6 +53,8 @@ SETTINGS_PARAM = "trial_settings"  # on the parent run: the settings every trial
 LOSSES_ARTIFACT = "losses.npz"  # on a trial's run: its per-example forget and unseen report losses
 SCORES_ARTIFACT = "scores.npz"  # on an audit run: per forget example, the audit's score (see trainables.audit)
 AUDIT_STAGE = "audit"  # its runs share AUDIT_REPLICATE's split and start from its original; their seed seeds the run
+ULIRA_STAGE = "ulira"  # U-LiRA's shadow and target models on AUDIT_REPLICATE's split; a run's seed is the model's index
+SHADOW_MEMBERS = "shadow_members"  # a U-LiRA run's forget candidates, 1 where its model trained on and forgot one
 EXPORT_KIND = "gli-study-export"  # the `kind` of a file written by analysis.export
 CONFIRM_LIMIT = 5  # Pareto-optimal GLI settings confirmed on every reported replicate, best selection final score first
 

@@ -30,11 +30,11 @@ import torch
 from . import engine
 from .base_models import BaseRecipe, base_model, checkpoint_path
 from .data import DataConfig, Dataset, for_replicate
-from .audit import audit_scores
+from .audit import audit_scores, shadow_dataset, shadow_member_mask
 from .methods import REFERENCE_ROWS, create
 from .records import (ACCEL_TAG, AUDIT_STAGE, BANK_TAG, CURVE, ERROR, FINAL, FORGET_LOSSES, FORGET_SCORES,
-                      HARDWARE_TAG, ITEMS, REPLICATE_TAG, SEL_ACCURACY, SEL_FINAL, SEL_FORGETTING, SPLIT_FINGERPRINT_TAG,
-                      SPLIT_SEED_TAG, UNSEEN_LOSSES, WAIT, numbers)
+                      HARDWARE_TAG, ITEMS, REPLICATE_TAG, SEL_ACCURACY, SEL_FINAL, SEL_FORGETTING, SHADOW_MEMBERS,
+                      SPLIT_FINGERPRINT_TAG, SPLIT_SEED_TAG, ULIRA_STAGE, UNSEEN_LOSSES, WAIT, numbers)
 from .models import ModelConfig
 from .selection import Diverged
 from .unlearn import EvalConfig, reference_row, unlearn
@@ -123,26 +123,33 @@ def run_trial(spec: TrialSpec, settings: TrialSettings, data: Dataset, on_step=N
     device = engine.pick_device()
     placement[ACCEL_TAG] = json.dumps(settings.accel.in_effect(device), sort_keys=True)  # what ran, for exports
     models_dir = Path(settings.models_dir) if settings.models_dir else None  # None: the local checkpoint cache
-    audit = spec.stage == AUDIT_STAGE
+    audit = spec.stage in (AUDIT_STAGE, ULIRA_STAGE)  # a trial that scores the replicate's forget examples
     evaluation = replace(settings.evaluation, bootstrap=0) if audit else settings.evaluation
     # An audit's unlearning runs all start from its replicate's original (the challenge's setup: one original);
     # its retrained models are one per seed. Elsewhere a trial's seed is its base models' seed.
-    base_seed = spec.split_seed if audit and spec.method != "retrain" else spec.seed
+    base_seed = spec.split_seed if spec.stage == AUDIT_STAGE and spec.method != "retrain" else spec.seed
+    # U-LiRA's model `seed` trains on the retain set and its half of the forget candidates and forgets that half
+    # (`trainables.audit.shadow_member_mask`); the retrained model is the replicate's own (the retain set alone).
+    member = (shadow_member_mask(len(data["forget"]), data.split_fingerprint, spec.seed)
+              if spec.stage == ULIRA_STAGE else None)
+    work = shadow_dataset(data, member) if member is not None else data  # the data the model trains and unlearns on
+    source = {"original": work, "retrain": data}
     kinds = (spec.method,) if spec.method in REFERENCE_ROWS else REFERENCE_ROWS  # a base trial trains only its own
-    bases = {kind: base_model(data, kind, settings.model, settings.train, base_seed, device, models_dir)
+    bases = {kind: base_model(source[kind], kind, settings.model, settings.train, base_seed, device, models_dir)
              for kind in kinds}
+    members = {SHADOW_MEMBERS: member.astype(int).tolist()} if member is not None else {}
     if spec.method in REFERENCE_ROWS:
         model, seconds, cached = bases[spec.method]
         losses: dict = {}
-        row = reference_row(model, data, evaluation.protocol, seconds, losses, evaluation.bootstrap)
+        row = reference_row(model, source[spec.method], evaluation.protocol, seconds, losses, evaluation.bootstrap)
         row.update({FINAL: 1.0}, cached=float(cached), trial_seconds=time.perf_counter() - start,
                    ended_at=time.time(), **placement)
         if spec.method == "retrain":
             row["rte"] = 1.0
-        scores = {FORGET_SCORES: audit_scores(model, data, device).tolist()} if audit else {}
+        scores = {FORGET_SCORES: audit_scores(model, data, device).tolist(), **members} if audit else {}
         where = {k: v for k, v in placement.items() if isinstance(v, str)}  # node, hardware, accel: tags
-        where[BANK_TAG] = checkpoint_path(data, spec.method, settings.model, settings.train[spec.method], base_seed,
-                                          models_dir).name  # the bank entry, which an export names
+        where[BANK_TAG] = checkpoint_path(source[spec.method], spec.method, settings.model, settings.train[spec.method],
+                                          base_seed, models_dir).name  # the bank entry, which an export names
         return {**numbers(row), **where, **_loss_lists(losses), **scores}
     method = create(spec.method, data.name, **spec.hparams)
     startup = time.perf_counter() - start
@@ -155,7 +162,7 @@ def run_trial(spec: TrialSpec, settings: TrialSettings, data: Dataset, on_step=N
             on_eval(step, sel)
 
     try:
-        result = unlearn(method, bases["original"][0], data, spec.seed, device, evaluation,
+        result = unlearn(method, bases["original"][0], work, spec.seed, device, evaluation,
                          retrain_seconds=bases["retrain"][1], on_eval=report_eval, on_step=on_step,
                          accel=settings.accel)
         row = numbers(result["metrics"])
@@ -171,5 +178,5 @@ def run_trial(spec: TrialSpec, settings: TrialSettings, data: Dataset, on_step=N
         return {**nan, FINAL: 0.0, "diverged": 1.0, ERROR: str(exc), CURVE: curve, **placement}
     row.update({FINAL: 1.0}, startup_seconds=startup, trial_seconds=time.perf_counter() - start,
                pid=float(os.getpid()), ended_at=time.time(), peak_rss_mb=_peak_rss_mb(), **placement)
-    scores = {FORGET_SCORES: audit_scores(result["model"], data, device).tolist()} if audit else {}
+    scores = {FORGET_SCORES: audit_scores(result["model"], data, device).tolist(), **members} if audit else {}
     return {**row, **_loss_lists(result["losses"]), **scores, CURVE: curve}
