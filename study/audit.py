@@ -26,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///./results/<experiment>/mlflow.db)")
     parser.add_argument("--models", type=int, help="K: unlearning runs per setting and retrained models (the "
                         "challenge's forgetting quality)")
+    parser.add_argument("--audit-ceiling", choices=["retrained", "simulated"],
+                        help="F's ceiling from K more retrained models (default) or simulated (cheaper)")
     parser.add_argument("--attack", choices=["ulira"], help="U-LiRA, the per-example attack over shadow models")
     parser.add_argument("--shadows", type=int, help="with --attack ulira: shadow models per setting (even; default 16)")
     parser.add_argument("--targets", type=int, help="with --attack ulira: target models per setting (even; default 4)")
@@ -43,8 +45,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     flags = ["--config", str(config)] + (["--audit", str(args.models)] if args.models is not None else [])
     flags += ["--attack", args.attack] if args.attack else []
-    flags += [f for name in ("shadows", "targets") if getattr(args, name) is not None
-              for f in (f"--{name}", str(getattr(args, name)))]
+    flags += [f for name in ("shadows", "targets", "audit_ceiling") if getattr(args, name) is not None
+              for f in (f"--{name.replace('_', '-')}", str(getattr(args, name)))]
     return launch(flags + (["--tracking-uri", args.tracking_uri] if args.tracking_uri else []))
 
 

@@ -82,6 +82,7 @@ class StudyConfig:
     bundle_seconds: float = where(1.0)  # trials shorter than half this run several to a Tune trial (study/plan.py)
     max_failures: int = where(2)  # retries of a trial whose worker died (a diverging trial is never retried)
     audit: int = where(0)  # models per setting in the privacy audit after confirm (0: no audit; trainables/audit.py)
+    audit_ceiling: str = where("retrained")  # F's ceiling: from K more retrained models, or simulated (no training)
     attack: str | None = where(None)  # "ulira": U-LiRA's per-example attack after confirm (None: none)
     shadows: int = where(16)  # U-LiRA's shadow models per audited setting (even: complementary pairs)
     targets: int = where(ULIRA_TARGETS)  # U-LiRA's held-out target models per audited setting (even)
@@ -115,6 +116,8 @@ class StudyConfig:
             raise ConfigError(f"--bootstrap must be 0 (none) or a whole number >= 2, got {self.bootstrap!r}")
         if not _whole(self.audit, 0) or self.audit == 1:
             raise ConfigError(f"--audit needs at least 2 models per setting (the challenge used 512), got {self.audit}")
+        if self.audit_ceiling not in ("retrained", "simulated"):
+            raise ConfigError(f"--audit-ceiling must be retrained or simulated, got {self.audit_ceiling!r}")
         if self.attack not in (None, "ulira"):
             raise ConfigError(f"--attack must be ulira, got {self.attack!r}")
         for name, value in (("--shadows", self.shadows), ("--targets", self.targets)):

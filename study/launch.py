@@ -124,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(g, "--audit", "after confirm, audit GLI's best settings, each baseline and the original with K unlearning "
           "runs each against K retrained models (the unlearning challenge's forgetting quality; 0: no audit)",
           type=int, metavar="K")
+    _flag(g, "--audit-ceiling", "F's ceiling: measured from K more retrained models, or simulated from identical "
+          "score distributions at the same K and size (no training; labelled so)", choices=["retrained", "simulated"])
     _flag(g, "--attack", "after confirm, U-LiRA: per-example likelihood-ratio attacks on GLI's best setting, each "
           "baseline's, the original and the retrained model, from shadow models that forgot or never saw each "
           "forget example", choices=["ulira"])
@@ -307,7 +309,8 @@ def audit_runs(ctx: StudyContext, searches) -> list[dict]:
     setting."""
     k = ctx.cfg.audit
     here = {"replicate": AUDIT_REPLICATE}
-    runs = [{"method": "retrain", "seed": s, "hparams": {}, **here} for s in range(2 * k)]
+    retrained = 2 * k if ctx.cfg.audit_ceiling == "retrained" else k  # simulated: no second set to train
+    runs = [{"method": "retrain", "seed": s, "hparams": {}, **here} for s in range(retrained)]
     runs.append({"method": "original", "seed": AUDIT_REPLICATE, "hparams": {}, **here})  # one run stands for all K
     settings = audited_settings(ctx, searches, AUDIT_SETTINGS)
     return runs + [{"method": m, "seed": s, "hparams": h, **here} for m, h in settings for s in range(k)]

@@ -296,3 +296,30 @@ def test_ulira_on_synthetic_shadows_reaches_the_analytic_auc_and_its_floor():
     assert attack_metrics(*default)["auc"] > attack_metrics(*per_example)["auc"]
     with pytest.raises(ValueError, match="exactly half"):
         ulira_log_ratios(scores[1:], members[1:], shadows - 2)
+
+
+def test_the_cheap_ceiling_trains_no_second_set_of_retrained_models():
+    """`--audit-ceiling simulated` plans K retrained models, not 2K (the table then reads the simulated ceiling,
+    labelled `null_kind` simulated); U-LiRA's targets are seeds from TARGET_SEED on."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from study.config import resolve
+    from study.launch import audit_runs, ulira_stages
+    from trainables.audit import TARGET_SEED
+
+    for ceiling, retrained in (("retrained", 8), ("simulated", 4)):
+        cfg = resolve({"audit": 4, "audit_ceiling": ceiling, "baselines": ["finetune"], "shadows": 4, "targets": 2}, {})
+        ctx = SimpleNamespace(cfg=cfg, tracker=SimpleNamespace(children=lambda stage=None: pd.DataFrame()),
+                              fixed_hparams=lambda method: {})
+        runs = audit_runs(ctx, [])
+        assert sum(r["method"] == "retrain" for r in runs) == retrained
+        assert sum(r["method"] == "finetune" for r in runs) == 4
+    grids = []
+    ctx.grid = lambda stage, runs, after=(), needs=None, label=None: grids.append((stage, runs, needs, label)) or label
+    models, unlearning = ulira_stages(ctx, [], ("confirm",))
+    stage, runs, _, _ = grids[0]
+    assert stage == "ulira" and sorted({r["seed"] for r in runs}) == [0, 1, 2, 3, TARGET_SEED, TARGET_SEED + 1]
+    assert {r["replicate"] for r in runs} == {1}
+    assert [r["method"] for r in grids[1][1]()] == ["finetune"] * 6 and grids[1][2] == models

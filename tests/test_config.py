@@ -91,6 +91,7 @@ def test_bad_yaml(tmp_path, text, message):
     ({"bundle_seconds": "1s"}, "--bundle-seconds must be a number, got '1s'"),
     ({"audit": True}, "--audit needs at least 2 models"),
     ({"attack": "lira"}, "--attack must be ulira, got 'lira'"),
+    ({"audit_ceiling": "cheap"}, "--audit-ceiling must be retrained or simulated"),
     ({"attack": "ulira", "shadows": 3}, "--shadows must be an even whole number >= 2"),
     ({"attack": "ulira", "targets": 0}, "--targets must be an even whole number >= 2"),
 ])
