@@ -48,6 +48,7 @@ class StudyInfo:
     max_replicates: int | None = None
     margin: float = MARGIN
     round_size: int | None = None
+    baselines: list | None = None  # the study's baselines (None: a study recorded before the list: all of them)
 
     @property
     def label(self) -> str:
@@ -72,7 +73,8 @@ class StudyInfo:
         if not self.paper_baselines:
             trials = f" ({self.budget} trials)" if self.budget else ""
             return f" Every baseline searched with the same budget as GLI{trials}."
-        authors = [m for m in available() if get(m).defaults_from == "authors"]
+        authors = [m for m in available() if get(m).defaults_from == "authors"
+                   and (self.baselines is None or m in self.baselines)]
         return (" Baselines at fixed settings, not searched: the GLI notebooks' settings"
                 + (f"; {', '.join(authors)} (which the notebooks do not have) at their authors' defaults"
                    if authors else "") + ".")

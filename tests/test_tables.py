@@ -187,3 +187,15 @@ def test_paired_table_says_which_direction_favours_gli():
     text = paired_markdown(paired(rows, summarise(rows)), "t")
     assert "forgetting score: GLI's minus the baseline's; negative favours GLI" in text
     assert "final score: GLI's minus the baseline's; positive favours GLI" in text
+
+
+def test_the_preamble_names_only_the_study_s_own_authors_default_baselines():
+    from analysis.report import StudyInfo
+
+    base = {"experiment_name": "x", "dataset": "digits", "protocol": "paper", "objective": "pareto",
+            "paper_baselines": True, "results_dir": "/tmp/x"}
+    some = StudyInfo.from_params({**base, "baselines": ["finetune", "ssd"]}).baselines_note
+    assert "ssd (which the notebooks do not have)" in some and "salun" not in some
+    assert "(which the notebooks do not have)" not in StudyInfo.from_params({**base, "baselines": ["finetune"]}).baselines_note
+    every = StudyInfo.from_params(base).baselines_note  # a study recorded before the list: all of the registry's
+    assert all(m in every for m in ("salun", "random_labels", "l1_sparse", "ssd"))
