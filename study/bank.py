@@ -9,7 +9,8 @@ MLflow names its entry (tag `bank_key`) and exports list the entries behind thei
 so that a paper can release exactly those checkpoints.
 
   list    every entry: kind, seed, split, size, the compute it cost, age and whether it verifies
-  du      totals per data set and kind
+  du      totals per data set and kind (sizes and recorded training times; reads no weights, so it finds
+          unreadable files but not altered ones: `list` verifies)
   prune   remove entries by data set, kind, age, or those that fail to verify (and leftover
           temporary files); prints what it would remove unless given --yes
 """
@@ -48,9 +49,21 @@ def bank_folder(args: argparse.Namespace) -> Path:
     return inner if inner.is_dir() and not list(folder.glob("*.pt")) else folder
 
 
-def entries(folder: Path) -> list[dict]:
-    """One row per checkpoint (name order), each read and verified against its digest."""
+def entries(folder: Path, verify: bool = True) -> list[dict]:
+    """One row per checkpoint (name order), each read and verified against its digest; without `verify` only its
+    recorded training time and key are read (memory-mapped, no weights hashed: `du` of a bank of large models)."""
+    import torch
+
     from trainables.base_models import CheckpointError, read_checkpoint
+
+    def unverified(path: Path) -> dict:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as exc:  # a truncated zip and the like, as read_checkpoint says
+            raise CheckpointError(f"unreadable ({type(exc).__name__})") from None
+        if not isinstance(state, dict) or "seconds" not in state:
+            raise CheckpointError("not a base-model checkpoint")
+        return state
 
     rows = []
     for path in sorted(folder.glob("*.pt")):
@@ -61,7 +74,7 @@ def entries(folder: Path) -> list[dict]:
                "bytes": stat.st_size, "age_days": (time.time() - stat.st_mtime) / 86400, "seconds": float("nan"),
                "split": "", "status": "ok"}
         try:
-            state = read_checkpoint(path)
+            state = read_checkpoint(path) if verify else unverified(path)
             row["seconds"] = float(state["seconds"])
             key = json.loads(state["key"]) if isinstance(state.get("key"), str) else {}
             row["split"] = key.get("split", "")
@@ -144,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     if not folder.is_dir():
         print(f"error: no bank at {folder}", file=sys.stderr)
         return 2
-    rows = entries(folder)
+    rows = entries(folder, verify=args.command != "du")  # du sums sizes and recorded times; list and prune verify
     print(f"bank: {folder}")
     if args.command == "list":
         print(_list(rows))
