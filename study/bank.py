@@ -132,7 +132,7 @@ def select(rows: list[dict], args: argparse.Namespace) -> list[dict]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m study.bank", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="\n".join(__doc__.splitlines()[11:]))
+                                epilog="\n".join(__doc__.splitlines()[10:]))
     p.add_argument("command", choices=["list", "du", "prune"])
     where = p.add_mutually_exclusive_group()
     where.add_argument("--storage-path", help="a study's storage path (its bank is <storage path>/models)")
