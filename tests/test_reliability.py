@@ -319,13 +319,13 @@ def _check_tracking_matches_trials(uri: str, results: Path) -> None:
 
 
 @pytest.mark.slow
-def test_tracking_server_down_for_30_seconds_loses_nothing(tmp_path, mlflow_server):
-    """A real `mlflow server` stopped mid-search and started again 30 s later."""
+def test_tracking_server_down_for_15_seconds_loses_nothing(tmp_path, mlflow_server):
+    """A real `mlflow server` stopped mid-search and started again 15 s later (writes queue meanwhile)."""
     results = tmp_path / "r"
     proc = _start(results, tmp_path / "cache", "--tracking-uri", mlflow_server.uri, "--tracking-outage", "180")
     _wait_for(proc, "[study] gli: 1/4 done")
     mlflow_server.stop()
-    time.sleep(30)
+    time.sleep(15)
     mlflow_server.start()
     out = proc.communicate(timeout=600)[0]
     assert proc.returncode == 0, out[-3000:]
@@ -379,10 +379,10 @@ def test_server_stopped_between_a_child_s_create_and_its_first_batch_loses_no_pa
 
     proxy = StoppingProxy(mlflow_server, stop_after)
     results = tmp_path / "r"
-    # trials run in bundles once a stage's first three have ended: every baseline, so that some stage has more
-    # trials than the slots take at once
+    # trials run in bundles once a stage's first three have ended: four replicates, so that the confirm stage has
+    # more trials than the slots take at once
     proc = _start(results, tmp_path / "cache", "--tracking-uri", proxy.uri, "--tracking-outage", "120",
-                  "--bundle-seconds", "60", baselines=None)
+                  "--bundle-seconds", "60", "--replicates", "4")
     out = proc.communicate(timeout=600)[0]
     proxy.close()
     assert proc.returncode == 0, out[-3000:]

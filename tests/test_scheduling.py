@@ -2,7 +2,7 @@
 
 With actor reuse and Tune's FIFO choice, a trial shorter than a worker's start-up killed a
 starting worker each time it ended, and the run stayed on the first worker (study/plan.py,
-`SpareStartingWorkers`). Here real Tune runs 8 slots (logical CPUs) with a searcher that, like
+`SpareStartingWorkers`). Here real Tune runs 4 slots (logical CPUs) with a searcher that, like
 the study's plan, hands out one trial at a time for each free slot, and every worker after the
 first finishes starting only once `SLOTS` trials have ended: trials are then shorter than a
 start-up by construction, whatever the machine's speed.
@@ -23,8 +23,8 @@ from ray.tune.search import Searcher
 
 from study.plan import SpareStartingWorkers
 
-SLOTS = 8  # logical CPUs: more worker start-ups than this machine's cores run at once
-TRIALS = 48
+SLOTS = 4  # logical CPUs: more worker start-ups than this machine's 2 cores run at once
+TRIALS = 24
 START_LIMIT_S = 120.0  # a starting worker waits at most this long for the trials to end (a hang guard)
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import this test module
 
