@@ -379,10 +379,10 @@ def test_server_stopped_between_a_child_s_create_and_its_first_batch_loses_no_pa
 
     proxy = StoppingProxy(mlflow_server, stop_after)
     results = tmp_path / "r"
-    # trials run in bundles once a stage's first three have ended: four replicates, so that the confirm stage has
-    # more trials than the slots take at once
+    # trials run in bundles once a stage's first three have ended: every baseline, so that some stage has more
+    # trials than the slots take at once (four replicates of two baselines left no stage so: no bundle)
     proc = _start(results, tmp_path / "cache", "--tracking-uri", proxy.uri, "--tracking-outage", "120",
-                  "--bundle-seconds", "60", "--replicates", "4")
+                  "--bundle-seconds", "60", baselines=None)
     out = proc.communicate(timeout=600)[0]
     proxy.close()
     assert proc.returncode == 0, out[-3000:]
