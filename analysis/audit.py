@@ -148,9 +148,8 @@ def ulira_table(study) -> pd.DataFrame:
     for (method, setting), group in runs.groupby(["method", "setting"], sort=False):
         seeds, scores, members = [], [], []
         for _, r in group.sort_values("model").iterrows():
-            s, m = study.load_scores(r["run_id"]), study.load_members(r["run_id"])
-            if s is not None and m is not None:
-                seeds.append(r["model"]), scores.append(s), members.append(m)
+            if (read := study.load_attack(r["run_id"])) is not None:
+                seeds.append(r["model"]), scores.append(read[0]), members.append(read[1])
         have = set(seeds)
         # a shadow counts only with its pair partner (each candidate must be forgotten by half the shadows)
         keep = [i for i, j in enumerate(seeds) if j >= TARGET_SEED or (j ^ 1) in have]

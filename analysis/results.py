@@ -36,10 +36,13 @@ class StudyRecords:
         arrays = records.load_arrays(self.client, run_id, records.SCORES_ARTIFACT)
         return None if arrays is None else arrays["forget"]
 
-    def load_members(self, run_id: str):
-        """A U-LiRA run's forget candidates: True where its model trained on and then forgot one."""
+    def load_attack(self, run_id: str):
+        """A U-LiRA run's (scores, members) from one read of its artifact: members True where its model trained on
+        and then forgot a candidate; None when either is missing."""
         arrays = records.load_arrays(self.client, run_id, records.SCORES_ARTIFACT)
-        return None if arrays is None or "member" not in arrays else arrays["member"].astype(bool)
+        if arrays is None or "member" not in arrays:
+            return None
+        return arrays["forget"], arrays["member"].astype(bool)
 
 
 def open_study(experiment: str, tracking_uri: str | None) -> tuple[StudyRecords, dict, dict]:
