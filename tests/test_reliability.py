@@ -42,12 +42,14 @@ def _runs(uri: str, experiment: str):
 BASELINES = ["finetune", "ssd"]
 
 
-def _start(results: Path, cache: Path, *extra: str, baselines: list[str] | None = BASELINES) -> subprocess.Popen:
-    """The smoke study in a process of its own, with `baselines` (None: every baseline)."""
+def _start(results: Path, cache: Path, *extra: str, settings: dict | None = None) -> subprocess.Popen:
+    """The smoke study with `BASELINES` in a process of its own; or, given `settings`, the study they make
+    (a YAML config, not the smoke test, whose budget is 4 at most), named as the smoke study."""
     env = {**os.environ, "GLI_CACHE_DIR": str(cache), "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
     config = results.parent / "study.yaml"  # beside the results: the rerun reads the same file, the same study
-    config.write_text(yaml.safe_dump({"baselines": baselines} if baselines else {}))
-    return subprocess.Popen([sys.executable, "-m", "study.launch", "--smoke-test", "--config", str(config),
+    config.write_text(yaml.safe_dump(settings or {"baselines": BASELINES}))
+    how = ["--experiment-name", "gli-digits-smoke"] if settings else ["--smoke-test"]
+    return subprocess.Popen([sys.executable, "-m", "study.launch", *how, "--config", str(config),
                              "--results-dir", str(results), *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT,
                             start_new_session=True)
@@ -290,7 +292,7 @@ def _tune_trials(results: Path) -> dict[str, dict]:
     return out
 
 
-def _check_resumed_once(uri: str, results: Path) -> None:
+def _check_resumed_once(uri: str, results: Path, budget: int = 4) -> None:
     """The parent FINISHED, no trial recorded twice, nothing RUNNING, and the Optuna study and the FINISHED
     GLI children agreeing one to one, the budget met."""
     parents, children = _runs(uri, "gli-digits-smoke")
@@ -300,13 +302,13 @@ def _check_resumed_once(uri: str, results: Path) -> None:
     assert len(keys) == len(set(keys))  # no trial recorded twice
     gli = [c for c in children if c.data.tags["stage"] == "gli" and c.info.status == "FINISHED"]
     complete = [t for t in _study(results).trials if t.state.name == "COMPLETE"]
-    assert len(gli) == len(complete) == 4
+    assert len(gli) == len(complete) == budget
 
 
-def _check_tracking_matches_trials(uri: str, results: Path) -> None:
+def _check_tracking_matches_trials(uri: str, results: Path, budget: int = 4) -> None:
     """As `_check_resumed_once`, and the final MLflow state equals what the trials reported to Tune: one
     FINISHED child per trial with the same final metrics."""
-    _check_resumed_once(uri, results)
+    _check_resumed_once(uri, results, budget)
     _, children = _runs(uri, "gli-digits-smoke")
     by_trial = {c.data.tags["trial_id"]: c for c in children if c.info.status == "FINISHED"}
     reported = _tune_trials(results)
@@ -379,10 +381,12 @@ def test_server_stopped_between_a_child_s_create_and_its_first_batch_loses_no_pa
 
     proxy = StoppingProxy(mlflow_server, stop_after)
     results = tmp_path / "r"
-    # trials run in bundles once a stage's first three have ended: every baseline, so that some stage has more
-    # trials than the slots take at once (four replicates of two baselines left no stage so: no bundle)
+    # trials run in bundles once a stage's first three have ended and more are left than the slots take at once:
+    # searches of 10 trials (the smoke test's budget, 4, is asked for at once and leaves none to bundle)
+    settings = {"baselines": ["finetune"], "replicates": 1, "base_epochs": 3, "method_epochs": 1, "eval_every": 7,
+                "budget": 10}
     proc = _start(results, tmp_path / "cache", "--tracking-uri", proxy.uri, "--tracking-outage", "120",
-                  "--bundle-seconds", "60", baselines=None)
+                  "--bundle-seconds", "60", settings=settings)
     out = proc.communicate(timeout=600)[0]
     proxy.close()
     assert proc.returncode == 0, out[-3000:]
@@ -395,7 +399,8 @@ def test_server_stopped_between_a_child_s_create_and_its_first_batch_loses_no_pa
         assert records.trial_key(tags["stage"], tags["method"], int(tags["seed"]), hparams) == tags["trial_key"], (
             tags["trial_key"], c.data.params)
         assert tags["stage"] == "base" or hparams  # every unlearning trial has hyper-parameters
-    _check_tracking_matches_trials(mlflow_server.uri, results)
+    assert any("#" in c.data.tags["trial_id"] for c in children)  # some trials ran in a bundle
+    _check_tracking_matches_trials(mlflow_server.uri, results, budget=10)
 
 
 def _writer_of(launcher: int) -> int:
