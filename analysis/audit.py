@@ -136,7 +136,8 @@ def ulira_table(study) -> pd.DataFrame:
     retrained model's own values (the floor: the attack on retraining itself) and the AUC's paired difference
     from them, its interval Bonferroni-adjusted over the rows; `distinguishable` where that interval lies above 0.
     Empty when the study has no U-LiRA runs."""
-    from trainables.audit import TARGET_SEED, attack_intervals, auc_difference_interval, ulira_log_ratios
+    from trainables.audit import (TARGET_SEED, attack_draws, attack_intervals, auc_difference_interval,
+                                  ulira_log_ratios)
     from trainables.records import ULIRA_STAGE
 
     runs = study.children(ULIRA_STAGE)
@@ -162,14 +163,18 @@ def ulira_table(study) -> pd.DataFrame:
                                          shadows)
         attacks[(method, setting)] = (ratio, labels, shadows, len(keep) - shadows)
     rows = []
-    floor = next((v for (m, _), v in attacks.items() if m == "retrain"), None)
+    floor_key = next((key for key in attacks if key[0] == "retrain"), None)
+    floor = attacks.get(floor_key)
+    floor_draws = attack_draws(floor[0], floor[1]) if floor is not None else None  # once, paired with every row's
     compared = sum(m != "retrain" for m, _ in attacks)
     level = 1 - FAMILY_RATE / max(compared, 1)
     for (method, setting), (ratio, labels, shadows, targets) in attacks.items():
+        draws = floor_draws if (method, setting) == floor_key else attack_draws(ratio, labels)
         row = {"method": method, "setting": setting, "shadows": shadows, "targets": targets,
-               "candidates": ratio.shape[1], **attack_intervals(ratio, labels)}
+               "candidates": ratio.shape[1], **attack_intervals(ratio, labels, samples=draws)}
         if floor is not None and method != "retrain" and floor[0].shape[1] == ratio.shape[1]:
-            diff, lo, hi = auc_difference_interval(ratio, labels, floor[0], floor[1], level=level)
+            diff, lo, hi = auc_difference_interval(ratio, labels, floor[0], floor[1], level=level, samples=draws,
+                                                   reference_samples=floor_draws)
             row.update(auc_vs_retrain=diff, auc_vs_retrain_lo=lo, auc_vs_retrain_hi=hi,
                        distinguishable=bool(lo > 0))
         rows.append(row)

@@ -263,8 +263,8 @@ def test_ulira_on_synthetic_shadows_reaches_the_analytic_auc_and_its_floor():
     variance, which attacks better there (16 shadows: AUC 0.726 against 0.700 per candidate, three draws)."""
     from scipy.stats import norm
 
-    from trainables.audit import (attack_intervals, attack_metrics, auc_difference_interval, shadow_member_mask,
-                                  ulira_log_ratios)
+    from trainables.audit import (attack_draws, attack_intervals, attack_metrics, auc_difference_interval,
+                                  shadow_member_mask, ulira_log_ratios)
 
     rng = np.random.default_rng(4)
     examples, shadows, targets = 400, 64, 4
@@ -286,6 +286,10 @@ def test_ulira_on_synthetic_shadows_reaches_the_analytic_auc_and_its_floor():
         assert 0 <= strong[f"{key}_lo"] <= strong[key] <= strong[f"{key}_hi"] <= 1
     diff, lo, hi = auc_difference_interval(*attacks[1.0][:2], *attacks[0.0][:2], draws=300)
     assert diff == pytest.approx(strong["auc"] - null["auc"]) and lo > 0
+    drawn = [attack_draws(*attacks[d][:2], draws=300) for d in (1.0, 0.0)]  # once each, as a table draws them
+    assert auc_difference_interval(*attacks[1.0][:2], *attacks[0.0][:2], samples=drawn[0],
+                                   reference_samples=drawn[1]) == (diff, lo, hi)
+    assert attack_intervals(*attacks[1.0][:2], samples=drawn[0]) == strong
     same = auc_difference_interval(*attacks[0.0][:2], *attacks[0.0][:2], draws=50)
     assert same == (0.0, 0.0, 0.0)
     few = np.r_[0:16, shadows:shadows + targets]  # 16 shadows and the same targets

@@ -329,50 +329,65 @@ def attack_metrics(score, label) -> dict:
     return out
 
 
-def attack_intervals(ratio, labels, draws: int = ULIRA_BOOTSTRAP, level: float = 0.95, seed: int = 0) -> dict:
-    """`attack_metrics` of [targets, candidates] scores and labels, each with a percentile bootstrap interval over
-    the candidates (a resampled candidate brings its every target), so the intervals stay inside [0, 1]. It is
-    the uncertainty from which examples were forgotten, given the shadows and targets."""
+def attack_draws(ratio, labels, draws: int = ULIRA_BOOTSTRAP, seed: int = 0) -> dict[str, np.ndarray]:
+    """`attack_metrics` of [targets, candidates] scores and labels on each of `draws` resamples of the candidates
+    (a resampled candidate brings its every target): one array per metric, NaN where a resample holds members
+    only or none. The resamples depend on `seed` and the number of candidates alone, so two attacks on the same
+    candidates, drawn with one seed, are paired draw by draw (`auc_difference_interval`)."""
     ratio, labels = np.atleast_2d(ratio), np.atleast_2d(labels)
-    point = attack_metrics(ratio, labels)
     rng = np.random.default_rng(seed)
     n = ratio.shape[1]
-    samples = {k: [] for k in point}
-    for _ in range(draws):
+    out: dict[str, np.ndarray] = {}
+    for d in range(draws):
         pick = rng.integers(0, n, n)
         lab = labels[:, pick]
         if lab.all() or not lab.any():
             continue
         for k, v in attack_metrics(ratio[:, pick], lab).items():
-            samples[k].append(v)
+            out.setdefault(k, np.full(draws, math.nan))[d] = v
+    return out
+
+
+def _percentiles(samples: np.ndarray | None, level: float) -> tuple[float, float]:
+    """The central `level` percentile interval of the finite `samples`; NaNs when there are none."""
+    finite = np.asarray([] if samples is None else samples, dtype=np.float64)
+    finite = finite[np.isfinite(finite)]
+    if len(finite) == 0:
+        return math.nan, math.nan
     tail = (1 - level) / 2 * 100
+    lo, hi = np.percentile(finite, [tail, 100 - tail])
+    return float(lo), float(hi)
+
+
+def attack_intervals(ratio, labels, draws: int = ULIRA_BOOTSTRAP, level: float = 0.95, seed: int = 0,
+                     samples: dict[str, np.ndarray] | None = None) -> dict:
+    """`attack_metrics` of [targets, candidates] scores and labels, each with a percentile bootstrap interval over
+    the candidates (`attack_draws`; pass them as `samples` when already drawn), so the intervals stay inside
+    [0, 1]. It is the uncertainty from which examples were forgotten, given the shadows and targets."""
+    point = attack_metrics(ratio, labels)
+    samples = attack_draws(ratio, labels, draws, seed) if samples is None else samples
     out = {}
     for k, v in point.items():
-        lo, hi = (np.percentile(samples[k], [tail, 100 - tail]) if samples[k] else (math.nan, math.nan))
-        out.update({k: v, f"{k}_lo": float(lo), f"{k}_hi": float(hi)})
+        lo, hi = _percentiles(samples.get(k), level)
+        out.update({k: v, f"{k}_lo": lo, f"{k}_hi": hi})
     return out
 
 
 def auc_difference_interval(ratio, labels, reference, reference_labels, draws: int = ULIRA_BOOTSTRAP,
-                            level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+                            level: float = 0.95, seed: int = 0, samples: dict[str, np.ndarray] | None = None,
+                            reference_samples: dict[str, np.ndarray] | None = None) -> tuple[float, float, float]:
     """AUC(`ratio`) - AUC(`reference`) with a paired percentile bootstrap interval over the candidates (one
     resample of the candidates for both: the two attacks share candidates and targets). The reference is the
-    retrained model's attack: a method an attacker cannot tell from retraining has an interval that holds 0."""
-    ratio, labels = np.atleast_2d(ratio), np.atleast_2d(labels)
-    reference, reference_labels = np.atleast_2d(reference), np.atleast_2d(reference_labels)
+    retrained model's attack: a method an attacker cannot tell from retraining has an interval that holds 0.
+    `samples` and `reference_samples`, when given, are the two attacks' `attack_draws` with the same `draws` and
+    `seed` (a table of many attacks draws the reference's once)."""
+    ratio, reference = np.atleast_2d(ratio), np.atleast_2d(reference)
     if ratio.shape[1] != reference.shape[1]:
         raise ValueError(f"the two attacks must score the same candidates, got {ratio.shape} and {reference.shape}")
     point = attack_metrics(ratio, labels)["auc"] - attack_metrics(reference, reference_labels)["auc"]
-    rng = np.random.default_rng(seed)
-    n, diffs = ratio.shape[1], []
-    for _ in range(draws):
-        pick = rng.integers(0, n, n)
-        a, b = labels[:, pick], reference_labels[:, pick]
-        if a.all() or not a.any() or b.all() or not b.any():
-            continue
-        diffs.append(attack_metrics(ratio[:, pick], a)["auc"] - attack_metrics(reference[:, pick], b)["auc"])
-    if not diffs:
-        return point, math.nan, math.nan
-    tail = (1 - level) / 2 * 100
-    lo, hi = np.percentile(diffs, [tail, 100 - tail])
-    return float(point), float(lo), float(hi)
+    a = attack_draws(ratio, labels, draws, seed) if samples is None else samples
+    b = attack_draws(reference, reference_labels, draws, seed) if reference_samples is None else reference_samples
+    if "auc" not in a or "auc" not in b:
+        return float(point), math.nan, math.nan
+    lo, hi = _percentiles(a["auc"] - b["auc"], level)  # NaN where either resample was one-sided
+    return float(point), lo, hi
