@@ -25,9 +25,9 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from trainables.metrics import final_score
-from trainables.records import (ERROR, FINAL, METHOD_COL, SEL_ACCURACY, SEL_FINAL, SEL_FORGETTING, TRIAL_KEY_COL,
-                                TUNING_REPLICATE, journal_path,
-                                optuna_study_name, repair_journal)
+from trainables.records import (AUDIT_STAGE, ERROR, FINAL, METHOD_COL, SEL_ACCURACY, SEL_FINAL, SEL_FORGETTING,
+                                TRIAL_KEY_COL, TUNING_REPLICATE, ULIRA_STAGE, journal_path, optuna_study_name,
+                                repair_journal)
 from trainables.trial import TrialSpec
 
 from . import internals
@@ -37,6 +37,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 PROGRESS_EVERY_S = 2.0  # at most one progress line per stage in this time, but for failures and the last trial
 ESTIMATE_AFTER = 3  # a stage's trials that must have ended before its time left is estimated
+UNSCORED = (AUDIT_STAGE, ULIRA_STAGE)  # stages whose trials' selection final scores are not a goal: none in their lines
 ESTIMATE_OVER = 12  # ... from the pace of its last this many (a stage may wait for slots at first)
 
 
@@ -111,6 +112,7 @@ class Stage:
         self.printed = 0.0  # when the last progress line was printed
         self.first_error: str | None = None
         self.best, self.best_method = -math.inf, ""  # best selection final score so far, and whose
+        self.scored = stage not in UNSCORED  # whether a best final score means anything in its progress lines
         self.clock = clock if clock is not None else time.time()  # the study's start: one clock for every line
         self.started = 0.0  # when this stage was activated
         self.ended_at: deque[float] = deque(maxlen=ESTIMATE_OVER)  # when its last trials were done (the estimate)
@@ -182,7 +184,7 @@ class Stage:
         """The stage's progress line: trials done, the best so far (whose, on which split), time left."""
         failed = f" ({self.failed} failed)" if self.failed else ""
         best = (f"; best final score on the selection split {self.best:.4f} ({self.best_method})"
-                if math.isfinite(self.best) else "")
+                if self.scored and math.isfinite(self.best) else "")
         left, ended = self.planned - self.done, self.ended_at
         eta = ""
         if 0 < left and len(ended) >= ESTIMATE_AFTER and ended[-1] > ended[0]:  # its trials' recent pace is known

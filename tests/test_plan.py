@@ -263,6 +263,9 @@ def test_progress_lines_keep_one_study_clock_name_the_best_and_estimate_what_is_
     assert line.endswith("[2m10s]")  # the study's clock: 130 s since it started, not 30 s since the stage did
     assert "about 45s left" in line  # 3 to go at one every 15 s
     assert "left" not in GridStage(ctx, "base", []).progress(now=1130.0)
+    audit = GridStage(ctx, "audit", [])  # an audit's selection scores are not a goal: no best in its lines
+    audit._better(0.9, "gli")
+    assert "audit: 0/0 done" in audit.progress(now=1130.0) and "best" not in audit.progress(now=1130.0)
 
     # A resumed stage's best includes the trials an earlier run finished.
     finished = pd.DataFrame({"tags.trial_key": ["confirm/gli/0"], "tags.method": ["gli"], "sel_final_score": [0.99]})
