@@ -16,6 +16,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -115,13 +116,26 @@ class Tracker:
         except Exception as exc:  # MLflow raises many kinds; the user needs one line
             raise TrackingError(f"tracking URI {uri}: {str(exc).splitlines()[0]}") from None
         self.parent_id: str | None = None
+        # children() read again only once something was written since: a resumed study's rounds, activated one
+        # after another with nothing run between them, would otherwise read the same runs once per round
+        self.writes = 0  # writes submitted so far
+        self.read: dict[tuple, tuple[int, pd.DataFrame]] = {}  # (stage, status) -> (writes before the read, runs)
+        self.read_lock = threading.Lock()
+
+    def _submit(self, kind: str, **kwargs) -> None:
+        with self.read_lock:
+            self.writes += 1
+        self.writer.submit(kind, **kwargs)
 
     def flush(self) -> None:
         """Wait until every queued write is in the store (reads call this first)."""
         self.writer.flush()
 
-    def __getstate__(self) -> dict:  # Tune saves its callbacks: the writer and its process stay behind
-        return {**self.__dict__, "writer": None}
+    def __getstate__(self) -> dict:  # Tune saves its callbacks: the writer, its process and the reads stay behind
+        return {**self.__dict__, "writer": None, "read": {}, "read_lock": None}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, read_lock=threading.Lock())
 
     # --- parent ------------------------------------------------------------------------
     def start_parent(self, study_key: str, name: str, params: dict, tags: dict) -> tuple[str, bool]:
@@ -153,7 +167,7 @@ class Tracker:
         """Children left RUNNING by a study that was killed: marked KILLED (a retried trial reopens its own)."""
         stale = self.children(status="RUNNING")
         for run_id in stale.get("run_id", []):
-            self.writer.submit("kill", run_id=run_id)
+            self._submit("kill", run_id=run_id)
         self.flush()
         return len(stale)
 
@@ -165,7 +179,7 @@ class Tracker:
 
     def log_parent_metrics(self, metrics: dict) -> None:
         """The study's headline numbers on its parent run, so that studies sort and compare in the runs table."""
-        self.writer.submit("log_parent", run_id=self.parent_id, metrics=records.numbers(metrics))
+        self._submit("log_parent", run_id=self.parent_id, metrics=records.numbers(metrics))
 
     def checkpoint(self) -> None:
         """Fold a sqlite:/// store's write-ahead log into the database file, so that `mlflow.db` alone holds
@@ -184,16 +198,25 @@ class Tracker:
 
     def describe_parent(self, markdown: str) -> None:
         """The parent run's description in the UI (the study's summary tables, `parent_note`)."""
-        self.writer.submit("set_tag", run_id=self.parent_id, key=NOTE_TAG, value=parent_note(markdown))
+        self._submit("set_tag", run_id=self.parent_id, key=NOTE_TAG, value=parent_note(markdown))
 
     def log_artifact(self, path: Path, folder: str | None = None) -> None:
-        self.writer.submit("log_artifact", run_id=self.parent_id, path=str(path), folder=folder)
+        self._submit("log_artifact", run_id=self.parent_id, path=str(path), folder=folder)
 
     # --- children ----------------------------------------------------------------------
     def children(self, stage: str | None = None, status: str | None = "FINISHED") -> pd.DataFrame:
+        """The study's child runs of `stage` (None: all) with `status` (None: any), once every queued write is in;
+        read from the store again only when something has been written since the last such read."""
+        with self.read_lock:
+            writes, cached = self.writes, self.read.get((stage, status))
+        if cached is not None and cached[0] == writes:
+            return cached[1].copy()
         self.flush()
-        return self.writer.call(lambda attempt: records.child_runs(self.client, self.experiment_id, self.parent_id,
-                                                                  stage, status))
+        runs = self.writer.call(lambda attempt: records.child_runs(self.client, self.experiment_id, self.parent_id,
+                                                                   stage, status))
+        with self.read_lock:
+            self.read[(stage, status)] = (writes, runs)  # as of the writes counted before the read began
+        return runs.copy()
 
     def _child_tags(self, key: str, stage: str, method: str, seed: int, trial_id: str) -> tuple[str, dict]:
         name = f"{stage}-{method}-s{seed}-{records.setting_of(key)[:6]}"  # one setting's seeds share the suffix
@@ -206,19 +229,19 @@ class Tracker:
         A child left RUNNING or FAILED by an earlier attempt of the same trial is reused, not duplicated."""
         first = first or {}
         name, tags = self._child_tags(key, stage, method, seed, trial_id)
-        self.writer.submit("open", key=key, name=name, tags=tags, params=params,
+        self._submit("open", key=key, name=name, tags=tags, params=params,
                            first_tags=first.get("tags", {}), first_metrics=records.numbers(first.get("metrics")))
         return RunHandle(key)
 
     def log(self, handle: RunHandle, metrics: dict | None = None, step: int = 0, tags: dict | None = None) -> None:
-        self.writer.submit("log", key=handle.key, metrics=records.numbers(metrics), step=step, tags=tags)
+        self._submit("log", key=handle.key, metrics=records.numbers(metrics), step=step, tags=tags)
 
     def finish(self, handle: RunHandle, status: str, metrics: dict | None = None, step: int = 0,
                tags: dict | None = None, arrays: dict | None = None, curve: list[dict] | None = None,
                then=None) -> None:
         """The trial's last writes and its status, in one queued write: its final metrics after the points of
         its `curve` (one dict of selection metrics and `step` per evaluation); `then(run_id)` once they are in."""
-        self.writer.submit("finish", then=then, key=handle.key, status=status,
+        self._submit("finish", then=then, key=handle.key, status=status,
                            metrics=records.numbers(metrics), step=step, tags=tags or {}, arrays=arrays or {},
                            points=_points(curve))
 
@@ -230,7 +253,7 @@ class Tracker:
         write: created (or the run an earlier attempt left reused) with its tags, params, metrics, curve and
         arrays, then terminated; `then(run_id)` once it is all in."""
         name, run_tags = self._child_tags(key, stage, method, seed, trial_id)
-        self.writer.submit("write_ended", then=then, key=key, name=name, tags={**run_tags, **(tags or {})},
+        self._submit("write_ended", then=then, key=key, name=name, tags={**run_tags, **(tags or {})},
                            params=params, status=status, metrics=records.numbers(metrics), step=step, arrays=arrays or {},
                            points=_points(curve), started=started, ended=ended)
 

@@ -321,3 +321,23 @@ def test_a_long_report_is_cut_at_a_line_where_mlflow_would_cut_it_anywhere():
     assert len(note) <= NOTE_LIMIT and note.endswith("the `summary/summary.md` artifact of this run)\n")
     body = note.split("\n\n(cut here")[0]
     assert long.startswith(body) and body.endswith("|")  # whole rows only
+
+
+def test_children_are_read_again_only_after_a_write(tmp_path, monkeypatch):
+    """A resumed study activates its rounds one after another with nothing run between them: each asks for the
+    same children, which are read from the store once; any write since makes the next ask read again."""
+    tracker = _tracker(tmp_path)
+    tracker.write_ended("k1", "gli", "gli", 0, {}, "t1", "FINISHED", {"accuracy": 0.5})
+    reads = []
+    real = records.child_runs
+    monkeypatch.setattr(records, "child_runs", lambda *args: reads.append(args[3:]) or real(*args))
+    first = tracker.children("gli")
+    first.loc[:, "accuracy"] = 0.0  # a caller that changes what it got changes nothing for the next
+    again = tracker.children("gli")
+    assert reads == [("gli", "FINISHED")] and again["accuracy"].tolist() == [0.5]
+    tracker.children()  # another question: read once
+    tracker.children()
+    assert reads == [("gli", "FINISHED"), (None, "FINISHED")]
+    tracker.write_ended("k2", "gli", "gli", 1, {}, "t2", "FINISHED", {"accuracy": 0.7})
+    assert sorted(tracker.children("gli")["accuracy"]) == [0.5, 0.7] and len(reads) == 3  # read after the write
+    tracker.end_parent("FINISHED")
