@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from trainables.audit import forget_quality, forget_quality_interval, forget_quality_null
+from trainables.audit import EPSILON_CAP, forget_quality, forget_quality_interval, forget_quality_null
 from trainables.records import AUDIT_STAGE, METHOD_COL, SEED_COL, TRIAL_KEY_COL, setting_of
 
+CEILING = "retrain/ceiling"  # the epsilons of the measured ceiling (retrained against retrained) in audit_table's dict
 NULL_DRAWS = 10  # simulated audits behind each ceiling (about half a second each at 100 examples)
 COLUMNS = [("forget_quality", "F", 4), ("forget_quality_lo", "F low", 4), ("forget_quality_hi", "F high", 4),
            ("forget_quality_null", "ceiling", 4), ("challenge_score", "challenge score", 4),
@@ -31,7 +32,9 @@ def _scores(study, runs: pd.DataFrame) -> np.ndarray | None:
 
 
 def audit_table(study) -> tuple[pd.DataFrame, dict]:
-    """(one row per audited setting, {method/setting: epsilons}); empty when the study has no audit."""
+    """(one row per audited setting, {method/setting: epsilons}); empty when the study has no audit. The dict
+    also holds, under `CEILING`, the epsilons of the measured ceiling (retrained against retrained) where it was
+    measured."""
     runs = study.children(AUDIT_STAGE)
     if len(runs) == 0:
         return pd.DataFrame(), {}
@@ -47,7 +50,8 @@ def audit_table(study) -> tuple[pd.DataFrame, dict]:
         null = forget_quality(second, retrained)
         measured = (null["forget_quality"], *forget_quality_interval(null["epsilons"], k))
     base = runs[runs["method"] == "retrain"]
-    rows, epsilons, ceilings = [], {}, {}
+    rows, ceilings = [], {}
+    epsilons = {CEILING: null["epsilons"]} if measured is not None else {}
     for (method, setting), group in runs[runs["method"] != "retrain"].groupby(["method", "setting"], sort=False):
         unlearned = _scores(study, group)
         if unlearned is None:
@@ -108,22 +112,100 @@ def to_markdown(table: pd.DataFrame, title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_epsilons(epsilons: dict, title: str, base: Path) -> list[Path]:
-    """Each audited setting's distribution of per-example epsilon, the original's drawn in every panel."""
+EPSILON_SHOWN = 6.0  # finite epsilons are drawn up to this (at K models they reach about ln(K - 1))
+
+
+def epsilon_shares(values) -> tuple[np.ndarray, np.ndarray, float]:
+    """What the epsilon figure draws of one setting: its bounded epsilons (clipped to the range shown), each one's
+    weight (its share of the examples), and the share the audit caps as unbounded. An undefined epsilon (NaN:
+    scores no point in F) is left out."""
+    values = np.asarray(values, dtype=np.float64)
+    values = values[~np.isnan(values)]
+    n = max(len(values), 1)
+    bounded = np.clip(values[values < EPSILON_CAP], 0, EPSILON_SHOWN)
+    return bounded, np.full(len(bounded), 1 / n), float(np.sum(values >= EPSILON_CAP) / n)
+
+
+def plot_epsilons(epsilons: dict, title: str, base: Path, table: pd.DataFrame | None = None) -> list[Path]:
+    """Each audited setting's per-example epsilons (share of the forget examples per bin), beside the original's
+    (forgets nothing) and, where measured, the ceiling's own (retrained against retrained: what indistinguishable
+    models give at this K); the epsilons the audit caps as unbounded (`EPSILON_CAP`: the two sets of scores
+    separate) in a bar of their own, marked infinite. With `table` (audit_table's), each panel's title gives F,
+    its interval and its ceiling."""
     from .plots import panels
 
-    names = [n for n in epsilons if not n.startswith("original/")]
+    names = [n for n in epsilons if not n.startswith("original/") and n != CEILING]
     control = next((v for n, v in epsilons.items() if n.startswith("original/")), None)
-    bins = np.linspace(0, 6, 25)
+    ceiling = epsilons.get(CEILING)
+    bins = np.linspace(0, EPSILON_SHOWN, 25)
+    gap = 0.5  # the infinite bar stands apart from the finite range
+    infinite_at = EPSILON_SHOWN + gap
+    rows = {f"{r['method']}/{r['setting']}": r for _, r in table.iterrows()} if table is not None else {}
 
     def draw(ax, name):
-        if control is not None:
-            ax.hist(np.clip(control, 0, 6), bins=bins, color="#d62728", alpha=0.4, label="original", density=True)
-        ax.hist(np.clip(epsilons[name], 0, 6), bins=bins, color="#1f77b4", alpha=0.6, label="unlearned", density=True)
+        for values, style in ((control, {"color": "#d62728", "alpha": 0.35, "label": "original (forgets nothing)"}),
+                              (epsilons[name], {"color": "#1f77b4", "alpha": 0.6, "label": "unlearned"})):
+            if values is None:
+                continue
+            bounded, weights, unbounded = epsilon_shares(values)
+            ax.hist(bounded, bins=bins, weights=weights, **style)
+            ax.bar(infinite_at, unbounded, width=0.4, color=style["color"], alpha=style["alpha"])
+        if ceiling is not None:
+            bounded, weights, unbounded = epsilon_shares(ceiling)
+            ax.hist(bounded, bins=bins, weights=weights, histtype="step", color="black", linewidth=1.0,
+                    label="retrained vs retrained (the ceiling)")
+            ax.bar(infinite_at, unbounded, width=0.4, fill=False, edgecolor="black", linewidth=1.0)
+        ticks = list(range(int(EPSILON_SHOWN) + 1))
+        ax.set_xticks(ticks + [infinite_at], [str(t) for t in ticks] + ["inf"])
         method, setting = name.split("/")
-        ax.set_title(f"{method} {setting[:6]}", fontsize=8)
+        label = f"{method} {setting[:6]}"
+        if (row := rows.get(name)) is not None:
+            label += (f"\nF {row['forget_quality']:.3f} [{row['forget_quality_lo']:.3f}, "
+                      f"{row['forget_quality_hi']:.3f}] of {row['forget_quality_null']:.3f} ({row['null_kind']})")
+        ax.set_title(label, fontsize=8)
 
-    return panels(names, draw, f"per-example epsilon (clipped at 6); {title}", "epsilon", base, size=(3.0, 2.4))
+    heading = ("per-example epsilon of the forget examples: unlearned against retrained models; the bar at inf: "
+               f"unbounded (capped at {EPSILON_CAP:g}: the two sets of scores separate); F read against its ceiling, "
+               f"not 1; {title}")
+    return panels(names, draw, heading, "per-example epsilon (privacy loss at delta 1e-5)", base, size=(3.2, 2.6),
+                  ylabel="share of forget examples")
+
+
+def plot_forget_quality(table: pd.DataFrame, title: str, base: Path) -> list[Path]:
+    """F of each audited setting with its interval, against its ceiling (F between two sets of retrained models at
+    the same K: the most an unlearned model can score here), marked with its own interval where measured."""
+    import matplotlib.pyplot as plt
+
+    from .plots import _save, _wrap
+
+    if len(table) == 0:
+        return []
+    rows = table.sort_values("forget_quality").reset_index(drop=True)
+    fig, ax = plt.subplots(figsize=(6.4, 0.9 + 0.32 * len(rows)))
+    y = np.arange(len(rows))
+    f = rows["forget_quality"].to_numpy(float)
+    lo, hi = rows["forget_quality_lo"].to_numpy(float), rows["forget_quality_hi"].to_numpy(float)
+    ax.errorbar(f, y, xerr=[f - lo, hi - f], fmt="o", color="#1f77b4", capsize=3, markersize=4,
+                label="F, 95% interval over the forget examples")
+    ceilings = rows["forget_quality_null"].to_numpy(float)
+    kinds = rows["null_kind"].astype(str).tolist()
+    if np.allclose(ceilings, ceilings[0]) and len(set(kinds)) == 1:
+        kind = "retrained vs retrained" if kinds[0] == "retrained" else kinds[0]
+        ax.axvline(ceilings[0], color="black", linewidth=1.2, label=f"ceiling ({kind}): {ceilings[0]:.3f}")
+        if {"forget_quality_null_lo", "forget_quality_null_hi"} <= set(rows) and kinds[0] == "retrained":
+            ax.axvspan(float(rows["forget_quality_null_lo"].iloc[0]), float(rows["forget_quality_null_hi"].iloc[0]),
+                       color="black", alpha=0.1, label="its 95% interval")
+    else:  # settings audited at different K: each its own ceiling
+        ax.plot(ceilings, y, "|", color="black", markersize=12, label="ceiling at the setting's K")
+    ax.set_yticks(y, [f"{m} {s[:6]}" for m, s in zip(rows["method"], rows["setting"])], fontsize=7)
+    ax.set_xlim(0, 1.15 * max(np.nanmax(np.r_[hi, ceilings]), 1e-3))
+    ax.set_xlabel("forgetting quality F (read against the ceiling, not 1)", fontsize=8)
+    ax.set_ylabel("audited setting", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title("\n".join(_wrap(f"forgetting quality against its ceiling; {title}", 90)), fontsize=9)
+    fig.tight_layout()
+    return _save(fig, base)
 
 
 ULIRA_COLUMNS = [("auc", "AUC", 3), ("tpr_at_0.01", "TPR at 1% FPR", 3), ("tpr_at_0.05", "TPR at 5% FPR", 3),

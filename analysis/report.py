@@ -22,7 +22,7 @@ from trainables.records import (BASE_STAGE, BASELINE_STAGE, CONFIRM_LIMIT, CONFI
                                 optuna_study_name, setting_of, write_atomic)
 
 from . import plots, sequential, tables, tuning
-from .audit import audit_table, plot_epsilons, ulira_markdown, ulira_table
+from .audit import audit_table, plot_epsilons, plot_forget_quality, ulira_markdown, ulira_table
 from .audit import to_markdown as audit_markdown
 from .pareto import pareto_front
 from .tables import MARGIN
@@ -226,7 +226,8 @@ def build_report(study: StudyRecords, info: StudyInfo, out_dir: Path) -> tuple[p
                                     out_dir / "search")
         written += plots.plot_losses(_losses(study, rows, summary), info.title, out_dir / "losses")
         if epsilons:
-            written += plot_epsilons(epsilons, info.title, out_dir / "audit_epsilons")
+            written += plot_epsilons(epsilons, info.title, out_dir / "audit_epsilons", audit)
+        written += plot_forget_quality(audit, info.title, out_dir / "audit_quality")
         written += plots.plot_tuning(curves, info.title, out_dir / "tuning")
         search = studies.get(STUDIED)
         if search is not None:

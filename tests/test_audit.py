@@ -327,3 +327,45 @@ def test_the_cheap_ceiling_trains_no_second_set_of_retrained_models():
     assert stage == "ulira" and sorted({r["seed"] for r in runs}) == [0, 1, 2, 3, TARGET_SEED, TARGET_SEED + 1]
     assert {r["replicate"] for r in runs} == {1}
     assert [r["method"] for r in grids[1][1]()] == ["finetune"] * 6 and grids[1][2] == models
+
+
+def test_the_audit_figures_mark_the_ceiling_label_their_axes_and_call_unbounded_epsilons_so(monkeypatch, tmp_path):
+    """The epsilon panels: a share of the examples per bin, the ceiling's own epsilons (retrained against
+    retrained) drawn beside, the capped epsilons in a bar of their own ticked "inf", F and its ceiling in each
+    title. The F figure: each F with its interval and the ceiling as a line with its interval."""
+    import pandas as pd
+
+    from analysis import plots
+    from analysis.audit import CEILING, epsilon_shares, plot_epsilons, plot_forget_quality
+
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, base: figures.append(fig) or [base])
+    eps = np.array([0.5, 1.0, 7.0, EPSILON_CAP, EPSILON_CAP, np.nan])
+    bounded, weights, unbounded = epsilon_shares(eps)
+    assert bounded.tolist() == [0.5, 1.0, 6.0] and weights == pytest.approx([0.2] * 3) and unbounded == 0.4
+    row = {"forget_quality_null": 0.17, "forget_quality_null_lo": 0.16, "forget_quality_null_hi": 0.18,
+           "null_kind": "retrained"}
+    table = pd.DataFrame([{"method": "gli", "setting": "abcdef12", "forget_quality": 0.04, "forget_quality_lo": 0.03,
+                           "forget_quality_hi": 0.05, **row},
+                          {"method": "original", "setting": "0123", "forget_quality": 0.0, "forget_quality_lo": 0.0,
+                           "forget_quality_hi": 0.0, **row}])
+    plot_epsilons({"gli/abcdef12": eps, "original/0123": np.full(6, EPSILON_CAP), CEILING: np.array([1.0, 2.0])},
+                  "t", tmp_path / "e", table)
+    plot_forget_quality(table, "t", tmp_path / "f")
+    panels, quality = figures
+    assert len(panels.axes) == 1  # one panel: the original and the ceiling are drawn in it, not beside it
+    ax = panels.axes[0]
+    assert "F 0.040 [0.030, 0.050] of 0.170 (retrained)" in ax.get_title()
+    assert ax.get_xticklabels()[-1].get_text() == "inf"
+    inf_tick = ax.get_xticks()[-1]
+    bars = [p for p in ax.patches if hasattr(p, "get_x")]  # the step outline is a polygon
+    apart = sorted(round(p.get_height(), 6) for p in bars if abs(p.get_x() + p.get_width() / 2 - inf_tick) < 1e-9)
+    assert apart == [0.0, 0.4, 1.0]  # the ceiling's none, the unlearned 2 of 5 defined, the original all
+    assert panels._supylabel.get_text() == "share of forget examples" and "epsilon" in panels._supxlabel.get_text()
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "retrained vs retrained (the ceiling)" in labels
+    qa = quality.axes[0]
+    ceiling = [line for line in qa.lines if list(line.get_xdata()) == [0.17, 0.17]]
+    assert ceiling and "ceiling (retrained vs retrained): 0.170" in [t.get_text() for t in qa.get_legend().get_texts()]
+    assert "not 1" in qa.get_xlabel() and qa.get_ylabel()
+    assert qa.get_xlim()[0] == 0 and qa.get_xlim()[1] > 0.18  # the ceiling's interval is in view
