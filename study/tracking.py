@@ -230,7 +230,7 @@ class Tracker:
         first = first or {}
         name, tags = self._child_tags(key, stage, method, seed, trial_id)
         self._submit("open", key=key, name=name, tags=tags, params=params,
-                           first_tags=first.get("tags", {}), first_metrics=records.numbers(first.get("metrics")))
+                     first_tags=first.get("tags", {}), first_metrics=records.numbers(first.get("metrics")))
         return RunHandle(key)
 
     def log(self, handle: RunHandle, metrics: dict | None = None, step: int = 0, tags: dict | None = None) -> None:
@@ -242,8 +242,8 @@ class Tracker:
         """The trial's last writes and its status, in one queued write: its final metrics after the points of
         its `curve` (one dict of selection metrics and `step` per evaluation); `then(run_id)` once they are in."""
         self._submit("finish", then=then, key=handle.key, status=status,
-                           metrics=records.numbers(metrics), step=step, tags=tags or {}, arrays=arrays or {},
-                           points=_points(curve))
+                     metrics=records.numbers(metrics), step=step, tags=tags or {}, arrays=arrays or {},
+                     points=_points(curve))
 
     def write_ended(self, key: str, stage: str, method: str, seed: int, params: dict, trial_id: str, status: str,
                metrics: dict | None = None, step: int = 0, tags: dict | None = None, arrays: dict | None = None,
@@ -254,8 +254,8 @@ class Tracker:
         arrays, then terminated; `then(run_id)` once it is all in."""
         name, run_tags = self._child_tags(key, stage, method, seed, trial_id)
         self._submit("write_ended", then=then, key=key, name=name, tags={**run_tags, **(tags or {})},
-                           params=params, status=status, metrics=records.numbers(metrics), step=step, arrays=arrays or {},
-                           points=_points(curve), started=started, ended=ended)
+                     params=params, status=status, metrics=records.numbers(metrics), step=step, arrays=arrays or {},
+                     points=_points(curve), started=started, ended=ended)
 
 
 IGNORED = (records.FINAL, "step", "pid", "timestamp", "time_this_iter_s", "done", "training_iteration",
