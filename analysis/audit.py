@@ -136,25 +136,26 @@ def plot_epsilons(epsilons: dict, title: str, base: Path, table: pd.DataFrame | 
 
     names = [n for n in epsilons if not n.startswith("original/") and n != CEILING]
     control = next((v for n, v in epsilons.items() if n.startswith("original/")), None)
-    ceiling = epsilons.get(CEILING)
     bins = np.linspace(0, EPSILON_SHOWN, 25)
-    gap = 0.5  # the infinite bar stands apart from the finite range
-    infinite_at = EPSILON_SHOWN + gap
+    infinite_at = EPSILON_SHOWN + 0.5  # the unbounded bar stands apart from the finite range
     rows = {f"{r['method']}/{r['setting']}": r for _, r in table.iterrows()} if table is not None else {}
 
+    def layer(values, label: str, color: str, alpha: float | None = None):
+        """(the shares to draw, the histogram's keywords, the unbounded bar's): filled, or (no alpha) an outline."""
+        if alpha is None:
+            return (epsilon_shares(values), {"label": label, "color": color, "histtype": "step", "linewidth": 1.0},
+                    {"fill": False, "edgecolor": color, "linewidth": 1.0})
+        return epsilon_shares(values), {"label": label, "color": color, "alpha": alpha}, {"color": color, "alpha": alpha}
+
+    # the original's and the ceiling's layers are the same in every panel: their shares are taken once
+    shared = [layer(control, "original (forgets nothing)", "#d62728", 0.35)] if control is not None else []
+    ceiling = [layer(epsilons[CEILING], "retrained vs retrained (the ceiling)", "black")] if CEILING in epsilons else []
+
     def draw(ax, name):
-        for values, style in ((control, {"color": "#d62728", "alpha": 0.35, "label": "original (forgets nothing)"}),
-                              (epsilons[name], {"color": "#1f77b4", "alpha": 0.6, "label": "unlearned"})):
-            if values is None:
-                continue
-            bounded, weights, unbounded = epsilon_shares(values)
-            ax.hist(bounded, bins=bins, weights=weights, **style)
-            ax.bar(infinite_at, unbounded, width=0.4, color=style["color"], alpha=style["alpha"])
-        if ceiling is not None:
-            bounded, weights, unbounded = epsilon_shares(ceiling)
-            ax.hist(bounded, bins=bins, weights=weights, histtype="step", color="black", linewidth=1.0,
-                    label="retrained vs retrained (the ceiling)")
-            ax.bar(infinite_at, unbounded, width=0.4, fill=False, edgecolor="black", linewidth=1.0)
+        for (bounded, weights, unbounded), hist, bar in [*shared, layer(epsilons[name], "unlearned", "#1f77b4", 0.6),
+                                                         *ceiling]:
+            ax.hist(bounded, bins=bins, weights=weights, **hist)
+            ax.bar(infinite_at, unbounded, width=0.4, **bar)
         ticks = list(range(int(EPSILON_SHOWN) + 1))
         ax.set_xticks(ticks + [infinite_at], [str(t) for t in ticks] + ["inf"])
         method, setting = name.split("/")
