@@ -10,11 +10,16 @@ hears of a trial only once its run is written).
 
 A write that fails because the store cannot be reached is retried with backoff, in place,
 so later writes stay behind it (`Retry`); past `outage_s` the process reports the outage
-and skips the rest, and the launcher raises `TrackingError`. The process never outlives
-the launcher: it exits as soon as its parent is gone, without writing what was still
-queued (the resume rules cover that: a trial whose run was not written is run again).
+and skips the rest, and the launcher raises `TrackingError`. A write the store refuses is
+skipped with a warning; any other failure is a bug, which stops the study as an outage does
+(its traceback on stderr); how a failure is told apart, and the outage clock, are in
+`study.outages`. The process never outlives the launcher: it exits as soon as its parent
+is gone, without writing what was still queued (the resume rules cover that: a trial
+whose run was not written is run again).
 
-Run as `python -m study.writer` by `Writer`; it imports MLflow, not Ray or PyTorch.
+This module holds both ends of that pipe: `Writer`, the launcher's side, and `_serve`, the
+process's loop; the writes themselves are `study.store.Store`'s operations. Run as
+`python -m study.writer` by `Writer`; it imports MLflow, not Ray or PyTorch.
 """
 
 from __future__ import annotations
@@ -22,7 +27,6 @@ from __future__ import annotations
 import os
 import pickle
 import queue
-import re
 import signal
 import subprocess
 import shutil
@@ -32,217 +36,8 @@ import threading
 import time
 from pathlib import Path
 
-from trainables import records
-
-# HTTP statuses that say the server (or a proxy in front of it) cannot answer now, not that it refused the write.
-TRANSIENT_STATUS = frozenset({408, 429, 502, 503, 504})
-HTTP_STATUS = re.compile(r"API request to endpoint \S+ failed with error code (\d{3}) != \d{3}")  # MLflow's words
-
-
-class TrackingError(RuntimeError):
-    """The tracking store cannot be reached or written: one line for the user."""
-
-
-def _chain(exc: BaseException):
-    """`exc` and the exceptions it was raised from or while handling (MLflow's client wraps the one that
-    says what happened, a connection error, in an exception of its own)."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        yield exc
-        exc = exc.__cause__ or exc.__context__
-
-
-def unreachable(exc: BaseException) -> bool:
-    """Whether `exc` says the store could not be reached (worth retrying), not that a write was refused:
-    a connection error or time-out anywhere in its chain, an HTTP status that says "not now" (a proxy's 502,
-    an overloaded server's 503, MLflow's own retries of those given up), or SQLite's lock time-out. A
-    refused write (any other 4xx or 5xx, a value the store will not take) is not retried."""
-    import requests
-    import sqlite3
-    from mlflow.exceptions import MlflowException, RestException
-
-    for link in _chain(exc):
-        if isinstance(link, (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
-                             requests.exceptions.RetryError, ConnectionError, TimeoutError)):
-            return True
-        if isinstance(link, sqlite3.OperationalError) and "database is locked" in str(link):
-            return True
-        if isinstance(link, MlflowException):
-            if link.get_http_status_code() in TRANSIENT_STATUS:
-                return True
-            # A non-JSON answer (a proxy's 502 page): MLflow keeps the status only in its own sentence
-            said = None if isinstance(link, RestException) else HTTP_STATUS.match(link.message)
-            if said and int(said.group(1)) in TRANSIENT_STATUS:
-                return True
-            # SQLite's lock time-out reaches us wrapped by SQLAlchemy and MLflow, its text kept (a server
-            # sends it back as an internal error); a REST answer's text is the server's, so not read.
-            if not isinstance(link, RestException) and "(sqlite3.OperationalError) database is locked" in link.message:
-                return True
-    return False
-
-
-class Retry:
-    """Runs `write(attempt)`, retrying while the store is unreachable (1 s doubling to 10 s); raises
-    `TrackingError` once it has been unreachable for more than `outage_s`."""
-
-    def __init__(self, outage_s: float, uri: str, pending=None):
-        self.outage_s, self.uri, self.pending = outage_s, uri, pending
-        self.down_since: float | None = None
-
-    def __call__(self, write):
-        attempt, delay = 0, 1.0
-        while True:
-            try:
-                result = write(attempt)
-            except Exception as exc:
-                if not unreachable(exc):
-                    raise
-                now = time.time()
-                if self.down_since is None:
-                    self.down_since = now
-                    print(f"[tracking] warning: {self.uri} unreachable ({str(exc).splitlines()[0][:160]}); "
-                          f"writes are queued and retried for up to {self.outage_s:.0f}s", file=sys.stderr, flush=True)
-                if now - self.down_since > self.outage_s:
-                    raise TrackingError(
-                        f"tracking URI {self.uri} unreachable for more than {self.outage_s:.0f}s (--tracking-outage); "
-                        "the study stopped: start the tracking server and run the same command again to resume"
-                    ) from None
-                time.sleep(delay)
-                attempt, delay = attempt + 1, min(2 * delay, 10.0)
-                continue
-            if self.down_since is not None:
-                queued = f"{self.pending()} queued write(s)" if self.pending else "queued writes"
-                print(f"[tracking] {self.uri} reachable again after {time.time() - self.down_since:.0f}s; "
-                      f"{queued} continue", file=sys.stderr, flush=True)
-                self.down_since = None
-            return result
-
-
-class Store:
-    """The writes themselves, run in the writer process with its own MLflow client. Trials are named by
-    their trial key; the process keeps each key's run id (an earlier attempt's run is reused, never
-    duplicated: a create whose answer was lost is looked up before it is retried)."""
-
-    def __init__(self, uri: str, experiment_id: str, parent_id: str, scratch: Path):
-        from mlflow.tracking import MlflowClient
-
-        self.uri, self.client = uri, MlflowClient(tracking_uri=uri)
-        self.experiment_id, self.parent_id = experiment_id, parent_id
-        self.known: dict[str, str] | None = None  # trial key -> run id, loaded on first use
-        self.repos: dict[str, object] = {}  # run id -> artifact repository, for the runs created here
-        self.scratch = scratch  # where artifacts are staged
-
-    def _known(self) -> dict[str, str]:
-        if self.known is None:
-            df = records.child_runs(self.client, self.experiment_id, self.parent_id, None, None)
-            self.known = dict(zip(df[records.TRIAL_KEY_COL], df["run_id"])) if len(df) else {}
-        return self.known
-
-    def _find(self, key: str) -> str | None:
-        """The run of `key` as the store holds it now (read again: a retried create may have happened)."""
-        self.known = None
-        return self._known().get(key)
-
-    def _create(self, key: str, name: str, tags: dict, started: float | None = None) -> str:
-        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
-
-        run = self.client.create_run(self.experiment_id, run_name=name, tags=tags,
-                                     start_time=int(started * 1000) if started else None)
-        self._known()[key] = run.info.run_id
-        self.repos[run.info.run_id] = get_artifact_repository(run.info.artifact_uri, tracking_uri=self.uri)
-        return run.info.run_id
-
-    def _batch(self, run_id: str, metrics: dict | None = None, step: int = 0, params: dict | None = None,
-               tags: dict | None = None, points: list | None = None) -> None:
-        """Metrics (the curve `points`, (name, value, step) each, and the final values at `step`), params and
-        tags of one run in as few requests as MLflow allows (1,000 entries each). Curves and final values
-        have names of their own (`records.CURVE_PREFIX`), so a curve holds evaluations only."""
-        from mlflow.entities import Metric, Param, RunTag
-
-        now = int(time.time() * 1000)
-        items = [Metric(k, v, now, s) for k, v, s in points or []] + [
-            Metric(k, float(v), now, step) for k, v in (metrics or {}).items()]
-        params_ = [Param(k, records.param_text(v)) for k, v in (params or {}).items() if v is not None]
-        tags_ = [RunTag(k, str(v)) for k, v in (tags or {}).items()]
-        if not (items or params_ or tags_):
-            return
-        first = True
-        for i in range(0, max(1, len(items)), 900):
-            self.client.log_batch(run_id, metrics=items[i : i + 900], params=params_ if first else [],
-                                  tags=tags_ if first else [])
-            first = False
-
-    def _arrays(self, run_id: str, arrays: dict) -> None:
-        """Float arrays as compressed .npz artifacts, one per name (`records.load_arrays` reads them)."""
-        for name, values in arrays.items():
-            records.save_arrays(self.client, run_id, name, self.scratch, self.repos.get(run_id), **values)
-
-    # --- the operations `Writer.submit` names; each takes the attempt number first ------------
-    def _run(self, key: str, name: str, tags: dict, attempt: int, started: float | None = None) -> tuple[str, bool]:
-        """The run of trial `key`: the one an earlier attempt (or an earlier study) left, or a new one;
-        returns (run id, created now)."""
-        run_id = self._known().get(key) or (self._find(key) if attempt else None)
-        if run_id is not None:
-            return run_id, False
-        return self._create(key, name, tags, started), True
-
-    def _missing(self, run_id: str, params: dict) -> dict:
-        """The params a run found again lacks (a create whose batch failed left none); those it has stay as
-        written (MLflow refuses a param logged again with another value, e.g. in an older encoding)."""
-        have = self.client.get_run(run_id).data.params
-        return {k: v for k, v in params.items() if k not in have}
-
-    def open(self, attempt: int, key: str, name: str, tags: dict, params: dict, first_tags: dict,
-             first_metrics: dict) -> str:
-        """A trial's run as it starts: created, or the one an earlier attempt left reopened, with whichever
-        of its params that run lacks."""
-        run_id, created = self._run(key, name, tags, attempt)
-        if not created:
-            self.client.update_run(run_id, status="RUNNING")
-        self._batch(run_id, first_metrics, params=params if created else self._missing(run_id, params),
-                    tags=first_tags if created else {records.TRIAL_ID_TAG: tags[records.TRIAL_ID_TAG], **first_tags})
-        return run_id
-
-    def log(self, attempt: int, key: str, metrics: dict | None = None, step: int = 0, tags: dict | None = None) -> str:
-        run_id = self._known()[key]
-        self._batch(run_id, metrics, step, tags=tags)
-        return run_id
-
-    def finish(self, attempt: int, key: str, status: str, metrics: dict, step: int, tags: dict, arrays: dict,
-               points: list) -> str:
-        run_id = self._known()[key]
-        self._batch(run_id, metrics, step, tags=tags, points=points)
-        self._arrays(run_id, arrays)
-        self.client.set_terminated(run_id, status=status)
-        return run_id
-
-    def write_ended(self, attempt: int, key: str, name: str, tags: dict, params: dict, status: str, metrics: dict,
-               step: int, arrays: dict, points: list, started: float | None, ended: float | None) -> str:
-        """A trial written whole once it has ended (an item of a bundle): three requests, not five (a run found
-        again: its missing params, as in `open`)."""
-        run_id, created = self._run(key, name, tags, attempt, started)
-        self._batch(run_id, metrics, step, params=params if created else self._missing(run_id, params),
-                    tags=None if created else tags, points=points)
-        self._arrays(run_id, arrays)
-        self.client.set_terminated(run_id, status=status, end_time=int(ended * 1000) if ended else None)
-        return run_id
-
-    def log_parent(self, attempt: int, run_id: str, metrics: dict) -> str:
-        """The study's headline numbers on its parent run."""
-        self._batch(run_id, metrics)
-        return run_id
-
-    def kill(self, attempt: int, run_id: str) -> None:
-        """A run left RUNNING by a killed study: marked interrupted and KILLED."""
-        self.client.set_tag(run_id, "interrupted", "true")
-        self.client.set_terminated(run_id, status="KILLED")
-
-    def set_tag(self, attempt: int, run_id: str, key: str, value: str) -> None:
-        self.client.set_tag(run_id, key, value)
-
-    def log_artifact(self, attempt: int, run_id: str, path: str, folder: str | None = None) -> None:
-        self.client.log_artifact(run_id, path, folder)
+from .outages import Retry, TrackingError, failure, refused
+from .store import Store
 
 
 class Writer:
@@ -331,7 +126,7 @@ class Writer:
                 try:  # store refused it, and its trial stays untold, to run again on resume)
                     then(detail)
                 except Exception as exc:  # a bug in the launcher's follow-up: every waiter must still be released
-                    self.error = TrackingError(f"after a tracking write: {type(exc).__name__}: {exc}")
+                    self.error = failure(exc, "after a tracking write")
             with self.done:
                 self.busy_s += busy
                 if kind == "ack":
@@ -349,18 +144,24 @@ class Writer:
                 raise self.error
 
     def call(self, write):
-        """Run `write(attempt)` now, in the launcher, retried like a queued write; an outage past its limit
-        stops the writer as one in the process would (`error` set, every later write refused)."""
+        """Run `write(attempt)` now, in the launcher, retried like a queued write; an outage past its limit,
+        or a bug, stops the writer as one in the process would (`error` set, every later write refused); a
+        refusal is the caller's to handle."""
         if self.error:
             raise self.error
         try:
             return self.retry(write)
-        except TrackingError as exc:
+        except Exception as exc:
+            if refused(exc):
+                raise
+            stop = exc if isinstance(exc, TrackingError) else failure(exc, "a tracking call")
             with self.done:
-                self.error = self.error or exc
+                self.error = self.error or stop
                 self.acked, self.waiting = self.sent, {}
                 self.done.notify_all()
-            raise
+            if stop is exc:
+                raise
+            raise stop from None
 
     def abandon(self) -> None:
         """The process ends now, what is still queued unwritten (after an outage past its limit: a rerun
@@ -424,8 +225,14 @@ def _serve() -> None:
                 pickle.dump(("fatal", seq, str(exc), time.perf_counter() - started), outbox)
                 outbox.flush()
                 continue
-            except Exception as exc:  # a write the store refused: one line, the study goes on
+            except Exception as exc:
                 what = kwargs.get("key") or kwargs.get("run_id") or ""
+                if not refused(exc):  # a bug: the study stops, as after an outage
+                    failed = True
+                    pickle.dump(("fatal", seq, str(failure(exc, f"the tracking write {op} {what}".rstrip())),
+                                 time.perf_counter() - started), outbox)
+                    outbox.flush()
+                    continue
                 print(f"[tracking] warning: the store refused {op} {what} ({str(exc).splitlines()[0][:200]}); "
                       "its trial is not recorded and runs again on resume", file=sys.stderr, flush=True)
         pickle.dump(("ack", seq, written, time.perf_counter() - started), outbox)

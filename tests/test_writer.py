@@ -167,7 +167,7 @@ def test_a_curve_holds_evaluations_only_and_the_chosen_value_has_its_own_name(tm
 
 
 def test_system_values_are_named_apart_from_results():
-    from study.tracking import outcome
+    from study.callback import outcome
 
     status, metrics, _, tags, _, _ = outcome({"final": 1.0, "accuracy": 0.9, "scheduled_at": 1.0, "gpu_id": 0.0,
                                              "peak_rss_mb": 300.0, "trial_seconds": 2.0, "accel": '{"precision": "fp32"}'})
@@ -195,7 +195,8 @@ class _FailingOnce:
 def test_a_create_whose_first_batch_failed_still_ends_with_its_params(tmp_path, op):
     """The store fails between a child's create and its first batch: the retry finds the run the create
     made and must still log its params (not only its tags)."""
-    from study.writer import Retry, Store
+    from study.outages import Retry
+    from study.store import Store
 
     tracker = _tracker(tmp_path)
     tracker.flush()
@@ -274,7 +275,7 @@ def test_outages_are_told_from_refused_writes_by_status_and_cause_not_by_digits_
     from mlflow import exceptions as mlflow_exceptions
     from mlflow.protos import databricks_pb2
 
-    from study.writer import unreachable
+    from study.outages import unreachable
 
     def wrapped_connection_error():  # as MLflow's REST client raises it: its own exception, the cause inside
         import requests
@@ -341,3 +342,111 @@ def test_children_are_read_again_only_after_a_write(tmp_path, monkeypatch):
     tracker.write_ended("k2", "gli", "gli", 1, {}, "t2", "FINISHED", {"accuracy": 0.7})
     assert sorted(tracker.children("gli")["accuracy"]) == [0.5, 0.7] and len(reads) == 3  # read after the write
     tracker.end_parent("FINISHED")
+
+
+class _Clock:
+    """The writer's clock, made up: a retry's sleep moves it on at once (the outage limit is counted on it)."""
+
+    def __init__(self):
+        self.now = 1_000_000.0
+
+    def time(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_an_outage_that_ends_in_a_refused_write_leaves_the_next_blip_its_whole_limit(tmp_path, monkeypatch):
+    """The store's answer, a refusal included, ends an outage: a one-second blip long after it must be
+    retried, not taken for the same outage gone on past its limit."""
+    import requests
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
+
+    import study.outages
+
+    tracker = _tracker(tmp_path)
+    clock = _Clock()
+    monkeypatch.setattr(study.outages, "time", clock)
+    tracker.writer.retry.outage_s = 30
+    attempts = []
+
+    def down_then_refused(attempt):  # down for 7 s of the 30 the limit allows, then an answer: no
+        attempts.append(attempt)
+        if attempt < 4:
+            raise requests.exceptions.ConnectionError("connection refused")
+        raise MlflowException("run not found", error_code=RESOURCE_DOES_NOT_EXIST)
+
+    with pytest.raises(MlflowException):
+        tracker.writer.call(down_then_refused)
+    assert attempts == [0, 1, 2, 3, 4] and tracker.writer.error is None  # a refusal is the caller's
+    clock.now += 3600  # an hour of writes later, a blip
+    attempts.clear()
+
+    def blip(attempt):
+        attempts.append(attempt)
+        if attempt == 0:
+            raise requests.exceptions.ConnectionError("connection refused")
+        return "written"
+
+    assert tracker.writer.call(blip) == "written" and attempts == [0, 1]
+    assert tracker.writer.error is None
+    tracker.end_parent("FINISHED")
+
+
+@pytest.mark.parametrize("where", ["process", "launcher"])
+def test_a_bug_in_the_store_stops_the_writer_in_one_line_with_its_traceback_logged(tmp_path, capfd, where):
+    """A TypeError in the store is no refusal: the study stops (one line for the user, the traceback on
+    stderr) instead of going on with trials unrecorded; the process and the launcher's calls alike."""
+    tracker = _tracker(tmp_path)
+    if where == "process":
+        tracker.open_child("k1", "gli", "gli", 0, {}, "t1")
+        tracker.writer.submit("log", key="k1", metrics={"accuracy": [0.5]})  # float() of a list, in `Store._batch`
+        with pytest.raises(TrackingError) as raised:
+            tracker.flush()
+    else:
+        def buggy(attempt):
+            return None + attempt
+
+        with pytest.raises(TrackingError) as raised:
+            tracker.writer.call(buggy)
+    line = str(raised.value)
+    assert "TypeError" in line and "\n" not in line and tracker.writer.error is raised.value
+    err = capfd.readouterr().err
+    assert "Traceback (most recent call last)" in err and ("in _batch" if where == "process" else "in buggy") in err
+    assert "store refused" not in err
+    with pytest.raises(TrackingError):
+        tracker.write_ended("k2", "gli", "gli", 0, {}, "t2", "FINISHED", {"accuracy": 0.5})
+    with pytest.raises(TrackingError):
+        tracker.writer.call(lambda attempt: "never run")
+    tracker.writer.abandon()
+
+
+@pytest.mark.parametrize("case,answer", [
+    ("not found", True), ("server error", True), ("TypeError", False), ("KeyError", False),
+    ("TypeError wrapped", False),  # MLflow's local store wraps any exception in its own
+    ("IntegrityError wrapped", True),
+])
+def test_a_refusal_is_an_answer_of_the_store_not_any_exception(case, answer):
+    import sqlite3
+
+    from mlflow.exceptions import MlflowException, RestException
+
+    from study.outages import refused
+
+    def wrapped(cause):
+        try:
+            raise cause
+        except Exception:
+            try:
+                raise MlflowException(str(cause))
+            except MlflowException as exc:
+                return exc
+
+    make = {"not found": lambda: RestException({"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "run not found"}),
+            "server error": lambda: RestException({"error_code": "INTERNAL_ERROR", "message": "boom"}),
+            "TypeError": lambda: TypeError("unsupported operand"), "KeyError": lambda: KeyError("k1"),
+            "TypeError wrapped": lambda: wrapped(TypeError("unsupported operand")),
+            "IntegrityError wrapped": lambda: wrapped(sqlite3.IntegrityError("UNIQUE constraint failed"))}
+    assert refused(make[case]()) is answer
