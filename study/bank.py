@@ -12,19 +12,26 @@ so that a paper can release exactly those checkpoints.
   du      totals per data set and kind (sizes and recorded training times; reads no weights, so it finds
           unreadable files but not altered ones: `list` verifies)
   prune   remove entries by data set, kind, age, or those that fail to verify (and leftover
-          temporary files); prints what it would remove unless given --yes
+          temporary files of writes that died, never those of writes in progress); prints what it would
+          remove unless given --yes
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
+import fcntl
 import json
+import os
 import re
 import sys
 import time
 from pathlib import Path
 
 NAME = re.compile(r"^(?P<dataset>.+)-(?P<kind>original|retrain)-s(?P<seed>\d+)-(?P<digest>[0-9a-f]{16})\.pt$")
+# A write's temporary file (`trainables.base_models.write_checkpoint`): <entry>.<host>.<pid>.tmp; older
+# versions wrote <entry>.<pid>.tmp, on the host that prunes as far as can be told.
+TEMP = re.compile(r"^(?P<entry>.+?\.pt)\.(?:(?P<host>.+)\.)?(?P<pid>\d+)\.tmp$")
 
 
 def bank_folder(args: argparse.Namespace) -> Path:
@@ -84,9 +91,57 @@ def entries(folder: Path, verify: bool = True) -> list[dict]:
     return rows
 
 
-def _leftovers(folder: Path) -> list[Path]:
-    """Temporary files of writes that never finished (a writer killed between save and rename)."""
-    return sorted(folder.glob("*.pt.*.tmp"))
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _claim(path: Path) -> int | None:
+    """An open descriptor of `path` holding its lock when it is the temporary file of a write that died, else
+    None. A writer holds an exclusive lock on its file from creation to rename, and the lock goes with its
+    process, so a lock taken here means no write is in progress (on any host that shares the file system's
+    locks; however slow the write). A file whose writer names this host and still runs is also left: one not
+    yet locked (just created), or one on a file system without locks. Keep the descriptor open until the file
+    is removed: a writer that creates the same name meanwhile waits for the lock, then starts again."""
+    from trainables.base_models import writer_host
+
+    match = TEMP.match(path.name)
+    if match is None:
+        return None
+    if (match["host"] or writer_host()) == writer_host() and _alive(int(match["pid"])):
+        return None
+    try:
+        fd = os.open(path, os.O_RDWR)  # NFS takes an exclusive lock only on a file open for writing
+    except OSError:  # gone since the listing, or not ours to remove
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN) or match["host"] not in (None, writer_host()):
+            os.close(fd)  # a write in progress; or without locks, another host's, whose process cannot be seen
+            return None
+    return fd
+
+
+def _leftovers(folder: Path, remove: bool = False) -> list[Path]:
+    """Temporary files of writes that died (a writer killed between save and rename), never those of writes in
+    progress (`_claim`); removed with `remove`."""
+    found = []
+    for path in sorted(folder.glob("*.pt.*.tmp")):
+        if (fd := _claim(path)) is None:
+            continue
+        try:
+            if remove:
+                path.unlink(missing_ok=True)
+            found.append(path)
+        finally:
+            os.close(fd)
+    return found
 
 
 def _list(rows: list[dict]) -> str:
@@ -168,16 +223,14 @@ def main(argv: list[str] | None = None) -> int:
             print("error: prune needs a filter (--dataset, --kind, --older-than or --broken)", file=sys.stderr)
             return 2
         chosen = select(rows, args)
-        leftovers = _leftovers(folder) if args.broken else []
+        leftovers = _leftovers(folder, remove=args.yes) if args.broken else []
         for r in chosen:
             print(f"{'removing' if args.yes else 'would remove'} {r['name']} ({r['status']})")
         for path in leftovers:
-            print(f"{'removing' if args.yes else 'would remove'} {path.name} (an unfinished write)")
+            print(f"{'removed' if args.yes else 'would remove'} {path.name} (a write that died)")
         if args.yes:
             for r in chosen:
                 (folder / r["name"]).unlink(missing_ok=True)
-            for path in leftovers:
-                path.unlink(missing_ok=True)
         freed = sum(r["bytes"] for r in chosen) / 1e6
         print(f"{len(chosen) + len(leftovers)} file(s), {freed:.2f} MB {'removed' if args.yes else 'to remove (--yes)'}")
     return 0

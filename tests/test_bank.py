@@ -4,12 +4,14 @@ the entries they used."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 
 import torch
 
 from study.bank import main as bank
-from trainables.base_models import BaseRecipe, TrainConfig, base_model, checkpoint_path
+from trainables.base_models import BaseRecipe, TrainConfig, base_model, checkpoint_path, writer_host
 from trainables.data import DataConfig, load_dataset
 from trainables.models import ModelConfig
 
@@ -37,7 +39,9 @@ def test_the_key_follows_the_split_and_the_bank_lists_sizes_and_prunes(tmp_path,
 
     torn = folder / names[0]
     torn.write_bytes(torn.read_bytes()[: torn.stat().st_size // 2])  # a file cut short
-    (folder / f"{names[1]}.123.tmp").write_bytes(b"half")  # a write that never finished
+    gone = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True).stdout)
+    (folder / f"{names[1]}.{writer_host()}.{gone}.tmp").write_bytes(b"half")  # a write whose writer died
     assert bank(["du", "--models-dir", str(folder)]) == 0
     du = capsys.readouterr().out.splitlines()
     assert du[-1].split()[1] == "2" and du[-1].split()[-1] == "1"  # two entries, one broken

@@ -12,9 +12,12 @@ trains both on a data set and prints their metrics.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import json
 import os
+import re
+import socket
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -157,13 +160,55 @@ def base_model(
         except (CheckpointError, RuntimeError) as exc:  # cut short or altered: retrain, never train on it
             print(f"[base] {path.name}: {exc}; retraining", file=sys.stderr, flush=True)
     model, seconds = train_model(data, BASE_KINDS[kind], model_cfg, cfg, seed, device)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state_dict = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: two writers never share a file
-    torch.save({"state_dict": state_dict, "seconds": seconds, "digest": state_digest(state_dict),
-                "key": json.dumps(bank_key(data, kind, model_cfg, cfg, seed), sort_keys=True)}, tmp)
-    os.replace(tmp, path)  # never a half-written checkpoint under the final name after a crash
+    write_checkpoint(path, {"state_dict": state_dict, "seconds": seconds, "digest": state_digest(state_dict),
+                            "key": json.dumps(bank_key(data, kind, model_cfg, cfg, seed), sort_keys=True)})
     return model, seconds, False
+
+
+def writer_host() -> str:
+    """This host's name as a temporary file's name carries it."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", socket.gethostname()) or "host"
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except FileNotFoundError:
+        return False
+
+
+def write_checkpoint(path: Path, state: dict) -> None:
+    """`torch.save(state)` to `path` by way of a temporary file beside it, renamed when whole: never a half-written
+    checkpoint under the final name after a crash. The temporary file is named for this host and process (two
+    writers never share one) and locked (`fcntl.flock`, exclusive) from its creation until the rename, so that
+    `python -m study.bank prune` tells a write in progress, however slow, from one that died: a lock goes
+    with its process. A prune that found the file before the lock was taken may remove it: then the file at the
+    name is not the one locked, and the write starts again."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{writer_host()}.{os.getpid()}.tmp")
+    while True:
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:  # a file system without locks: the name alone (host and process) tells prune
+            break
+        except BaseException:
+            os.close(fd)
+            raise
+        if _same_file(fd, tmp):
+            break
+        os.close(fd)
+    with os.fdopen(fd, "wb") as f:  # closed, and so unlocked, after the rename
+        try:
+            f.truncate(0)  # a file left by a dead process of the same number
+            torch.save(state, f)
+            f.flush()
+            os.replace(tmp, path)
+        except BaseException:
+            if _same_file(f.fileno(), tmp):
+                tmp.unlink()
+            raise
 
 
 class CheckpointError(RuntimeError):
