@@ -18,12 +18,13 @@ from trainables.data import FIXED_PARTS
 from trainables.methods import available, get
 from trainables.metrics import PROTOCOL_LABEL
 from trainables.records import (BASE_STAGE, BASELINE_STAGE, CONFIRM_LIMIT, CONFIRM_STAGE, METHOD_COL, REFERENCE_ROWS,
-                                SEARCH_STAGE, SEED_COL, SEL_FINAL, STAGE_COL, STUDIED, TRIAL_KEY_COL, journal_path,
+                                SEARCH_STAGE, SEED_COL, STAGE_COL, STUDIED, TRIAL_KEY_COL, journal_path,
                                 optuna_study_name, setting_of, write_atomic)
 
 from . import plots, sequential, tables, tuning
 from .audit import audit_table, plot_epsilons, plot_forget_quality, ulira_markdown, ulira_table
 from .audit import to_markdown as audit_markdown
+from .choice import search_front
 from .pareto import pareto_front
 from .tables import MARGIN
 from .results import StudyRecords
@@ -49,6 +50,8 @@ class StudyInfo:
     margin: float = MARGIN
     round_size: int | None = None
     baselines: list | None = None  # the study's baselines (None: a study recorded before the list: all of them)
+    looks: list | None = None  # the look schedule fixed when the study first started (None: recorded before it)
+    study_key: str | None = None  # the study's identity (its Optuna studies are named by it)
 
     @property
     def label(self) -> str:
@@ -58,6 +61,15 @@ class StudyInfo:
     def title(self) -> str:
         """Short: the protocol is stated once per report (`preamble`), not in every caption and figure."""
         return f"{self.experiment_name} ({self.dataset})"
+
+    @property
+    def schedule(self) -> list[int]:
+        """The looks of `--until-settled`: as recorded, or for a study recorded before the schedule, as derived then."""
+        if self.looks:
+            return [int(n) for n in self.looks]
+        if not (self.replicates and self.max_replicates):
+            return []
+        return sequential.look_sizes(self.replicates, self.max_replicates, self.round_size or 1)
 
     @property
     def preamble(self) -> str:
@@ -97,15 +109,6 @@ class StudyInfo:
         return cls(**values)
 
 
-def gli_front(trials: pd.DataFrame, objective: str, limit: int = CONFIRM_LIMIT) -> pd.DataFrame:
-    """The settings to confirm: the Pareto front (pareto) or the best trial (final_score), best first."""
-    if len(trials) == 0:
-        return trials
-    if objective == "final_score":
-        return trials.sort_values(SEL_FINAL, ascending=False).head(1)
-    return pareto_front(trials).sort_values(SEL_FINAL, ascending=False).head(limit)
-
-
 def method_rows(children: pd.DataFrame, paper_baselines: bool) -> pd.DataFrame:
     """Rows that make the table: base models, baselines (their confirmed searched settings, or their paper
     settings with `paper_baselines`) and GLI's confirmed settings."""
@@ -141,12 +144,12 @@ def load_optuna(info: StudyInfo, method: str = STUDIED):
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
-    journal = journal_path(info.results_dir)
+    journal = journal_path(info.results_dir, info.study_key)
     if not journal.exists():
         return None
     storage = JournalStorage(JournalFileBackend(str(journal)))
     try:
-        name = optuna_study_name(info.experiment_name, method, info.protocol, info.objective)
+        name = optuna_study_name(info.experiment_name, method, info.protocol, info.objective, info.study_key)
         return optuna.load_study(study_name=name, storage=storage)
     except KeyError:
         return None
@@ -157,7 +160,7 @@ def build_report(study: StudyRecords, info: StudyInfo, out_dir: Path) -> tuple[p
     out_dir.mkdir(parents=True, exist_ok=True)
     children = study.children()
     gli = children[children[STAGE_COL] == SEARCH_STAGE] if len(children) else children
-    front = gli_front(gli, info.objective)
+    front = search_front(gli, info.objective, CONFIRM_LIMIT)
     rows = method_rows(children, info.paper_baselines)
     summary = tables.summarise(rows)
     audit, epsilons = audit_table(study)
@@ -171,8 +174,8 @@ def build_report(study: StudyRecords, info: StudyInfo, out_dir: Path) -> tuple[p
         written.append(write_atomic(out_dir / name, text))
 
     pairs = tables.paired(rows, summary, margin=info.margin)
-    verdicts = (sequential.settle(rows, info.replicates, info.max_replicates, info.round_size or 1, info.margin)
-                if info.until_settled and info.replicates and info.max_replicates else None)
+    verdicts = (sequential.settle(rows, info.schedule, info.margin)
+                if info.until_settled and info.schedule else None)
     confirmed = set(rows[rows[STAGE_COL] == CONFIRM_STAGE]["method"]) if len(rows) else set()
     searched = [STUDIED] + ([] if info.paper_baselines else sorted(confirmed - {STUDIED}))  # the tuning cards
     studies = {m: s for m in searched if (s := load_optuna(info, m)) is not None}

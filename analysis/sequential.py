@@ -11,6 +11,10 @@ whose interval excludes 0 (`better`, `worse`) or lies within +-margin (`equivale
 settled at that look and keeps that verdict and interval; the study stops when every
 comparison is settled or M replicates are reported, and what is left is `undecided`.
 
+The looks are the study's own setting (`looks`, fixed from its settings when it first starts
+and recorded on its parent run), never the cluster's size: the same study on 2 CPUs or 64 GPUs
+makes the same looks. A look at n replicates is made once replicates 1..n are complete (every
+compared method has its finished runs on each); a later, partial replicate is never read.
 Everything is replayed from the recorded rows (each look sees the replicates it saw then),
 so a resumed study reaches the same verdicts.
 """
@@ -26,7 +30,7 @@ from trainables.records import SEED_COL, STUDIED
 from .tables import LEVEL, MARGIN, paired, summarise
 
 VERDICT_COLUMNS = ["baseline", "metric", "mean_diff", "lo", "hi", "replicates", "verdict", "p", "p_holm", "level",
-                   "look", "looks"]
+                   "look", "looks", "schedule", "gli_setting", "baseline_setting"]
 
 
 def planned_looks(start: int, most: int, step: int) -> int:
@@ -63,23 +67,62 @@ def run_looks(table_at, sizes: list[int], available: int, alpha: float = 1 - LEV
         return pd.DataFrame(columns=VERDICT_COLUMNS)
     number, table = last
     out = [settled.get((r["baseline"], r["metric"]), {**r.to_dict(), "look": number}) for _, r in table.iterrows()]
-    return pd.DataFrame(out).assign(looks=len(sizes))[VERDICT_COLUMNS]
+    return pd.DataFrame(out, columns=[*table.columns, "look"]).assign(looks=len(sizes)).reindex(columns=VERDICT_COLUMNS)
 
 
-def settle(rows: pd.DataFrame, start: int, most: int, step: int, margin: float = MARGIN,
-           method: str = STUDIED, alpha: float = 1 - LEVEL) -> pd.DataFrame:
+def schedule_text(sizes) -> str:
+    """A look schedule as recorded (the parent run's `looks` param, `verdicts.csv`'s `schedule`): `3,4,5`."""
+    return ",".join(str(int(n)) for n in sizes)
+
+
+def complete_replicates(rows: pd.DataFrame) -> list[int]:
+    """The replicates 1, 2, ... in order up to the first that is incomplete: a replicate is complete when every
+    (method, setting) the rows hold anywhere has its finished run on it. A look counts only these, so a look
+    at n replicates compares n pairs whatever else (a later round cut short) the rows hold."""
+    if not len(rows):
+        return []
+    seeds = pd.to_numeric(rows[SEED_COL]).astype(int)
+    pairs = set(zip(rows["method"], rows["setting"]))
+    have: dict[int, set] = {}
+    for seed, pair in zip(seeds, zip(rows["method"], rows["setting"])):
+        have.setdefault(seed, set()).add(pair)
+    complete = []
+    for seed in sorted(have):
+        if seed != len(complete) + 1 or have[seed] != pairs:
+            break
+        complete.append(seed)
+    return complete
+
+
+def missing_note(rows: pd.DataFrame, size: int) -> str | None:
+    """Why the look at `size` replicates cannot be made yet: the first replicate that lacks a run, and what."""
+    complete = complete_replicates(rows)
+    if len(complete) >= size or not len(rows):
+        return None
+    seed = len(complete) + 1
+    seeds = pd.to_numeric(rows[SEED_COL]).astype(int)
+    pairs = set(zip(rows["method"], rows["setting"]))
+    have = set(zip(rows.loc[seeds == seed, "method"], rows.loc[seeds == seed, "setting"]))
+    lacking = sorted({m for m, _ in pairs - have})
+    return f"replicate {seed} has no finished run of {', '.join(lacking)}"
+
+
+def settle(rows: pd.DataFrame, sizes: list[int], margin: float = MARGIN, method: str = STUDIED,
+           alpha: float = 1 - LEVEL) -> pd.DataFrame:
     """The verdict of every comparison after the looks the rows allow. `rows` are the table's rows
-    (`report.method_rows`) of the reported replicates; a look is made once all its replicates are there, on
-    those replicates alone (each method's setting chosen as the table chose it then)."""
+    (`report.method_rows`) of the reported replicates; `sizes` the study's look schedule. A look is made once
+    replicates 1..size are complete (`complete_replicates`), on those replicates alone (each method's setting
+    chosen as the table chose it then)."""
     if not len(rows):
         return pd.DataFrame(columns=VERDICT_COLUMNS)
-    seeds = sorted(pd.to_numeric(rows[SEED_COL]).unique())
+    complete = complete_replicates(rows)
 
     def table_at(size: int, share: float) -> pd.DataFrame:
-        seen = rows[pd.to_numeric(rows[SEED_COL]).isin(seeds[:size])]
+        seen = rows[pd.to_numeric(rows[SEED_COL]).astype(int).isin(complete[:size])]
         return paired(seen, summarise(seen), method, margin, share)
 
-    return run_looks(table_at, look_sizes(start, most, step), len(seeds), alpha)
+    out = run_looks(table_at, list(sizes), len(complete), alpha)
+    return out.assign(schedule=schedule_text(sizes))[VERDICT_COLUMNS]
 
 
 def all_settled(verdicts: pd.DataFrame) -> bool:

@@ -12,12 +12,16 @@ Holm-adjusted levels across every comparison (statsmodels), and a verdict per co
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
 import pandas as pd
 
-from trainables.records import REFERENCE_ROWS, SEED_COL, SEL_ACCURACY, SEL_FINAL, SEL_FORGETTING, STUDIED
+from trainables.records import (REFERENCE_ROWS, SEED_COL, SEL_ACCURACY, SEL_FINAL, SEL_FORGETTING, STUDIED,
+                                hparams_of)
+
+from .choice import ranked_settings
 
 COLUMNS = [  # key, header, decimals
     ("accuracy", "acc", 4), ("top2_accuracy", "top-2", 4), ("forgetting_score", "FS", 4),
@@ -131,7 +135,7 @@ def summarise(rows: pd.DataFrame, method_col: str = "method", setting_col: str =
     out = []
     for method, group in rows.groupby(method_col, sort=False):
         if setting_col in group and group[setting_col].nunique() > 1 and SEL_FINAL in group:
-            best = group.groupby(setting_col)[SEL_FINAL].mean().idxmax()
+            best = ranked_settings(group, setting_col)[0]
             group = group[group[setting_col] == best]
         entry: dict = {"method": method, "seeds": len(group)}
         if setting_col in group:
@@ -274,7 +278,8 @@ def paired(rows: pd.DataFrame, summary: pd.DataFrame, method: str = STUDIED, mar
     `COMPARED`: `baseline, metric, mean_diff, lo, hi, replicates, verdict`, with the t test's p-value, its
     Holm-adjusted value over every comparison of the table, and the level the interval is taken at. `alpha`: the
     family-wise error rate of the table (a study that looks several times spends a share of its rate on each)."""
-    columns = ["baseline", "metric", "mean_diff", "lo", "hi", "replicates", "verdict", "p", "p_holm", "level"]
+    columns = ["baseline", "metric", "mean_diff", "lo", "hi", "replicates", "verdict", "p", "p_holm", "level",
+               "gli_setting", "baseline_setting"]
     if len(rows) == 0 or method not in set(summary["method"]):
         return pd.DataFrame(columns=columns)
     chosen = dict(zip(summary["method"], summary.get("setting", pd.Series([""] * len(summary)))))
@@ -282,6 +287,10 @@ def paired(rows: pd.DataFrame, summary: pd.DataFrame, method: str = STUDIED, mar
     def per_seed(name):
         group = rows[(rows["method"] == name) & (rows["setting"] == chosen.get(name, ""))]
         return group.set_index(pd.to_numeric(group[SEED_COL]))
+
+    def hparams(frame) -> str:
+        """The compared setting's hyper-parameters, as JSON (as `tuning.csv` shows a chosen setting)."""
+        return json.dumps(hparams_of(frame.iloc[0]), sort_keys=True) if len(frame) else ""
 
     retrained = per_seed("retrain") if "mia_advantage" in rows and "retrain" in chosen else None
 
@@ -302,11 +311,13 @@ def paired(rows: pd.DataFrame, summary: pd.DataFrame, method: str = STUDIED, mar
                 continue
             diff = (pd.to_numeric(ours.loc[seeds, col]) - pd.to_numeric(theirs.loc[seeds, col])).to_numpy(dtype=float)
             diff = diff[np.isfinite(diff)]  # a seed missing a value (no retrained model's advantage) is left out
-            out.append({"baseline": other, "metric": col})
+            out.append({"baseline": other, "metric": col, "gli_setting": hparams(ours),
+                        "baseline_setting": hparams(theirs)})
             diffs.append(diff)
             favours.append(favour)
     tested = compare(diffs, favours, alpha, margin)
-    return pd.concat([pd.DataFrame(out, columns=["baseline", "metric"]), tested], axis=1)[columns]
+    named = pd.DataFrame(out, columns=["baseline", "metric", "gli_setting", "baseline_setting"])
+    return pd.concat([named, tested], axis=1)[columns]
 
 
 def compare(diffs: list[np.ndarray], favours: list[int], alpha: float = 1 - LEVEL,

@@ -1,7 +1,13 @@
 """How many trial completions a second one driver sustains: the launcher's real plan, Optuna searcher
 and MLflow tracking, with a stand-in trial (`bench/standin.py`: reports of the real shape, no training).
 
-    python bench/driver.py [--slots 48] [--gli-trials 300] [--seconds 0] [--tracking-uri URI]
+    python bench/driver.py [--shape capacity|default] [--slots 48] [--gli-trials 300] [--seconds 0]
+                           [--search-batch B] [--tracking-uri URI]
+
+Two shapes: `capacity` (the default) is GLI's search alone, baselines at fixed settings, with a
+search batch as large as the slots (the launcher's own capacity: `--search-batch 48` on 48
+slots); `default` is the default study's shape, every method's search at once, each batched as
+the default study (4 settings at a time) with --budget trials (default 24).
 
 Each worker's first trial waits until every slot's worker has started (`ReadyGate`, at most
 --start-limit seconds): 48 workers take about 40 s of both CPUs of a 2-core machine to start,
@@ -65,7 +71,12 @@ def rate(ended: list[float], start: float, stop: float) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slots", type=int, default=48, help="logical CPU slots (one trial each)")
-    parser.add_argument("--gli-trials", type=int, default=300)
+    parser.add_argument("--shape", choices=["capacity", "default"], default="capacity",
+                        help="capacity: GLI's search alone, batch = slots; default: every method searched, batched")
+    parser.add_argument("--gli-trials", type=int, default=300, help="capacity: GLI's search trials")
+    parser.add_argument("--budget", type=int, default=24, help="default: each method's search trials")
+    parser.add_argument("--search-batch", type=int, help="settings a search asks for at once (default: the slots "
+                        "for capacity, the study's default for default)")
     parser.add_argument("--seconds", type=float, default=0.0, help="how long each stand-in trial takes")
     parser.add_argument("--tracking-uri", help="default: a SQLite file in a temporary folder")
     parser.add_argument("--start-limit", type=float, default=300.0,
@@ -77,20 +88,25 @@ def main() -> None:
     from bench.standin import ReadyGate, standin_trial
     from study.config import resolve
     from study.config import data_config
-    from study.launch import run_study
-    from study.plan import StudyContext
+    from study.pipeline import run_study
+    from study.context import StudyContext
     from study.stages import Stage
     from study.tracking import Tracker
     from trainables.data import load_dataset
 
     ray.init(num_cpus=args.slots, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     with tempfile.TemporaryDirectory() as tmp:
-        flags = {"results_dir": f"{tmp}/r", "budget": args.gli_trials, "paper_baselines": True, "replicates": 1, "bootstrap": 0,
-                 "tracking_uri": args.tracking_uri, "experiment_name": f"driver-bench-{int(time.time())}"}
+        flags = {"results_dir": f"{tmp}/r", "replicates": 1, "bootstrap": 0, "tracking_uri": args.tracking_uri,
+                 "experiment_name": f"driver-bench-{int(time.time())}", "search_batch": args.search_batch}
+        if args.shape == "capacity":
+            flags.update(budget=args.gli_trials, paper_baselines=True,
+                         search_batch=args.slots if args.search_batch is None else args.search_batch)
+        else:
+            flags.update(budget=args.budget, paper_baselines=False)
         cfg = resolve({}, {k: v for k, v in flags.items() if v is not None})
         data = load_dataset(data_config(cfg))
         tracker = Tracker(cfg.tracking_uri, cfg.experiment_name, Path(tmp) / "artifacts", cfg.tracking_outage)
-        tracker.start_parent("driver-bench", cfg.experiment_name, {"gli_trials": args.gli_trials}, {"bench": "driver"})
+        tracker.start_parent("driver-bench", cfg.experiment_name, {"budget": cfg.budget}, {"bench": "driver"})
         ctx = StudyContext(cfg, data, tracker, args.slots)
         gate_name = f"driver-bench-gate-{os.getpid()}"
         gate = ReadyGate.options(name=gate_name).remote(args.slots, args.start_limit)
@@ -118,12 +134,14 @@ def main() -> None:
                "workers_ready_after_s": round(opened_after, 1),
                "tracking_ms_per_trial": round(tracker.writer.busy_s / max(1, trials) * 1000, 2),
                "ask_ms_at_500": round(ask_ms(500), 2), "slots": args.slots, "trial_seconds": args.seconds,
+               "shape": args.shape, "search_batch": cfg.search_batch, "searches": 1 + (0 if cfg.paper_baselines
+                                                                                     else len(cfg.baselines)),
                "tracking": "sqlite" if cfg.tracking_uri.startswith("sqlite") else "server"}
     ray.shutdown()
     if ready < args.slots:
         print(f"warning: only {ready} of {args.slots} workers started within --start-limit "
               f"{args.start_limit:.0f}s; the rate was measured with fewer slots ready", file=sys.stderr)
-    print(f"{ready} workers ready after {opened_after:.0f} s; "
+    print(f"{args.shape} shape, search batch {cfg.search_batch}: {ready} workers ready after {opened_after:.0f} s; "
           f"{trials} trials in {wall:.1f} s on {args.slots} slots: {out['driver_trials_per_s']} trials/s sustained "
           f"(middle half; {out['second_half_trials_per_s']} over the second half, {out['overall_trials_per_s']} "
           f"overall); "

@@ -59,7 +59,7 @@ class Runner:
         from trainables.models import ModelConfig, build_model
 
         torch.set_num_threads(max(1, conf["threads"]))
-        self.bootstrap = conf["bootstrap"]  # resamples behind each evaluation's fs_se
+        self.bootstrap = conf["bootstrap"]  # resamples behind fs_se at the chosen checkpoint
         self.torch, self.engine = torch, engine
         self.device = engine.pick_device()
         self.data = synthetic_mufac(conf["sizes"], conf["image_size"], seed=seed)
@@ -195,7 +195,7 @@ def check() -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--concurrency", type=int, nargs="*", default=[1, 2, 4, 8], help="trials at once on the GPU")
-    parser.add_argument("--bootstrap", type=int, default=200, help="resamples behind each evaluation's fs_se")
+    parser.add_argument("--bootstrap", type=int, default=200, help="resamples behind fs_se at the chosen checkpoint")
     parser.add_argument("--variants", nargs="*", default=[], help="run only the single-trial variants naming these")
     parser.add_argument("--small", action="store_true", help="tiny sizes, for checking the script on a CPU")
     parser.add_argument("--check", action="store_true", help="run the CUDA tests first")

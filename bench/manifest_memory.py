@@ -10,7 +10,6 @@ fresh process, and prints one JSON line: rows, peak RSS above the imports (MB), 
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import tempfile

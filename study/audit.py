@@ -1,26 +1,43 @@
 """`python -m study.audit --experiment NAME --models K [--attack ulira --shadows S]`: add the privacy audits to a
 finished study.
 
-Reruns the study's own launch command from its resolved configuration (`config.yaml` in
-its results folder) with `--audit K` (the unlearning challenge's forgetting quality) and/or
-`--attack ulira` (U-LiRA's per-example attack over S shadow models): every stage already
-finished is skipped (the trials MLflow holds, the Optuna journal, the bank's models), so
-only the audits' trials run; a later audit reuses the retrained and shadow models and
-runs what an earlier one left.
+Runs the study's own pipeline again (`study.cli.setup`, `study.pipeline.execute`) from its
+resolved configuration (`config.yaml` in its results folder, or under `superseded/<key>/`
+there when another study has run in that folder since) with `--audit K` (the unlearning
+challenge's forgetting quality) and/or `--attack ulira` (U-LiRA's per-example attack over S
+shadow models). The audits' settings are not in the study key, so it is the same study: every
+stage already finished is skipped (the trials MLflow holds, the Optuna journal, the bank's
+models) and only the audits' trials run; a later audit reuses the retrained and shadow models
+and runs what an earlier one left.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
-from analysis.results import ResultsError, open_study
+import yaml
 
-from .launch import main as launch
+from analysis.results import ResultsError, open_study
+from trainables.data import DataError
+from trainables.records import STUDY_KEY_TAG
+
+from .config import ConfigError
+
+
+def study_config(results_dir: str, key: str | None) -> Path | None:
+    """The resolved configuration of the study with `key`: in its results folder, or set aside there when another
+    study ran in the folder since (`study.pipeline.supersede`); None when neither is that study's."""
+    for path in (Path(results_dir) / "config.yaml", Path(results_dir) / "superseded" / str(key) / "config.yaml"):
+        if path.is_file() and (key is None or (yaml.safe_load(path.read_text()) or {}).get("study_key") in (key, None)):
+            return path
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
+    start = time.time()
     parser = argparse.ArgumentParser(prog="python -m study.audit", description=__doc__.splitlines()[0])
     parser.add_argument("--experiment", required=True, help="the study's MLflow experiment (its --experiment-name)")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///./results/<experiment>/mlflow.db)")
@@ -35,19 +52,30 @@ def main(argv: list[str] | None = None) -> int:
     if args.models is None and args.attack is None:
         parser.error("give --models K (the forgetting quality), --attack ulira, or both")
     try:
-        _, params, _ = open_study(args.experiment, args.tracking_uri)
+        _, params, tags = open_study(args.experiment, args.tracking_uri)
     except ResultsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    config = Path(params["results_dir"]) / "config.yaml"
-    if not config.is_file():
-        print(f"error: {config}: the study's resolved configuration is missing", file=sys.stderr)
+    key = params.get("study_key") or tags.get(STUDY_KEY_TAG)
+    config = study_config(params["results_dir"], key)
+    if config is None:
+        print(f"error: {params['results_dir']}: the resolved configuration of study {key} is missing", file=sys.stderr)
         return 2
     flags = ["--config", str(config)] + (["--audit", str(args.models)] if args.models is not None else [])
     flags += ["--attack", args.attack] if args.attack else []
     flags += [f for name in ("shadows", "targets", "audit_ceiling") if getattr(args, name) is not None
               for f in (f"--{name.replace('_', '-')}", str(getattr(args, name)))]
-    return launch(flags + (["--tracking-uri", args.tracking_uri] if args.tracking_uri else []))
+    flags += ["--tracking-uri", args.tracking_uri] if args.tracking_uri else []
+    from .cli import setup
+
+    try:
+        _, cfg, data = setup(flags)
+    except (ConfigError, DataError, KeyError) as exc:
+        print(f"error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
+        return 2
+    from .pipeline import execute
+
+    return execute(cfg, data, start)
 
 
 if __name__ == "__main__":

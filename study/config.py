@@ -31,7 +31,7 @@ class ConfigError(ValueError):
 
 def where(default):
     """A setting that says where and on what a study runs, not what it computes: a rerun that changes only
-    such settings resumes the same study (they are left out of its key, `study.launch.study_key`)."""
+    such settings resumes the same study (they are left out of its key, `study.pipeline.study_key`)."""
     return field(default=default, metadata={"placement": True})
 
 
@@ -53,14 +53,16 @@ class StudyConfig:
     storage_path: str | None = where(None)  # shared storage for multi-node runs; default <results_dir>/ray
     tracking_uri: str | None = where(None)  # default sqlite:///<results_dir>/mlflow.db
     tracking_outage: float = where(300.0)  # seconds the store may be unreachable (writes queued, retried) before stopping
-    budget: int = where(24)  # Optuna trials per searched method: GLI's, and every baseline's unless paper_baselines
+    budget: int = 24  # Optuna trials per searched method: GLI's, and every baseline's unless paper_baselines
     gli_trials: int | None = where(None)  # deprecated: the old name of budget
     replicates: int = 3  # reported replicates 1..N, each its own split seed and training seed (0 tunes)
     seeds: int | None = None  # deprecated: the old name of replicates
     until_settled: bool = False  # add rounds of replicates until every GLI-minus-baseline comparison is settled
     max_replicates: int = 20  # ... or this many replicates are reported
     margin: float = MARGIN  # a comparison whose interval lies within +-margin is settled as equivalent
-    round_size: int | None = where(None)  # replicates per round (default: as many as fill the free slots)
+    round_size: int | None = None  # replicates between looks when `looks` is not given (default 1)
+    looks: list[int] | None = None  # --until-settled: reported replicates at each look (default: --replicates,
+    # then every round_size more up to max_replicates); fixed when the study first starts, never from the cluster
     protocol: str = PROTOCOLS[0]  # fair: one honest selection rule; paper: the reference notebooks step for step
     selection: str | None = None  # deprecated: val is protocol fair, test is protocol paper
     objective: str = OBJECTIVES[0]
@@ -131,6 +133,13 @@ class StudyConfig:
             raise ConfigError(f"--margin must be a number in (0, 1), got {self.margin!r}")
         if self.round_size is not None and not _whole(self.round_size, 1):
             raise ConfigError(f"--round-size must be a whole number >= 1, got {self.round_size!r}")
+        if self.looks is not None:
+            looks = self.looks
+            if (not isinstance(looks, list) or not looks or not all(_whole(n, 1) for n in looks)
+                    or looks != sorted(set(looks))):
+                raise ConfigError(f"--looks must be increasing whole numbers of replicates >= 1, got {looks!r}")
+            if self.until_settled and _whole(self.max_replicates, 1) and looks[-1] > self.max_replicates:
+                raise ConfigError(f"--looks ends at {looks[-1]} replicates, past --max-replicates {self.max_replicates}")
         for name, value, low in [("--budget", self.budget, 1), ("--replicates", self.replicates, 1),
                                  ("--max-replicates", self.max_replicates, 1),
                                  ("--max-failures", self.max_failures, 0)]:
@@ -227,6 +236,10 @@ class StudyConfig:
         self.tracking_uri = self.tracking_uri or default_tracking_uri(self.results_path)
         if self.num_gpus == 0:
             self.gpus_per_trial = 0
+        if self.until_settled and self.looks is None and _whole(self.replicates, 1) and _whole(self.max_replicates, 1):
+            from analysis.sequential import look_sizes  # the schedule: the study's own settings, never its slots
+
+            self.looks = look_sizes(self.replicates, max(self.replicates, self.max_replicates), self.round_size or 1)
         return self
 
 
@@ -263,7 +276,8 @@ def load_yaml(path: str) -> dict[str, Any]:
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: expected a mapping of settings, got {type(values).__name__}")
     values = {str(k).replace("-", "_"): v for k, v in values.items()}
-    values.pop("data_fingerprint", None)  # recorded in a resolved config.yaml, not a setting
+    for recorded in ("data_fingerprint", "study_key"):  # recorded in a resolved config.yaml, not settings
+        values.pop(recorded, None)
     unknown = sorted(set(values) - set(FIELDS))
     if unknown:
         raise ConfigError(f"{path}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(FIELDS))}")

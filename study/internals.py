@@ -12,7 +12,7 @@ from __future__ import annotations
 CHECKED = {"ray": "2.60.0", "optuna": "5.1.0"}
 
 
-# --- Ray Tune: the controller, for the scheduler (study.plan.SpareStartingWorkers) ----------------------
+# --- Ray Tune: the controller, for the scheduler (study.scheduler.SpareStartingWorkers) ----------------------
 def tune_controller(given):
     """Tune hands its scheduler a wrapper of the controller (`_tune_controller` inside it)."""
     return getattr(given, "_tune_controller", given)

@@ -1,10 +1,9 @@
-"""The study as one Ray Tune run: the plan that hands out every stage's trials, and the function Ray runs.
+"""The study's Tune searcher: the plan that hands out every stage's trials.
 
 One run means the worker processes (their imports, the data set, the base checkpoints)
 last the whole study. `StudyPlan` is Tune's searcher: it asks the stages in order for a
-trial whenever a slot is free. `study_trial` is the trainable: a trial of the study
-(`trainables.trial.run_trial`) or a wait trial, the plan's placeholder that holds a free
-worker until any trial ends (see `StudyPlan`). `StudyContext` builds the stages and runs them.
+trial whenever a slot is free. What Ray runs for each trial is `study.trainable`'s; the
+scheduler is `study.scheduler`'s; `study.context.StudyContext` builds the stages and runs them.
 
 A trial's life, each step in one place:
 0. `StudyPlan.suggest` (Tune's thread) asks the stages in order; `Stage.take` hands the trial out and
@@ -21,100 +20,20 @@ The slot is freed at step 1, not after the write, so a trial's successor never w
 
 from __future__ import annotations
 
-import gc
 import os
-import time
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 import ray
-from ray import tune
-from ray.tune.logger import JsonLoggerCallback
-from ray.tune.schedulers import FIFOScheduler
 from ray.tune.search import Searcher
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from trainables import engine
-from trainables.base_models import default_configs
-from trainables.bundle import bundle_config, bundle_items, run_bundle
-from trainables.data import Dataset
-from trainables.methods import resolved_hparams
-from trainables.records import (FORGET_LOSSES, FORGET_SCORES, ITEM_SECONDS, ITEMS, SHADOW_MEMBERS, UNSEEN_LOSSES,
-                                WAIT_STAGE, trial_key)
-from trainables.trial import TrialSettings, TrialSpec, run_trial
-from trainables.unlearn import EvalConfig
+from trainables.bundle import bundle_config
+from trainables.records import ITEM_SECONDS, ITEMS, WAIT_STAGE
+from trainables.trial import TrialSpec
 
-from . import internals
-from .cluster import trial_resources
-from .config import StudyConfig, data_config
-from .stages import GridStage, SearchStage, Stage
-from .tracking import Tracker, TrackingCallback
-from .waits import PlanSignal, wait_for_plan
-
-os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the study prints its own progress lines instead
-# Tune's default loggers write every report three times (CSV, JSON, TensorBoard, the last with an fsync
-# per flush): half the driver's time per report (bench/driver.py). MLflow holds the study's record;
-# the JSON log (result.json per trial) is kept, added explicitly in `StudyContext.run`.
-os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+from .stages import SearchStage, Stage
 
 TIMED_BEFORE_BUNDLING = 3  # a stage's trials that must have ended before its typical length is trusted
 BRIEF = 0.1  # a bundle shorter than this fraction of bundle_seconds is never split for the tail's sake
 MAX_BUNDLE = 32  # trials per bundle at most: what a lost worker takes with it stays small
-
-
-def study_trial(config: dict, data: Dataset | None = None, settings: TrialSettings | None = None) -> None:
-    """What Ray Tune runs for every trial of the study: one trial, a bundle of them, or a wait trial."""
-    spec = TrialSpec.of(config)
-    if spec.stage == WAIT_STAGE:
-        wait_for_plan(spec.wait["marker"], int(spec.wait["version"]), signal=spec.wait.get("signal"))
-        return
-    if (items := bundle_items(config)) is not None:
-        tune.report(run_bundle(items, lambda item: run_trial(TrialSpec.of(item), settings, data)))
-        return
-    tune.report(run_trial(spec, settings, data))
-
-
-BULKY = (FORGET_LOSSES, UNSEEN_LOSSES, FORGET_SCORES, SHADOW_MEMBERS)  # per-example arrays: MLflow artifacts, not the JSON log
-
-
-def _slim(result: dict) -> dict:
-    out = {k: v for k, v in result.items() if k not in BULKY}
-    if isinstance(out.get(ITEMS), list):
-        out[ITEMS] = [_slim(item) for item in out[ITEMS]]
-    return out
-
-
-class StudyJsonLogger(JsonLoggerCallback):
-    """Tune's JSON log (each trial's result.json) without the per-example arrays, which the trial's MLflow
-    run holds: encoding them took a tenth of the driver's time with many short trials (bench/driver.py)."""
-
-    def log_trial_result(self, iteration: int, trial, result: dict):
-        super().log_trial_result(iteration, trial, _slim(result))
-
-
-class SpareStartingWorkers(FIFOScheduler):
-    """Tune's FIFO scheduler, except that a freed worker skips pending trials whose own worker is starting.
-
-    With actor reuse, Tune gives a worker freed by an ended trial to the trial its scheduler
-    chooses and, if that trial already had a worker starting for it, kills that worker. FIFO
-    chooses the oldest pending trial, the one whose worker has been starting longest. While
-    workers start (the study's start; a lost node's replacements) and trials are shorter than a
-    worker's start-up, every ended trial thus killed a starting worker and the freed slot began
-    another one, which met the same end: the run stayed on the workers that were up when the
-    first trial ended (measured in docs/benchmarks.md). Here the freed worker goes to the oldest
-    pending trial with no worker starting (in practice the one made for the slot that just
-    freed), and the starting workers finish starting. A trial waiting for resources that are
-    gone (its node was lost) has no worker starting either, so it is not passed over for ever.
-    Whether a worker is starting is read from Tune's internals (`study.internals`).
-    """
-
-    def choose_trial_to_run(self, tune_controller):
-        controller = internals.tune_controller(tune_controller)
-        for trial in tune_controller.get_trials():
-            if trial.status == "PENDING" and not internals.worker_starting(controller, trial):
-                return trial
-        return super().choose_trial_to_run(tune_controller)  # every pending trial has a worker starting
 
 
 class StudyPlan(Searcher):
@@ -261,84 +180,3 @@ class StudyPlan(Searcher):
 
     def save_to_dir(self, *args, **kwargs) -> None:
         pass
-
-
-@dataclass
-class StudyContext:
-    cfg: StudyConfig
-    data: Dataset
-    tracker: Tracker
-    slots: int
-    settings: TrialSettings = field(init=False)
-    trainable: Any = None  # what Tune runs for each trial (default `study_trial`; bench/driver.py a stand-in)
-    started: float = field(default_factory=time.time)  # the study's clock, for every progress line
-
-    def __post_init__(self):
-        self.dataset = self.data.name
-        model_cfg, recipe = default_configs(self.data.name, self.cfg.width, self.cfg.base_epochs)
-        evaluation = EvalConfig(protocol=self.cfg.protocol, eval_every=self.cfg.eval_every, patience=self.cfg.patience,
-                                bootstrap=self.cfg.bootstrap)
-        self.settings = TrialSettings(models_dir=self.cfg.models_dir, model=model_cfg, train=recipe,
-                                      evaluation=evaluation, threads=max(1, int(self.cfg.cpus_per_trial)),
-                                      accel=engine.Accel.exact() if self.cfg.deterministic else engine.Accel(),
-                                      data=data_config(self.cfg))
-
-    def __getstate__(self) -> dict:
-        """Tune pickles its searcher, the plan, whose stages hold this context: the data set (hundreds of MB
-        on MUFAC) and the trainable stay behind; workers get the data through Ray's object store."""
-        return {**self.__dict__, "data": None, "trainable": None}
-
-    def fixed_hparams(self, method: str | None = None) -> dict:
-        """Settings every trial of `method` gets: the smoke test's epochs, then the user's overrides."""
-        fixed = {"epochs": self.cfg.method_epochs} if self.cfg.method_epochs else {}
-        return {**fixed, **self.cfg.method_hparams.get(method or "", {})}
-
-    def key(self, stage: str, method: str, seed: int, hparams: dict, replicate: int | None = None) -> str:
-        return trial_key(stage, method, seed, resolved_hparams(method, self.dataset, **hparams), replicate)
-
-    def grid(self, stage: str, runs, after: tuple[str, ...] = (), needs: GridStage | None = None,
-             label: str | None = None) -> GridStage:
-        return GridStage(self, stage, runs, after, needs, label)
-
-    def search(self, stage: str, method: str, space, point: dict | None, budget: int,
-               needs: GridStage | None = None) -> SearchStage:
-        return SearchStage(self, stage, method, space, point, budget, needs=needs)
-
-    def run(self, stages: list[Stage]) -> None:
-        """All stages in one Tune run (worker processes reused throughout)."""
-        marker = Path(self.cfg.storage_path) / f"{self.cfg.experiment_name}.plan"  # shared by every node
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        # Wait trials block on this actor (study.waits): named per launcher process, so two studies never share one.
-        signal = f"study-plan-{os.getpid()}-{self.cfg.experiment_name}"
-        # On the launcher's own node: a node taken back mid-study must not take the signal with it.
-        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-        actor = PlanSignal.options(name=signal, scheduling_strategy=here).remote(0)
-        plan = StudyPlan(stages, marker, self.slots, self.cfg.bundle_seconds, signal)
-        # The data set and the shared settings reach every worker once, through the object store.
-        trainable = self.trainable or tune.with_parameters(study_trial, data=self.data, settings=self.settings)
-        trainable = tune.with_resources(trainable, trial_resources(self.cfg))
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(search_alg=plan, scheduler=SpareStartingWorkers(), num_samples=-1,
-                                        max_concurrent_trials=self.slots, reuse_actors=True),
-            run_config=tune.RunConfig(
-                # one folder per study: two studies may share a storage path
-                name=self.cfg.experiment_name, storage_path=self.cfg.storage_path, verbose=0,
-                callbacks=[TrackingCallback(self.tracker, self.data.name, {s.stage for s in stages}, plan.trial_recorded),
-                           StudyJsonLogger()],
-                failure_config=tune.FailureConfig(max_failures=self.cfg.max_failures),
-            ),
-        )
-        try:
-            tuner.fit()
-        finally:
-            try:
-                ray.kill(actor)
-            except ValueError:  # Ray already stopped (an interrupt): the actor went with it; keep the first error
-                pass
-        # Tune's controller leaves cycles holding Ray object references (seen: the controller, its trials, 15
-        # ObjectRefs after the smoke study). Collected later, on whichever thread allocates, after Ray has
-        # stopped (the launcher stops it while the report is built), their finalizers reach a core worker
-        # that is gone and the process exits with code 1 (once in three default studies). Collected now.
-        del tuner
-        gc.collect()

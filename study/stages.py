@@ -24,10 +24,9 @@ from optuna.trial import TrialState
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from trainables.metrics import final_score
 from trainables.records import (AUDIT_STAGE, ERROR, FINAL, METHOD_COL, SEL_ACCURACY, SEL_FINAL, SEL_FORGETTING,
-                                TRIAL_KEY_COL, TUNING_REPLICATE, ULIRA_STAGE, journal_path, optuna_study_name,
-                                repair_journal)
+                                TRIAL_KEY_COL, TUNING_REPLICATE, ULIRA_STAGE, hparams_of, journal_path,
+                                optuna_study_name, repair_journal)
 from trainables.trial import TrialSpec
 
 from . import internals
@@ -279,18 +278,19 @@ class SearchStage(Stage):
     def _plan(self) -> int:
         cfg = self.ctx.cfg
         metric, mode = OBJECTIVES[cfg.objective]
-        journal = journal_path(cfg.results_dir)
+        journal = journal_path(cfg.results_dir, self.ctx.study_key)
         if dropped := repair_journal(journal):
             print(f"[study] {journal}: dropped a torn last line ({dropped} bytes, a write cut short by a crash)",
                   file=sys.stderr, flush=True)
         storage = JournalStorage(JournalFileBackend(str(journal)))
-        study_name = optuna_study_name(cfg.experiment_name, self.method, cfg.protocol, cfg.objective)
+        study_name = optuna_study_name(cfg.experiment_name, self.method, cfg.protocol, cfg.objective, self.ctx.study_key)
         directions = ["maximize", "minimize"] if isinstance(mode, list) else ["maximize"]
         study = optuna.create_study(study_name=study_name, storage=storage, load_if_exists=True, directions=directions)
         self.study = study
         if not study.user_attrs:  # what optuna-dashboard shows beside the front, written once
             describe(study, metric, {"experiment": cfg.experiment_name, "method": self.method, "dataset": cfg.dataset,
-                                     "protocol": cfg.protocol, "objective": cfg.objective, "git_commit": git_commit()})
+                                     "protocol": cfg.protocol, "objective": cfg.objective, "study_key": self.ctx.study_key,
+                                     "git_commit": git_commit()})
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             # Left behind by a killed study: it will never report. Closed as failed, marked so that
             # it does not use up the budget (its setting may be drawn again).
@@ -401,14 +401,18 @@ class SearchStage(Stage):
         self.searcher.on_trial_complete(trial_id, result=result, error=error)
 
     def chosen(self, limit: int) -> list[dict]:
-        """The settings the search chose, best selection final score first: the Pareto front
-        (pareto objective) or the best trial (scalar objective), at most `limit`."""
-        if self.untold:  # every run written, and so Optuna told, before the front is read
-            self.ctx.tracker.flush()
-        complete = [t for t in self.study.trials if t.state == TrialState.COMPLETE] if self.study else []
-        if not complete:
-            return []
-        if len(self.study.directions) == 1:
-            return [dict(self.study.best_trial.params)]
-        ranked = sorted(self.study.best_trials, key=lambda t: final_score(t.values[0], t.values[1]), reverse=True)
-        return [dict(t.params) for t in ranked[:limit]]
+        """The settings the search chose (`analysis.choice.search_front`, the one source every reader uses):
+        read from its finished trials' MLflow runs, best selection final score first, at most `limit`; each
+        as the searched hyper-parameters."""
+        from analysis.choice import search_front
+
+        self.ctx.tracker.flush()  # every ended trial's run written before the front is read
+        trials = self.ctx.tracker.children(self.stage)
+        if len(trials):
+            trials = trials[trials[METHOD_COL] == self.method]
+        names = list(self.space.fields)
+        out = []
+        for _, row in search_front(trials, self.ctx.cfg.objective, limit).iterrows():
+            hparams = hparams_of(row)
+            out.append({k: hparams[k] for k in names if k in hparams})
+        return out

@@ -17,22 +17,18 @@ import sqlite3
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import NamedTuple
 
 import pandas as pd
 from mlflow.entities import Param
 from mlflow.tracking import MlflowClient
-from ray import tune
 
 from trainables import records
-from trainables.bundle import bundle_items
-from trainables.methods import resolved_hparams
-from trainables.records import PARENT_TAG, STUDY_KEY_TAG, trial_key
-from trainables.trial import TrialSpec
+from trainables.records import PARENT_TAG, STUDY_KEY_TAG
 
-from .writer import TrackingError, Writer
+from .outages import TrackingError
+from .writer import Writer
 
 
 def git_commit() -> str:
@@ -163,6 +159,18 @@ class Tracker:
         self.writer.store_args = (self.experiment_id, self.parent_id)
         return self.parent_id, False
 
+    def latest_other_parent(self, study_key: str) -> tuple[str, dict] | None:
+        """(run id, decoded params) of the experiment's most recent study with another key, to say what changed."""
+        def find():
+            runs = self.client.search_runs([self.experiment_id], f"tags.{STUDY_KEY_TAG} != '{study_key}'",
+                                           order_by=["start_time DESC"], max_results=20)
+            return [r for r in runs if PARENT_TAG not in r.data.tags and STUDY_KEY_TAG in r.data.tags]
+
+        parents = self.writer.call(lambda attempt: find())
+        if not parents:
+            return None
+        return parents[0].info.run_id, records.decode_params(parents[0].data.params)
+
     def close_stale_children(self) -> int:
         """Children left RUNNING by a study that was killed: marked KILLED (a retried trial reopens its own)."""
         stale = self.children(status="RUNNING")
@@ -258,38 +266,6 @@ class Tracker:
                      points=_points(curve), started=started, ended=ended)
 
 
-IGNORED = (records.FINAL, "step", "pid", "timestamp", "time_this_iter_s", "done", "training_iteration",
-           "iterations_since_restore", "time_since_restore", "time_total_s", records.ITEM_SECONDS)
-
-
-def metric_name(name: str) -> str:
-    """The name a trial's reported value has in its run: `system/<name>` for when, where and at what cost it
-    ran, the name itself for what it computed (`records`, the three kinds of metric)."""
-    return records.SYSTEM_PREFIX + name if name in records.SYSTEM_VALUES else name
-
-
-def outcome(result: dict) -> tuple[str, dict, int, dict, dict, list]:
-    """What a trial's final report becomes in its run: (status, metrics, step, tags, arrays, curve)."""
-    curve = result.get(records.CURVE) or []  # the evaluations, sent with the final report
-    tags = {k: str(result[k]) for k in ("node_id", records.HARDWARE_TAG, records.ACCEL_TAG, records.REPLICATE_TAG,
-                                        records.SPLIT_SEED_TAG, records.SPLIT_FINGERPRINT_TAG, records.BANK_TAG)
-            if k in result}
-    if result.get(records.FINAL) != 1.0:
-        reason = str(result.get(records.ERROR) or "the trial ended without a final report")
-        return "FAILED", {}, 0, {**tags, records.ERROR: reason[:4000]}, {}, curve
-    metrics = {metric_name(k): v for k, v in result.items()
-               if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in IGNORED}
-    arrays = {}
-    if records.FORGET_LOSSES in result:
-        arrays[records.LOSSES_ARTIFACT] = {"forget": result[records.FORGET_LOSSES],
-                                           "unseen": result.get(records.UNSEEN_LOSSES, [])}
-    if records.FORGET_SCORES in result:
-        arrays[records.SCORES_ARTIFACT] = {"forget": result[records.FORGET_SCORES],
-                                           **({"member": result[records.SHADOW_MEMBERS]}
-                                              if records.SHADOW_MEMBERS in result else {})}
-    return "FINISHED", metrics, int(result.get("steps", 0)), tags, arrays, curve
-
-
 def _points(curve: list[dict] | None) -> list[tuple[str, float, int]]:
     """A trial's curve (one dict of selection metrics and its `step` per evaluation) as (name, value, step),
     named `eval/<metric>`: a curve holds the evaluations, never the chosen checkpoint's final value."""
@@ -297,89 +273,4 @@ def _points(curve: list[dict] | None) -> list[tuple[str, float, int]]:
             for k, v in point.items() if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)]
 
 
-class ItemTrial(NamedTuple):
-    """An ended trial (or an item of a bundle) as the plan and the progress lines read it: the queued writes
-    never hold Tune's own trial objects, which hold Ray handles."""
-
-    trial_id: str
-    last_result: dict
-    error_msg: str | None = None
-
-
-def _ended(trial) -> ItemTrial:
-    return ItemTrial(trial.trial_id, dict(trial.last_result or {}), getattr(trial, "error_msg", None))
-
-
-
-
-class TrackingCallback(tune.Callback):
-    """Driver-side: turns each trial's reports into its MLflow child run (queued, see `Writer`)."""
-
-    def __init__(self, tracker: Tracker, dataset: str, stages: set[str], on_recorded=None):
-        self.tracker, self.dataset, self.stages = tracker, dataset, set(stages)
-        # (trial, ok, run_id), once the trial's run is written: step 2 of a trial's end (study.plan)
-        self.on_recorded = on_recorded or (lambda trial, ok, run_id: None)
-        self.runs: dict[str, RunHandle] = {}
-        self.attempts: dict[str, int] = {}
-
-    def on_trial_start(self, iteration, trials, trial, **info):
-        spec = TrialSpec.of(trial.config)
-        if spec.stage not in self.stages:  # the plan's placeholders and bundles are not trials of the study
-            return
-        hparams = resolved_hparams(spec.method, self.dataset, **spec.hparams)
-        key = trial_key(spec.stage, spec.method, spec.seed, hparams, spec.replicate)
-        self.attempts[trial.trial_id] = self.attempts.get(trial.trial_id, 0) + 1  # > 1: Tune retried it
-        first = {"tags": {"attempts": str(self.attempts[trial.trial_id])},
-                 "metrics": {metric_name("scheduled_at"): time.time()}}  # for the start-up latency
-        self.runs[trial.trial_id] = self.tracker.open_child(key, spec.stage, spec.method, spec.seed, hparams,
-                                                            trial.trial_id, first)
-
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        if (items := bundle_items(trial.config)) is not None:
-            reports = (trial.last_result or {}).get(records.ITEMS) or []
-            for i, (item_id, config) in enumerate(items):
-                report = reports[i] if i < len(reports) else {records.ERROR: "the bundle ended without this trial's report"}
-                self._record_item(item_id, config, report)
-            return
-        handle, ended = self.runs.pop(trial.trial_id, None), _ended(trial)
-        status, metrics, step, tags, arrays, curve = outcome(ended.last_result)
-        if handle is None:  # not a trial of the study (a wait trial): nothing to write
-            self._written(ended, status == "FINISHED")
-            return
-        self.tracker.finish(handle, status, metrics, step, tags, arrays, curve,
-                            then=lambda run_id: self._written(ended, status == "FINISHED", run_id))
-
-    def _record_item(self, item_id: str, config: dict, report: dict) -> None:
-        spec = TrialSpec.of(config)
-        hparams = resolved_hparams(spec.method, self.dataset, **spec.hparams)
-        status, metrics, step, tags, arrays, curve = outcome(report)
-        item = ItemTrial(item_id, report)
-        self.tracker.write_ended(trial_key(spec.stage, spec.method, spec.seed, hparams, spec.replicate), spec.stage,
-                                 spec.method, spec.seed, hparams, item_id, status, metrics, step, tags, arrays, curve,
-                                 started=report.get("started_at"), ended=report.get("ended_at"),
-                                 then=lambda run_id: self._written(item, status == "FINISHED", run_id))
-
-    def on_trial_recover(self, iteration, trials, trial, **info):
-        """A worker died and Tune will retry the trial: the same child run carries on."""
-        if trial.trial_id in self.runs:
-            self.tracker.log(self.runs[trial.trial_id], tags={"recovered": "true"})
-
-    def on_trial_error(self, iteration, trials, trial, **info):
-        reason = (getattr(trial, "error_msg", None) or "trial failed").strip().splitlines()[-1][:4000]
-        if (items := bundle_items(trial.config)) is not None:  # its worker died past the retries: every item
-            for item_id, config in items:
-                self._record_item(item_id, config, {records.ERROR: reason})
-            return
-        handle, ended = self.runs.pop(trial.trial_id, None), _ended(trial)
-        if handle is not None:
-            self.tracker.finish(handle, "FAILED", tags={records.ERROR: reason},
-                                then=lambda run_id: self._written(ended, False, run_id))
-        else:
-            self._written(ended, False)
-
-    def _written(self, trial, ok: bool, run_id: str | None = None) -> None:
-        """The trial's run (`run_id`) is in the store."""
-        self.on_recorded(trial, ok, run_id)
-
-
-__all__ = ["Tracker", "TrackingCallback", "TrackingError", "git_commit", "runs_link"]
+__all__ = ["Tracker", "TrackingError", "git_commit", "runs_link"]

@@ -1,6 +1,6 @@
 """Trainables injected from outside the study: one that kills its worker process once, one that meets.
 
-The study has no setting for these. A test swaps `study.plan.study_trial` for one of them
+The study has no setting for these. A test swaps `study.trainable.study_trial` for one of them
 (monkeypatch); each runs the study's own trial function otherwise.
 - `dying_once(...)` kills its worker the first time it meets a trial of `method`, as an
   out-of-memory kill or a lost node does. The marker file says that it fired (once, across
@@ -34,7 +34,7 @@ def dying_once(method: str, marker: str, bundled: bool = False):
     def trial(config: dict, data=None, settings=None) -> None:
         from ray import tune
 
-        from study.plan import study_trial
+        from study.trainable import study_trial
         from trainables.bundle import bundle_items, run_bundle
         from trainables.trial import TrialSpec, run_trial
 
@@ -61,7 +61,7 @@ def meeting(folder: str, count: int, limit: float = 300.0):
     only keeps a study that cannot run them together from hanging: it then ends without `met` files."""
 
     def trial(config: dict, data=None, settings=None) -> None:
-        from study.plan import study_trial
+        from study.trainable import study_trial
 
         seat = None
         for i in range(count):

@@ -240,3 +240,11 @@ class StoppingProxy:
 
     def close(self) -> None:
         self.httpd.shutdown()
+
+
+def study_journal(results):
+    """(path, study key) of the Optuna journal of the study whose report `results` holds (named by its key)."""
+    import yaml
+
+    key = yaml.safe_load((Path(results) / "config.yaml").read_text())["study_key"]
+    return Path(results) / f"optuna-{key}.journal", key

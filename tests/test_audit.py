@@ -310,7 +310,7 @@ def test_the_cheap_ceiling_trains_no_second_set_of_retrained_models():
     import pandas as pd
 
     from study.config import resolve
-    from study.launch import audit_runs, ulira_stages
+    from study.pipeline import audit_runs, ulira_stages
     from trainables.audit import TARGET_SEED
 
     for ceiling, retrained in (("retrained", 8), ("simulated", 4)):

@@ -12,6 +12,7 @@ from mlflow.tracking import MlflowClient
 from study.cluster import connect
 from study.config import ConfigError, resolve
 from study.launch import main as launch
+from tests.fixtures import study_journal
 
 
 @pytest.mark.slow
@@ -82,12 +83,12 @@ def test_a_worker_node_lost_mid_search_loses_no_trial_and_counts_none_twice(tmp_
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     worker = cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
-    journal, removed = tmp_path / "r" / "optuna.journal", threading.Event()
+    removed = threading.Event()
 
     def take_the_node_back():  # once the search has finished a trial, both slots are busy with GLI trials
         deadline = time.time() + 300
         while time.time() < deadline and not removed.is_set():
-            if journal.exists() and '"state":1' in journal.read_text().replace(" ", ""):
+            if any('"state":1' in j.read_text().replace(" ", "") for j in (tmp_path / "r").glob("optuna-*.journal")):
                 time.sleep(0.5)
                 cluster.remove_node(worker, allow_graceful=False)
                 removed.set()
@@ -114,7 +115,8 @@ def test_a_worker_node_lost_mid_search_loses_no_trial_and_counts_none_twice(tmp_
         assert len(keys) == len(set(keys))  # no trial counted twice
         hit = [c for c in children if int(c.data.tags.get("attempts", "1")) > 1 or c.info.status == "FAILED"]
         assert hit, "no trial was running on the lost node"
-        study = optuna.load_study(study_name="gli-digits-smoke-gli-fair-pareto",
+        journal, key = study_journal(tmp_path / "r")
+        study = optuna.load_study(study_name=f"gli-digits-smoke-gli-fair-pareto-{key}",
                                   storage=JournalStorage(JournalFileBackend(str(journal))))
         complete = {t.number for t in study.trials if t.state.name == "COMPLETE"}
         gli = [c for c in children if c.data.tags["stage"] == "gli" and c.info.status == "FINISHED"]
@@ -166,7 +168,7 @@ def test_two_studies_at_once_on_one_tracking_server_and_cluster_keep_to_their_ow
             assert children and all(c.data.tags["mlflow.parentRunId"] == parents[name] for c in children)
             keys = [c.data.tags["trial_key"] for c in children]
             assert len(keys) == len(set(keys)) and all(c.info.status == "FINISHED" for c in children)
-            journal = (tmp_path / name / "optuna.journal").read_text()
+            journal = study_journal(tmp_path / name)[0].read_text()
             other = "study-b" if name == "study-a" else "study-a"
             assert f"{name}-gli" in journal and other not in journal  # no shared Optuna study
         assert parents["study-a"] != parents["study-b"]
@@ -174,7 +176,8 @@ def test_two_studies_at_once_on_one_tracking_server_and_cluster_keep_to_their_ow
         assert checkpoints and not list((shared / "models").rglob("*.tmp"))
         for path in checkpoints:  # both studies trained the same base models: each file whole and verified
             read_checkpoint(path)
-        assert {p.name for p in shared.iterdir()} >= {"study-a", "study-b"}  # one Tune folder per study
+        tune_folders = {p.name.rsplit("-", 1)[0] for p in shared.iterdir() if p.is_dir()}  # <experiment>-<study key>
+        assert tune_folders >= {"study-a", "study-b"}  # one Tune folder per study
     finally:
         ray.shutdown()
         cluster.shutdown()

@@ -102,7 +102,7 @@ def test_bad_values(values, message):
 
 def test_fashion_mnist_sizes_reach_the_data(tmp_path):
     from study.config import data_config
-    from study.launch import build_parser
+    from study.cli import build_parser
 
     args = build_parser().parse_args(["--dataset", "fashion-mnist", "--train-count", "500", "--unseen-count", "300",
                                       "--test-count", "200", "--forget-count", "50",
@@ -117,7 +117,7 @@ def test_fashion_mnist_sizes_reach_the_data(tmp_path):
 
 
 def test_deterministic_trials_run_fp32_with_deterministic_kernels(tmp_path):
-    from study.plan import StudyContext
+    from study.context import StudyContext
     from trainables import engine
     from trainables.data import DataConfig, load_dataset
 
@@ -130,7 +130,7 @@ def test_deterministic_trials_run_fp32_with_deterministic_kernels(tmp_path):
 
 
 def test_help_states_each_default_once_in_groups_with_examples(capsys):
-    from study.launch import build_parser
+    from study.cli import build_parser
 
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--help"])
@@ -142,7 +142,7 @@ def test_help_states_each_default_once_in_groups_with_examples(capsys):
     for group in ("data:", "protocol and evaluation:", "search:", "cluster:", "tracking and results:", "advanced:"):
         assert f"\n{group}\n" in text
     assert "--selection" not in text  # deprecated: accepted, not shown
-    assert text.rstrip().endswith("README.md says what every setting does.") and "examples:" in text
+    assert text.rstrip().endswith("docs/guide.md says what every setting does.") and "examples:" in text
     # one default per flag: no help text says "default" twice
     for block in re.split(r"\n  (?=--)", text.split("examples:")[0]):
         assert block.count("default") <= 1, block

@@ -61,6 +61,6 @@ def test_trial_code_does_not_import_torchvision():
     import subprocess
     import sys
 
-    code = "import sys, trainables.trial, study.plan, study.launch; print('torchvision' in sys.modules)"
+    code = "import sys, trainables.trial, study.trainable, study.context, study.pipeline, study.launch; print('torchvision' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -11,7 +11,8 @@ from types import SimpleNamespace
 import pytest
 from ray.tune.search import Searcher
 
-from study.plan import WAIT_STAGE, StudyPlan, wait_for_plan
+from study.plan import WAIT_STAGE, StudyPlan
+from study.waits import wait_for_plan
 from study.stages import GridStage
 
 
@@ -242,7 +243,7 @@ def test_progress_lines_keep_one_study_clock_name_the_best_and_estimate_what_is_
     and estimates the time left once three of its trials have ended."""
     import pandas as pd
 
-    from study.tracking import ItemTrial
+    from study.callback import ItemTrial
 
     ctx = SimpleNamespace(**vars(_ctx()), started=1000.0)
     stage = GridStage(ctx, "confirm", [_run("gli", s) for s in range(5)] + [_run("scrub", 0)])

@@ -23,6 +23,7 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
 from study.launch import main as launch
+from tests.fixtures import study_journal
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,8 +70,9 @@ def _wait_for(proc: subprocess.Popen, text: str, timeout: float = 240) -> list[s
 
 
 def _study(results: Path):
-    storage = JournalStorage(JournalFileBackend(str(results / "optuna.journal")))
-    return optuna.load_study(study_name="gli-digits-smoke-gli-fair-pareto", storage=storage)
+    journal, key = study_journal(results)
+    storage = JournalStorage(JournalFileBackend(str(journal)))
+    return optuna.load_study(study_name=f"gli-digits-smoke-gli-fair-pareto-{key}", storage=storage)
 
 
 @pytest.mark.slow
@@ -86,7 +88,7 @@ def test_sigkill_mid_search_then_resume(tmp_path):
     uri = f"sqlite:///{results}/mlflow.db"
     _, children = _runs(uri, "gli-digits-smoke")
     finished_before = {c.info.run_id for c in children if c.info.status == "FINISHED" and c.data.tags["stage"] == "gli"}
-    with open(results / "optuna.journal", "ab") as f:  # a kill during a journal write: half a line
+    with open(study_journal(results)[0], "ab") as f:  # a kill during a journal write: half a line
         f.write(b'{"op_code": 5, "worker_id": "abc')
 
     again = _start(results, cache)
@@ -171,7 +173,7 @@ def test_dying_worker_is_retried(ray_instance, tmp_path, monkeypatch):
     from tests.faults import dying_once
 
     marker = tmp_path / "killed-once"
-    monkeypatch.setattr("study.plan.study_trial", dying_once("finetune", str(marker)))  # from outside the study
+    monkeypatch.setattr("study.trainable.study_trial", dying_once("finetune", str(marker)))  # from outside the study
     config = tmp_path / "study.yaml"
     config.write_text(yaml.safe_dump({"baselines": ["finetune"], "budget": 1, "max_failures": 2}))
     uri = f"sqlite:///{tmp_path}/store.db"
@@ -191,7 +193,7 @@ def test_a_worker_dying_mid_bundle_reruns_the_bundle_and_records_each_trial_once
     from tests.faults import dying_once
 
     marker = tmp_path / "killed-once"
-    monkeypatch.setattr("study.plan.study_trial", dying_once("gli", str(marker), bundled=True))
+    monkeypatch.setattr("study.trainable.study_trial", dying_once("gli", str(marker), bundled=True))
     config = tmp_path / "study.yaml"
     config.write_text(yaml.safe_dump({"baselines": ["finetune"], "replicates": 1, "base_epochs": 3, "method_epochs": 1,
                                       "eval_every": 7, "budget": 10, "max_failures": 2, "bundle_seconds": 60}))

@@ -21,7 +21,7 @@ from ray import tune
 from ray.tune.schedulers import FIFOScheduler
 from ray.tune.search import Searcher
 
-from study.plan import SpareStartingWorkers
+from study.scheduler import SpareStartingWorkers
 
 SLOTS = 4  # logical CPUs: more worker start-ups than this machine's 2 cores run at once
 TRIALS = 24

@@ -9,14 +9,14 @@ import pandas as pd
 
 from study.spaces import SearchSpace
 from study.stages import SearchStage
-from study.tracking import ItemTrial
+from study.callback import ItemTrial
 
 
 def _ctx(tmp_path, batch: int):
     cfg = SimpleNamespace(objective="pareto", results_dir=str(tmp_path), experiment_name="order", protocol="fair",
                           dataset="digits", sampler_seed=0, search_batch=batch)
     tracker = SimpleNamespace(children=lambda stage: pd.DataFrame(), flush=lambda: None)
-    return SimpleNamespace(cfg=cfg, tracker=tracker, fixed_hparams=lambda method=None: {}, started=0.0)
+    return SimpleNamespace(cfg=cfg, tracker=tracker, fixed_hparams=lambda method=None: {}, started=0.0, study_key="k")
 
 
 def _score(hparams: dict) -> dict:

@@ -8,9 +8,9 @@ import math
 
 import numpy as np
 import pandas as pd
-import pytest
 
-from analysis.sequential import all_settled, look_sizes, planned_looks, run_looks, settle, verdicts_markdown
+from analysis.sequential import (all_settled, complete_replicates, look_sizes, missing_note, planned_looks, run_looks,
+                                 settle, verdicts_markdown)
 from analysis.tables import compare
 
 
@@ -42,7 +42,7 @@ def test_a_stand_in_study_settles_each_comparison_as_its_known_effect_says():
     `undecided` at 20 replicates, with no false verdict."""
     rows = _stand_in(np.random.default_rng(0), {"worse_b": (0.05, 0.01), "equal_b": (0.0, 0.002),
                                                 "noisy_b": (0.0, 0.05)}, 20)
-    verdicts = settle(rows, start=3, most=20, step=1).set_index(["baseline", "metric"])
+    verdicts = settle(rows, look_sizes(3, 20, 1)).set_index(["baseline", "metric"])
     better = verdicts.loc[("worse_b", "final_score")]
     # expected: Holm tests the first of the 6 comparisons at 0.05 / 18 looks / 6; its half-width
     # t(1 - 0.05 / 216, n - 1) * 0.01 / sqrt(n) first falls below the effect 0.05 at n = 5 (0.047), the third look
@@ -52,11 +52,14 @@ def test_a_stand_in_study_settles_each_comparison_as_its_known_effect_says():
     assert equal["verdict"] == "equivalent" and equal["replicates"] <= 8 and -0.01 < equal["lo"] <= equal["hi"] < 0.01
     noisy = verdicts.loc[("noisy_b", "final_score")]
     assert noisy["verdict"] == "undecided" and noisy["replicates"] == 20 and noisy["look"] == 18
+    # every row names its look schedule and the settings it compared (the stand-in's rows carry no params)
+    assert set(verdicts["schedule"]) == {",".join(map(str, range(3, 21)))}
+    assert set(verdicts["gli_setting"]) == {"{}"} and set(verdicts["baseline_setting"]) == {"{}"}
     assert not all_settled(verdicts.reset_index())
     text = verdicts_markdown(verdicts.reset_index(), "t")
     assert "| worse_b | final_score | GLI is better |" in text and "undecided: no claim either way" in text
     # a resumed study replays the same looks: the same verdicts
-    assert settle(rows, start=3, most=20, step=1).equals(verdicts.reset_index())
+    assert settle(rows, look_sizes(3, 20, 1)).equals(verdicts.reset_index())
 
 
 def test_repeated_looks_over_many_comparisons_keep_the_error_rate(monkeypatch):
@@ -88,4 +91,25 @@ def test_repeated_looks_over_many_comparisons_keep_the_error_rate(monkeypatch):
 
 
 def test_no_rows_no_verdicts():
-    assert settle(pd.DataFrame(), 3, 20, 1).empty and not all_settled(pd.DataFrame(columns=["verdict"]))
+    assert settle(pd.DataFrame(), [3, 4]).empty and not all_settled(pd.DataFrame(columns=["verdict"]))
+
+
+def test_a_look_counts_complete_replicates_only():
+    """A study killed mid-round leaves replicate 5 with GLI's run but no baseline's. The look at 5 replicates must
+    not be made on the 4 pairs there are (it settled `better` on them before this rule); resumed and finished,
+    the study gives the verdicts of an uninterrupted run."""
+    rows = _stand_in(np.random.default_rng(2), {"worse_b": (0.05, 0.015)}, 5)
+    cut = rows[~((rows["tags.seed"] == "5") & (rows["method"] == "worse_b"))]
+    assert complete_replicates(cut) == [1, 2, 3, 4] and complete_replicates(rows) == [1, 2, 3, 4, 5]
+    assert missing_note(cut, 5) == "replicate 5 has no finished run of worse_b" and missing_note(rows, 5) is None
+    sizes = [3, 4, 5]
+    interrupted = settle(cut, sizes)
+    assert (interrupted["look"] <= 2).all()  # no look at 5 on an incomplete replicate
+    assert (interrupted["replicates"] == [sizes[n - 1] for n in interrupted["look"]]).all()  # a look: its size
+    assert interrupted.equals(settle(rows[pd.to_numeric(rows["tags.seed"]) <= 4], sizes))
+    finished = settle(rows, sizes)
+    assert finished["replicates"].isin(sizes).all()
+    # a replicate past a gap is never read: replicate 6 complete, 5 not
+    more = _stand_in(np.random.default_rng(1), {"worse_b": (0.05, 0.01)}, 6)
+    gap = more[~((more["tags.seed"] == "5") & (more["method"] == "worse_b"))]
+    assert complete_replicates(gap) == [1, 2, 3, 4]

@@ -19,6 +19,7 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
 from study.launch import main as launch
+from tests.fixtures import study_journal
 from trainables.methods import REFERENCE_ROWS, available
 
 
@@ -95,8 +96,9 @@ def test_smoke_study_records_everything(smoke, capsys):
         assert c.data.tags["accel"] == '{"async_attack": false, "cuda_graphs": false, "cudnn_benchmark": false, ' \
                                        '"deterministic": false, "precision": "fp32"}'  # what ran on this CPU
     # the paper's setting is the first trial, and every Optuna trial holds both objectives
-    storage = JournalStorage(JournalFileBackend(str(results / "optuna.journal")))
-    study = optuna.load_study(study_name="gli-digits-smoke-gli-fair-pareto", storage=storage)
+    journal, key = study_journal(results)
+    storage = JournalStorage(JournalFileBackend(str(journal)))
+    study = optuna.load_study(study_name=f"gli-digits-smoke-gli-fair-pareto-{key}", storage=storage)
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4
     assert all(len(t.values) == 2 for t in study.trials)
     assert study.trials[0].params == {"step_size": 0.01, "iterations": 2, "w_start": 200.0, "w_end": 1000.0}
@@ -161,7 +163,7 @@ def test_second_run_reuses_finished_work(smoke, capsys):
     assert f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1" in captured.out  # local only
     assert re.search(r"then open http://127\.0\.0\.1:5000/#/experiments/\d+/runs\?workflowType=machine_learning",
                      captured.out)  # the runs table, not the GenAI overview
-    assert f"optuna-dashboard {results / 'optuna.journal'}" in captured.out
+    assert f"optuna-dashboard {study_journal(results)[0]}" in captured.out
     assert "stage base: 4 of 4 trial(s) already finished" in err
     assert "all 4 trials already in the Optuna study" in err
     assert [p.stat().st_mtime_ns for p in sorted((results / "ray" / "models").iterdir())] == stamps  # nothing retrained
@@ -176,7 +178,7 @@ def test_logical_gpus_run_trials_concurrently(tmp_path, monkeypatch):
 
     seats = tmp_path / "seats"
     seats.mkdir()
-    monkeypatch.setattr("study.plan.study_trial", meeting(str(seats), 2))
+    monkeypatch.setattr("study.trainable.study_trial", meeting(str(seats), 2))
     config = tmp_path / "study.yaml"
     config.write_text("baselines: [finetune, neggrad]\nbudget: 3\n")
     uri = f"sqlite:///{tmp_path}/store.db"
@@ -217,8 +219,9 @@ def test_short_trials_run_in_bundles_each_recorded_once(tmp_path):
         assert c.info.start_time == int(c.data.metrics["system/started_at"] * 1000)
         assert c.info.end_time == int(c.data.metrics["system/ended_at"] * 1000)
         assert {"accuracy", "forgetting_score", "sel_final_score"} <= set(c.data.metrics)
-    storage = JournalStorage(JournalFileBackend(str(results / "optuna.journal")))
-    study = optuna.load_study(study_name="bundles-gli-fair-pareto", storage=storage)
+    journal, key = study_journal(results)
+    storage = JournalStorage(JournalFileBackend(str(journal)))
+    study = optuna.load_study(study_name=f"bundles-gli-fair-pareto-{key}", storage=storage)
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 10
 
 
@@ -235,8 +238,9 @@ def test_tuned_baselines_scalar_objective_paper_protocol(tmp_path, capsys):
     stages = [(c.data.tags["stage"], c.data.tags["method"]) for c in children]
     assert stages.count(("baseline", "finetune")) == 2  # an Optuna search with GLI's budget
     assert stages.count(("confirm", "finetune")) == 1 and stages.count(("confirm", "gli")) == 1  # the best of each
-    storage = JournalStorage(JournalFileBackend(str(tmp_path / "r" / "optuna.journal")))
-    study = optuna.load_study(study_name="gli-digits-paper-smoke-finetune-paper-final_score", storage=storage)
+    journal, key = study_journal(tmp_path / "r")
+    storage = JournalStorage(JournalFileBackend(str(journal)))
+    study = optuna.load_study(study_name=f"gli-digits-paper-smoke-finetune-paper-final_score-{key}", storage=storage)
     assert len(study.trials) == 2 and study.trials[0].params == {"lr": 0.001}  # the paper's setting first
     assert "| finetune | 1 |" in (tmp_path / "r" / "summary.md").read_text()
 
@@ -399,8 +403,9 @@ def test_export_and_reproduce_errors(smoke, tmp_path, capsys):
 
 
 def test_until_settled_adds_rounds_of_replicates_and_reports_verdicts(tmp_path, capsys):
-    """--until-settled: after the first replicates, rounds of one replicate each (two CPUs) until every comparison
-    is settled or --max-replicates; the report opens with the verdicts and verdicts.csv holds them."""
+    """--until-settled: after the first replicates, rounds of one replicate each (the default schedule) until every
+    comparison is settled or --max-replicates; the report opens with the verdicts and verdicts.csv holds them. A
+    resume after a lost run on another slot count replays the same verdicts; a changed setting is a new study."""
     config = tmp_path / "study.yaml"
     config.write_text("baselines: [finetune, eu_k]\nbase_epochs: 3\nmethod_epochs: 1\neval_every: 7\nbudget: 2\n"
                       "replicates: 2\n")
@@ -422,4 +427,35 @@ def test_until_settled_adds_rounds_of_replicates_and_reports_verdicts(tmp_path, 
     confirm_seeds = {c.data.tags["seed"] for c in children if c.data.tags["stage"] == "confirm"}
     assert confirm_seeds == ({"1", "2", "3"} if "stage base-round1" in err else {"1", "2"})
     cfg = yaml.safe_load((results / "config.yaml").read_text())
-    assert cfg["round_size"] == 1 and cfg["until_settled"] is True  # what the two slots gave, recorded
+    assert cfg["looks"] == [2, 3] and cfg["until_settled"] is True  # the schedule: the study's, recorded
+    client, parents, children = _runs(uri, "settle")
+    assert parents[0].data.params["looks"] == "[2, 3]"
+
+    # Killed mid-round (the last replicate's eu_k run lost) and resumed on another slot count (1 slot, not 2):
+    # the same study, the same looks, the same verdicts.
+    last = max(int(c.data.tags["seed"]) for c in children if c.data.tags["stage"] == "confirm")
+    lost = [c for c in children if c.data.tags["stage"] == "confirm" and c.data.tags["method"] == "eu_k"
+            and int(c.data.tags["seed"]) == last]
+    client.delete_run(lost[0].info.run_id)
+    assert launch(["--config", str(config), "--results-dir", str(results), "--tracking-uri", uri, "--experiment-name",
+                   "settle", "--until-settled", "--max-replicates", "3", "--cpus-per-trial", "2"]) == 0
+    err = capsys.readouterr().err
+    assert "resuming settle" in err and "a new study" not in err
+    assert pd.read_csv(results / "verdicts.csv").equals(verdicts)
+    first_key = cfg["study_key"]
+
+    # The same experiment name with a changed forget set: a new study, which says so, searches anew and sets the
+    # first one's report aside.
+    assert launch(["--config", str(config), "--results-dir", str(results), "--tracking-uri", uri, "--experiment-name",
+                   "settle", "--until-settled", "--max-replicates", "3", "--forget-count", "30"]) == 0
+    err = capsys.readouterr().err
+    assert re.search(rf"a new study in experiment settle: its settings differ from study {first_key} "
+                     r"\(forget_count None -> 30; data_fingerprint \w+ -> \w+\)", err), err
+    assert "already in the Optuna study" not in err and "gli: 2/2 done" in err
+    assert (results / "superseded" / first_key / "verdicts.csv").is_file()
+    second = yaml.safe_load((results / "config.yaml").read_text())
+    assert second["study_key"] != first_key and second["forget_count"] == 30
+    journal = JournalStorage(JournalFileBackend(str(results / f"optuna-{second['study_key']}.journal")))
+    assert {s.study_name for s in optuna.get_all_study_summaries(journal)} == {
+        f"settle-{m}-fair-pareto-{second['study_key']}" for m in ("gli", "finetune", "eu_k")}
+    assert len(optuna.load_study(study_name=f"settle-gli-fair-pareto-{second['study_key']}", storage=journal).trials) == 2

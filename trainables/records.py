@@ -55,10 +55,12 @@ SCORES_ARTIFACT = "scores.npz"  # on an audit run: per forget example, the audit
 AUDIT_STAGE = "audit"  # its runs share AUDIT_REPLICATE's split and start from its original; their seed seeds the run
 ULIRA_STAGE = "ulira"  # U-LiRA's shadow and target models on AUDIT_REPLICATE's split; a run's seed is the model's index
 SHADOW_MEMBERS = "shadow_members"  # a U-LiRA run's forget candidates, 1 where its model trained on and forgot one
+# A report's per-example arrays: MLflow artifacts, never in Tune's experiment state or its JSON log.
+PER_EXAMPLE = (FORGET_LOSSES, UNSEEN_LOSSES, FORGET_SCORES, SHADOW_MEMBERS)
 EXPORT_KIND = "gli-study-export"  # the `kind` of a file written by analysis.export
 CONFIRM_LIMIT = 5  # Pareto-optimal GLI settings confirmed on every reported replicate, best selection final score first
 
-# A trial's metrics in MLflow, three kinds under three kinds of name (README, "Results and MLflow"):
+# A trial's metrics in MLflow, three kinds under three kinds of name (docs/guide.md, "Results and MLflow"):
 # - final values, plain names (`accuracy`, `sel_final_score`): one value each, the chosen checkpoint's;
 # - curves, `eval/<name>`: the selection metrics at every evaluation, by step (nothing else);
 # - system values, `system/<name>`: when, where and at what cost the trial ran, not what it computed.
@@ -95,9 +97,10 @@ def write_atomic(path: str | Path, data: str | bytes | None = None, writer=None)
     return path
 
 
-def journal_path(results_dir: str | Path) -> Path:
-    """The Optuna journal of every search of a study."""
-    return Path(results_dir) / "optuna.journal"
+def journal_path(results_dir: str | Path, study_key: str | None = None) -> Path:
+    """The Optuna journal of every search of one study (`optuna-<study key>.journal`): two studies that share a
+    results folder never share a journal. Without a key, the one journal of a study recorded before keys."""
+    return Path(results_dir) / (f"optuna-{study_key}.journal" if study_key else "optuna.journal")
 
 
 def repair_journal(path: Path) -> int:
@@ -134,8 +137,9 @@ def repair_journal(path: Path) -> int:
     return size - keep
 
 
-def optuna_study_name(experiment: str, method: str, protocol: str, objective: str) -> str:
-    return f"{experiment}-{method}-{protocol}-{objective}"
+def optuna_study_name(experiment: str, method: str, protocol: str, objective: str, study_key: str | None = None) -> str:
+    """One search's Optuna study: named by the study key too, so a changed study never resumes another's search."""
+    return f"{experiment}-{method}-{protocol}-{objective}" + (f"-{study_key}" if study_key else "")
 
 
 def trial_key(stage: str, method: str, seed: int, hparams: dict, replicate: int | None = None) -> str:

@@ -7,7 +7,7 @@ every trial shares, `TrialSettings` (model, base training, evaluation, where the
 checkpoints live), and the decoded data set reach the worker once, beside the config
 (`tune.with_parameters`). `run_trial` takes the base models from the shared checkpoint
 folder (trained there by the base stage), and returns the flat metrics dict that the
-trainable (`study.plan.study_trial`) reports: one report, at the end, holding every
+trainable (`study.trainable.study_trial`) reports: one report, at the end, holding every
 objective, every final metric and the curve (the selection metrics at each evaluation).
 One report rather than one per evaluation: each report costs the driver a round trip
 and its processing (`bench/driver.py`), and nothing reads the curve before the trial ends.
