@@ -126,6 +126,15 @@ def method_rows(children: pd.DataFrame, paper_baselines: bool) -> pd.DataFrame:
     return rows
 
 
+def ended_rows(children: pd.DataFrame, paper_baselines: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """From every child run (any status): the table's finished rows and the rows of every run that ended, finished
+    or failed (`sequential.settle` counts a replicate once each of its runs has ended)."""
+    if not len(children):
+        return children, children
+    ended = method_rows(children[children["status"].isin(["FINISHED", "FAILED"])], paper_baselines)
+    return ended[ended["status"] == "FINISHED"], ended
+
+
 def _losses(study: StudyRecords, rows: pd.DataFrame, summary: pd.DataFrame) -> dict:
     """Per table row, the losses of its chosen setting's first seed."""
     out = {}
@@ -174,8 +183,10 @@ def build_report(study: StudyRecords, info: StudyInfo, out_dir: Path) -> tuple[p
         written.append(write_atomic(out_dir / name, text))
 
     pairs = tables.paired(rows, summary, margin=info.margin)
-    verdicts = (sequential.settle(rows, info.schedule, info.margin)
-                if info.until_settled and info.schedule else None)
+    verdicts = None
+    if info.until_settled and info.schedule:
+        finished, ended = ended_rows(study.children(status=None), info.paper_baselines)
+        verdicts = sequential.settle(finished, info.schedule, info.margin, ended=ended)
     confirmed = set(rows[rows[STAGE_COL] == CONFIRM_STAGE]["method"]) if len(rows) else set()
     searched = [STUDIED] + ([] if info.paper_baselines else sorted(confirmed - {STUDIED}))  # the tuning cards
     studies = {m: s for m in searched if (s := load_optuna(info, m)) is not None}

@@ -14,7 +14,8 @@ comparison is settled or M replicates are reported, and what is left is `undecid
 The looks are the study's own setting (`looks`, fixed from its settings when it first starts
 and recorded on its parent run), never the cluster's size: the same study on 2 CPUs or 64 GPUs
 makes the same looks. A look at n replicates is made once replicates 1..n are complete (every
-compared method has its finished runs on each); a later, partial replicate is never read.
+setting's run on each has ended, finished or failed); a later, partial replicate is never read,
+and a comparison whose setting failed on a counted replicate stays undecided at that look.
 Everything is replayed from the recorded rows (each look sees the replicates it saw then),
 so a resumed study reaches the same verdicts.
 """
@@ -30,7 +31,7 @@ from trainables.records import SEED_COL, STUDIED
 from .tables import LEVEL, MARGIN, paired, summarise
 
 VERDICT_COLUMNS = ["baseline", "metric", "mean_diff", "lo", "hi", "replicates", "verdict", "p", "p_holm", "level",
-                   "look", "looks", "schedule", "gli_setting", "baseline_setting"]
+                   "look", "looks", "missing", "schedule", "gli_setting", "baseline_setting"]
 
 
 def planned_looks(start: int, most: int, step: int) -> int:
@@ -75,16 +76,17 @@ def schedule_text(sizes) -> str:
     return ",".join(str(int(n)) for n in sizes)
 
 
-def complete_replicates(rows: pd.DataFrame) -> list[int]:
+def complete_replicates(ended: pd.DataFrame) -> list[int]:
     """The replicates 1, 2, ... in order up to the first that is incomplete: a replicate is complete when every
-    (method, setting) the rows hold anywhere has its finished run on it. A look counts only these, so a look
-    at n replicates compares n pairs whatever else (a later round cut short) the rows hold."""
-    if not len(rows):
+    (method, setting) that `ended` holds anywhere has a run on it that has ended, finished or failed (a run that
+    failed, a diverged trial, fails again when rerun: waiting for it would stall every later look). A look counts
+    only these, so a look at n replicates compares n pairs whatever else (a later round cut short) the rows hold."""
+    if not len(ended):
         return []
-    seeds = pd.to_numeric(rows[SEED_COL]).astype(int)
-    pairs = set(zip(rows["method"], rows["setting"]))
+    seeds = pd.to_numeric(ended[SEED_COL]).astype(int)
+    pairs = set(zip(ended["method"], ended["setting"]))
     have: dict[int, set] = {}
-    for seed, pair in zip(seeds, zip(rows["method"], rows["setting"])):
+    for seed, pair in zip(seeds, zip(ended["method"], ended["setting"])):
         have.setdefault(seed, set()).add(pair)
     complete = []
     for seed in sorted(have):
@@ -94,32 +96,49 @@ def complete_replicates(rows: pd.DataFrame) -> list[int]:
     return complete
 
 
-def missing_note(rows: pd.DataFrame, size: int) -> str | None:
-    """Why the look at `size` replicates cannot be made yet: the first replicate that lacks a run, and what."""
-    complete = complete_replicates(rows)
-    if len(complete) >= size or not len(rows):
+def missing_note(ended: pd.DataFrame, size: int) -> str | None:
+    """Why the look at `size` replicates cannot be made yet: the first replicate that lacks an ended run, and of
+    which settings."""
+    complete = complete_replicates(ended)
+    if len(complete) >= size or not len(ended):
         return None
     seed = len(complete) + 1
-    seeds = pd.to_numeric(rows[SEED_COL]).astype(int)
-    pairs = set(zip(rows["method"], rows["setting"]))
-    have = set(zip(rows.loc[seeds == seed, "method"], rows.loc[seeds == seed, "setting"]))
-    lacking = sorted({m for m, _ in pairs - have})
-    return f"replicate {seed} has no finished run of {', '.join(lacking)}"
+    seeds = pd.to_numeric(ended[SEED_COL]).astype(int)
+    pairs = set(zip(ended["method"], ended["setting"]))
+    have = set(zip(ended.loc[seeds == seed, "method"], ended.loc[seeds == seed, "setting"]))
+    if not have:
+        return f"replicate {seed} has no ended run yet"
+    lacking = sorted(f"{m} ({str(s)[:8]})" for m, s in pairs - have)
+    return f"replicate {seed} has no ended run of {', '.join(lacking)}"
 
 
 def settle(rows: pd.DataFrame, sizes: list[int], margin: float = MARGIN, method: str = STUDIED,
-           alpha: float = 1 - LEVEL) -> pd.DataFrame:
-    """The verdict of every comparison after the looks the rows allow. `rows` are the table's rows
-    (`report.method_rows`) of the reported replicates; `sizes` the study's look schedule. A look is made once
-    replicates 1..size are complete (`complete_replicates`), on those replicates alone (each method's setting
-    chosen as the table chose it then)."""
+           alpha: float = 1 - LEVEL, ended: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The verdict of every comparison after the looks the rows allow. `rows` are the table's finished rows
+    (`report.method_rows`) of the reported replicates, `ended` the same for every run that ended (finished or
+    failed; default `rows`: none failed); `sizes` the study's look schedule. A look is made once replicates
+    1..size are complete (`complete_replicates`), on those replicates alone (each method's setting chosen as the
+    table chose it then, among the settings with no failed run there). A comparison whose compared setting has
+    no finished run on some replicate of the look (it failed) is `undecided` there (`missing`: how many), never
+    read on fewer pairs: dropping the failed replicates would favour whichever method fails."""
+    ended = rows if ended is None else ended
     if not len(rows):
         return pd.DataFrame(columns=VERDICT_COLUMNS)
-    complete = complete_replicates(rows)
+    complete = complete_replicates(ended)
+    failed = ended[ended["status"] == "FAILED"] if "status" in ended else ended.iloc[:0]
 
     def table_at(size: int, share: float) -> pd.DataFrame:
-        seen = rows[pd.to_numeric(rows[SEED_COL]).astype(int).isin(complete[:size])]
-        return paired(seen, summarise(seen), method, margin, share)
+        counted = complete[:size]
+        seen = rows[pd.to_numeric(rows[SEED_COL]).astype(int).isin(counted)]
+        broke = failed[pd.to_numeric(failed[SEED_COL]).astype(int).isin(counted)]
+        several = seen.groupby("method")["setting"].nunique()
+        drop = {(m, s) for m, s in zip(broke["method"], broke["setting"]) if several.get(m, 0) > 1}
+        if drop:  # a setting that failed on a counted replicate is never the one chosen among several
+            seen = seen[[pair not in drop for pair in zip(seen["method"], seen["setting"])]]
+        table = paired(seen, summarise(seen), method, margin, share)
+        table["missing"] = size - table["replicates"]
+        table.loc[table["missing"] > 0, "verdict"] = "undecided"
+        return table
 
     out = run_looks(table_at, list(sizes), len(complete), alpha)
     return out.assign(schedule=schedule_text(sizes))[VERDICT_COLUMNS]
@@ -143,5 +162,8 @@ def verdicts_markdown(verdicts: pd.DataFrame, title: str, margin: float = MARGIN
              "| versus | metric | verdict | replicates | difference [lo, hi] |", "|---|---|---|---|---|"]
     for _, r in verdicts.iterrows():
         interval = ("-" if pd.isna(r["lo"]) else f"{r['mean_diff']:.4f} [{r['lo']:.4f}, {r['hi']:.4f}]")
-        lines.append(f"| {r['baseline']} | {r['metric']} | {words[r['verdict']]} | {int(r['replicates'])} | {interval} |")
+        said = words[r["verdict"]]
+        if pd.notna(r.get("missing")) and r["missing"] > 0:
+            said = f"undecided: a compared run failed on {int(r['missing'])} of the look's replicates"
+        lines.append(f"| {r['baseline']} | {r['metric']} | {said} | {int(r['replicates'])} | {interval} |")
     return "\n".join(lines) + "\n"

@@ -151,7 +151,7 @@ def settling_rounds(ctx: StudyContext, confirm_runs, after: tuple[str, ...]) -> 
     replicates: each adds the next replicates' base models, confirm runs (and paper-setting baselines) once the
     previous round has ended, unless every GLI-minus-baseline comparison is already settled
     (`analysis.sequential`, on complete replicates only); then it and the rest are empty."""
-    from analysis.report import method_rows
+    from analysis.report import ended_rows
     from analysis.sequential import all_settled, missing_note, settle
 
     cfg = ctx.cfg
@@ -162,11 +162,11 @@ def settling_rounds(ctx: StudyContext, confirm_runs, after: tuple[str, ...]) -> 
         """Whether the study goes on after `have` reported replicates (decided once per round, from MLflow: reading
         the children flushes the writer first, so every ended trial's run is there)."""
         if have not in decided:
-            rows = method_rows(ctx.tracker.children(), cfg.paper_baselines)
+            rows, ended = ended_rows(ctx.tracker.children(status=None), cfg.paper_baselines)
             due = [n for n in cfg.looks if n <= have]
-            if due and (note := missing_note(rows, due[-1])):
+            if due and (note := missing_note(ended, due[-1])):
                 print(f"[study] the look at {due[-1]} replicates waits: {note}", file=sys.stderr, flush=True)
-            decided[have] = not all_settled(settle(rows, cfg.looks, cfg.margin))
+            decided[have] = not all_settled(settle(rows, cfg.looks, cfg.margin, ended=ended))
             if not decided[have]:
                 print(f"[study] every comparison settled after {have} replicates", file=sys.stderr, flush=True)
         return decided[have]

@@ -101,7 +101,7 @@ def test_a_look_counts_complete_replicates_only():
     rows = _stand_in(np.random.default_rng(2), {"worse_b": (0.05, 0.015)}, 5)
     cut = rows[~((rows["tags.seed"] == "5") & (rows["method"] == "worse_b"))]
     assert complete_replicates(cut) == [1, 2, 3, 4] and complete_replicates(rows) == [1, 2, 3, 4, 5]
-    assert missing_note(cut, 5) == "replicate 5 has no finished run of worse_b" and missing_note(rows, 5) is None
+    assert missing_note(cut, 5) == "replicate 5 has no ended run of worse_b (b)" and missing_note(rows, 5) is None
     sizes = [3, 4, 5]
     interrupted = settle(cut, sizes)
     assert (interrupted["look"] <= 2).all()  # no look at 5 on an incomplete replicate
@@ -109,7 +109,33 @@ def test_a_look_counts_complete_replicates_only():
     assert interrupted.equals(settle(rows[pd.to_numeric(rows["tags.seed"]) <= 4], sizes))
     finished = settle(rows, sizes)
     assert finished["replicates"].isin(sizes).all()
-    # a replicate past a gap is never read: replicate 6 complete, 5 not
-    more = _stand_in(np.random.default_rng(1), {"worse_b": (0.05, 0.01)}, 6)
-    gap = more[~((more["tags.seed"] == "5") & (more["method"] == "worse_b"))]
-    assert complete_replicates(gap) == [1, 2, 3, 4]
+    # a replicate past a gap is never read: replicate 6 complete, 5 partial or not begun
+    more = _stand_in(np.random.default_rng(2), {"worse_b": (0.05, 0.015)}, 6)
+    seeds = pd.to_numeric(more["tags.seed"])
+    for gap in (more[~((seeds == 5) & (more["method"] == "worse_b"))], more[seeds != 5]):
+        assert complete_replicates(gap) == [1, 2, 3, 4]
+        assert settle(gap, [3, 4, 5, 6]).equals(settle(more[seeds <= 4], [3, 4, 5, 6]))
+
+
+def test_a_failed_run_neither_stalls_the_looks_nor_shrinks_a_comparison():
+    """A run that failed (a diverged trial fails again when rerun) ends its replicate's wait: the looks go on. GLI's
+    setting that failed on a counted replicate is not the one chosen; a baseline that failed on one leaves its
+    comparisons `undecided` at every look that counts that replicate, never read on the pairs that remain (there,
+    with little noise, they would settle), and the other comparisons go on."""
+    rows = _stand_in(np.random.default_rng(2), {"worse_b": (0.05, 0.002), "other_b": (0.05, 0.015)}, 5)
+    second = rows[rows["method"] == "gli"].assign(setting="g2", sel_final_score=0.9, final_score=0.1)
+    ended = pd.concat([rows, second], ignore_index=True).assign(status="FINISHED")
+    seed = pd.to_numeric(ended["tags.seed"])
+    failing = ((seed == 2) & (ended["setting"] == "g2")) | ((seed == 2) & (ended["method"] == "worse_b"))
+    ended.loc[failing, "status"] = "FAILED"
+    finished = ended[ended["status"] == "FINISHED"]
+    assert complete_replicates(ended) == [1, 2, 3, 4, 5] and missing_note(ended, 5) is None
+    verdicts = settle(finished, [3, 4, 5], ended=ended)
+    assert len(verdicts) == 4 and verdicts["look"].max() == 3  # the looks were not stalled
+    # g2's better selection score would make it GLI's row; it failed on replicate 2, so g it is (final ~0.8)
+    assert (verdicts["gli_setting"] == "{}").all() and (verdicts["mean_diff"].abs() < 0.5).all()
+    worse = verdicts[verdicts["baseline"] == "worse_b"]
+    assert (worse["verdict"] == "undecided").all() and (worse["missing"] == 1).all() and (worse["look"] == 3).all()
+    other = verdicts[verdicts["baseline"] == "other_b"]
+    assert (other["missing"] == 0).all() and (other["replicates"] == other["look"].map({1: 3, 2: 4, 3: 5})).all()
+    assert "a compared run failed on 1 of the look's replicates" in verdicts_markdown(verdicts, "t")
