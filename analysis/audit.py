@@ -31,11 +31,16 @@ def _scores(study, runs: pd.DataFrame) -> np.ndarray | None:
     return np.stack(arrays) if arrays else None
 
 
-def audit_table(study) -> tuple[pd.DataFrame, dict]:
+def audit_table(study, models: int | None = None, ceiling: str = "retrained") -> tuple[pd.DataFrame, dict]:
     """(one row per audited setting, {method/setting: epsilons}); empty when the study has no audit. The dict
     also holds, under `CEILING`, the epsilons of the measured ceiling (retrained against retrained) where it was
-    measured."""
+    measured. With `models` K (the study's `--audit`), only that audit's runs are read: seeds 0..K-1 (0..2K-1 of
+    the retrained models with a measured `ceiling`), whatever larger audit ran on the study before."""
     runs = study.children(AUDIT_STAGE)
+    if len(runs) and models:
+        seeds = pd.to_numeric(runs[SEED_COL])
+        most = np.where((runs[METHOD_COL] == "retrain") & (ceiling == "retrained"), 2 * models, models)
+        runs = runs[(runs[METHOD_COL] == "original") | (seeds < most)]
     if len(runs) == 0:
         return pd.DataFrame(), {}
     runs = runs.assign(method=runs[METHOD_COL], setting=runs[TRIAL_KEY_COL].map(setting_of))

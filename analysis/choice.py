@@ -30,7 +30,10 @@ def search_front(trials: pd.DataFrame, objective: str, limit: int) -> pd.DataFra
     `limit`."""
     if len(trials) == 0:
         return trials
-    front = trials if objective == "final_score" else pareto_front(trials)
+    if objective == "final_score":  # a trial with no finite score is never chosen (the front drops them too)
+        front = trials[[math.isfinite(_score(v)) for v in trials[SEL_FINAL]]]
+    else:
+        front = pareto_front(trials)
     order = sorted(range(len(front)), key=lambda i: (-_score(front[SEL_FINAL].iloc[i]),
                                                      str(front[TRIAL_KEY_COL].iloc[i])))
     front = front.iloc[order]

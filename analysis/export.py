@@ -20,11 +20,14 @@ import yaml
 
 from trainables.data import OPTIONAL_SETTINGS
 from trainables.records import (ACCEL_TAG, BANK_TAG, BASE_STAGE, DATA_FINGERPRINT_TAG, EXPORT_KIND, GIT_COMMIT_TAG,
-                                HARDWARE_TAG, REFERENCE_ROWS, SEED_COL, SETTINGS_PARAM, STAGE_COL, STUDIED, TRIAL_KEY_COL,
+                                HARDWARE_TAG, REFERENCE_ROWS, SEED_COL, SETTINGS_PARAM, STAGE_COL, STUDIED, STUDY_KEY_TAG,
+                                TRIAL_KEY_COL,
                                 hparams_of, setting_of, write_atomic)
 
 from .report import AXES, StudyInfo, build_report, method_rows
-from .results import ResultsError, open_study
+from .results import ResultsError, open_study, supersede
+
+PARETO_FILE = "gli-pareto.yaml"  # names the study its folder's export belongs to
 
 METRICS = ["accuracy", "top2_accuracy", "forgetting_score", "final_score", "jsd", "seconds", "rte",
            "retain_accuracy", "forget_accuracy", "unseen_accuracy", "mia", "mia_advantage", "mia_auc", "fs_se",
@@ -96,6 +99,7 @@ def export_config(method: str, group: pd.DataFrame, params: dict, tags: dict, in
     return {
         "kind": EXPORT_KIND,
         "version": 3,
+        "study_key": info.study_key or tags.get(STUDY_KEY_TAG),
         "method": method,
         "hparams": hparams_of(first) if method not in REFERENCE_ROWS else {},
         "data": {"dataset": params["dataset"], "data_dir": params.get("data_dir"),
@@ -119,9 +123,12 @@ def export_config(method: str, group: pd.DataFrame, params: dict, tags: dict, in
     }
 
 
-def export(experiment: str, tracking_uri: str | None, out: Path) -> list[Path]:
-    study, params, tags = open_study(experiment, tracking_uri)
+def export(experiment: str, tracking_uri: str | None, out: Path, study_key: str | None = None) -> list[Path]:
+    study, params, tags = open_study(experiment, tracking_uri, study_key)
     info = StudyInfo.from_params(params)
+    key = info.study_key or tags.get(STUDY_KEY_TAG)
+    if (moved := supersede(out, key, PARETO_FILE)) is not None:  # another study's export: set aside, not mixed
+        print(f"[export] {out} held study {moved}'s export: moved to superseded/{moved}/", file=sys.stderr)
     summary, front, written = build_report(study, info, out)
     children = study.children()
     rows = method_rows(children, info.paper_baselines)
@@ -140,8 +147,9 @@ def export(experiment: str, tracking_uri: str | None, out: Path) -> list[Path]:
         if len(group):
             entry["confirmed"] = _metrics(group)
         pareto.append(entry)
-    path = out / "gli-pareto.yaml"
+    path = out / PARETO_FILE
     write_atomic(path, yaml.safe_dump({"kind": EXPORT_KIND + "-pareto", "experiment": info.experiment_name,
+                                       "study_key": key,
                                     "protocol": info.protocol, "protocol_label": info.label, "objective": info.objective,
                                     "settings": pareto}, sort_keys=False))
     return written + [path]
@@ -152,9 +160,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--experiment", required=True, help="the MLflow experiment (the study's --experiment-name)")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///./results/<experiment>/mlflow.db)")
     parser.add_argument("--out", required=True, help="folder for the YAML files, tables and plots")
+    parser.add_argument("--study", help="the study key (default: the experiment's most recent study, a finished "
+                        "one first; `[study] ... study <key>` names it)")
     args = parser.parse_args(argv)
     try:
-        written = export(args.experiment, args.tracking_uri, Path(args.out).resolve())
+        written = export(args.experiment, args.tracking_uri, Path(args.out).resolve(), args.study)
     except ResultsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -52,6 +52,8 @@ class StudyInfo:
     baselines: list | None = None  # the study's baselines (None: a study recorded before the list: all of them)
     looks: list | None = None  # the look schedule fixed when the study first started (None: recorded before it)
     study_key: str | None = None  # the study's identity (its Optuna studies are named by it)
+    audit: int = 0  # the audit's K (0: every audit run the study holds, as for a study recorded before this field)
+    audit_ceiling: str = "retrained"
 
     @property
     def label(self) -> str:
@@ -172,7 +174,7 @@ def build_report(study: StudyRecords, info: StudyInfo, out_dir: Path) -> tuple[p
     front = search_front(gli, info.objective, CONFIRM_LIMIT)
     rows = method_rows(children, info.paper_baselines)
     summary = tables.summarise(rows)
-    audit, epsilons = audit_table(study)
+    audit, epsilons = audit_table(study, info.audit, info.audit_ceiling)
     attack = ulira_table(study)
     if len(audit) and len(summary):
         quality = {(r["method"], r["setting"]): r["forget_quality"] for _, r in audit.iterrows()}

@@ -6,12 +6,18 @@ study writes, so the analysis never imports the launcher.
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
+from fnmatch import fnmatch
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
 from trainables import records
+
+
+KEPT = ("mlflow.db", "mlflow.db-*", "optuna.journal", "optuna-*.journal")  # not one study's report: the store, journals
 
 
 class ResultsError(RuntimeError):
@@ -45,8 +51,10 @@ class StudyRecords:
         return arrays["forget"], arrays["member"].astype(bool)
 
 
-def open_study(experiment: str, tracking_uri: str | None) -> tuple[StudyRecords, dict, dict]:
-    """The experiment's most recent study (a finished one first); returns (records, decoded params, tags)."""
+def open_study(experiment: str, tracking_uri: str | None, study_key: str | None = None
+               ) -> tuple[StudyRecords, dict, dict]:
+    """The experiment's study with `study_key`, or without one its most recent study (a finished one first);
+    returns (records, decoded params, tags)."""
     from mlflow.tracking import MlflowClient
 
     uri = tracking_uri or records.default_tracking_uri(records.default_results_dir(experiment))
@@ -65,8 +73,34 @@ def open_study(experiment: str, tracking_uri: str | None) -> tuple[StudyRecords,
     parents = [r for r in runs if records.PARENT_TAG not in r.data.tags]
     if not parents:
         raise ResultsError(f"experiment {experiment!r} in {uri} holds no study (no parent run)")
+    if study_key is not None:
+        keys = [p.data.tags.get(records.STUDY_KEY_TAG) for p in parents]
+        parents = [p for p in parents if p.data.tags.get(records.STUDY_KEY_TAG) == study_key]
+        if not parents:
+            raise ResultsError(f"experiment {experiment!r} holds no study {study_key}; its studies: {', '.join(keys)}")
     parent = next((p for p in parents if p.info.status == "FINISHED"), parents[0])
     study = StudyRecords(client, found.experiment_id, parent.info.run_id)
     if study.children().empty:
         raise ResultsError(f"experiment {experiment!r}: the study {parent.info.run_id} has no finished trials yet")
     return study, records.decode_params(parent.data.params), parent.data.tags
+
+
+def supersede(results: Path, key: str, marker: str = "config.yaml") -> str | None:
+    """When a folder holds another study's report or export (its `marker` file names another study key), move
+    those files into `superseded/<its key>/`, so that no file of one study is read as another's; returns that key.
+    The store and the Optuna journals (`KEPT`) stay: they hold every study, each under its own name."""
+    config = results / marker
+    if not config.is_file():
+        return None
+    try:
+        previous = (yaml.safe_load(config.read_text()) or {}).get("study_key")
+    except yaml.YAMLError:
+        previous = None
+    if previous == key:
+        return None
+    aside = results / "superseded" / str(previous or "unkeyed")
+    aside.mkdir(parents=True, exist_ok=True)
+    for path in results.iterdir():
+        if path.is_file() and not any(fnmatch(path.name, pattern) for pattern in KEPT):
+            shutil.move(str(path), aside / path.name)
+    return str(previous or "unkeyed")

@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m study.audit", description=__doc__.splitlines()[0])
     parser.add_argument("--experiment", required=True, help="the study's MLflow experiment (its --experiment-name)")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///./results/<experiment>/mlflow.db)")
+    parser.add_argument("--study", help="the study key (default: the experiment's most recent finished study)")
     parser.add_argument("--models", type=int, help="K: unlearning runs per setting and retrained models (the "
                         "challenge's forgetting quality)")
     parser.add_argument("--audit-ceiling", choices=["retrained", "simulated"],
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.models is None and args.attack is None:
         parser.error("give --models K (the forgetting quality), --attack ulira, or both")
     try:
-        _, params, tags = open_study(args.experiment, args.tracking_uri)
+        _, params, tags = open_study(args.experiment, args.tracking_uri, args.study)
     except ResultsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

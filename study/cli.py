@@ -124,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(g, "--num-cpus", "CPUs of the local Ray instance (default: all cores)", type=int)
     _flag(g, "--gpus-per-trial", "GPU share of one trial; fractions let small trials share a GPU", type=float)
     _flag(g, "--cpus-per-trial", "CPU share of one trial", type=float)
+    _flag(g, "--trial-threads", "torch threads of one trial (part of the study: thread counts change float sums)",
+          type=int)
     _flag(g, "--address", "join this running Ray cluster (e.g. ray://head:10001 or auto) instead of starting one")
     _flag(g, "--storage-path", "Ray storage shared by all nodes (default: <results>/ray); a shared path for multi-node")
     _flag(g, "--allow-cpu", "let --num-gpus run on the CPU (logical GPUs)", action="store_true", default=None)

@@ -38,7 +38,7 @@ def where(default):
 @dataclass
 class StudyConfig:
     dataset: str = "digits"
-    data_dir: str | None = None
+    data_dir: str | None = where(None)  # where the data lie: its content is in the key (the data fingerprint)
     forget_count: int | None = None
     train_count: int | None = None  # fashion-mnist split sizes (None: the data set's defaults)
     unseen_count: int | None = None
@@ -48,7 +48,8 @@ class StudyConfig:
     num_gpus: float = where(0)
     num_cpus: int | None = where(None)  # default: every core of this machine (local cluster only)
     gpus_per_trial: float = where(0.5)  # two GLI trials per GPU: 91% of the best aggregate measured (docs/benchmarks.md)
-    cpus_per_trial: float = where(1)
+    cpus_per_trial: float = where(1)  # what a trial reserves; its torch threads are trial_threads
+    trial_threads: int = 1  # torch threads per trial: they change float sums, so they are the study's, not the cluster's
     address: str | None = where(None)  # join this Ray cluster instead of starting one
     storage_path: str | None = where(None)  # shared storage for multi-node runs; default <results_dir>/ray
     tracking_uri: str | None = where(None)  # default sqlite:///<results_dir>/mlflow.db
@@ -106,7 +107,7 @@ class StudyConfig:
                                  ("--forget-count", self.forget_count, 1), ("--train-count", self.train_count, 1),
                                  ("--unseen-count", self.unseen_count, 1), ("--test-count", self.test_count, 1),
                                  ("--num-cpus", self.num_cpus, 1), ("--sampler-seed", self.sampler_seed, 0),
-                                 ("--search-batch", self.search_batch, 0)):
+                                 ("--search-batch", self.search_batch, 0), ("--trial-threads", self.trial_threads, 1)):
             if value is not None and not _whole(value, low):
                 raise ConfigError(f"{name} must be a whole number >= {low}, got {value!r}")
         if self.objective not in OBJECTIVES:

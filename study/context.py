@@ -57,7 +57,7 @@ class StudyContext:
         evaluation = EvalConfig(protocol=self.cfg.protocol, eval_every=self.cfg.eval_every, patience=self.cfg.patience,
                                 bootstrap=self.cfg.bootstrap)
         self.settings = TrialSettings(models_dir=self.cfg.models_dir, model=model_cfg, train=recipe,
-                                      evaluation=evaluation, threads=max(1, int(self.cfg.cpus_per_trial)),
+                                      evaluation=evaluation, threads=self.cfg.trial_threads,
                                       accel=engine.Accel.exact() if self.cfg.deterministic else engine.Accel(),
                                       data=data_config(self.cfg))
 

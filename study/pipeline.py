@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
-import shutil
 import signal
 import sys
 import threading
@@ -29,13 +28,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import yaml
-
 from trainables import engine
 from trainables.methods import REFERENCE_ROWS
 from trainables.records import (AUDIT_REPLICATE, AUDIT_STAGE, BASE_STAGE, BASELINE_STAGE, CONFIRM_LIMIT,
                                 CONFIRM_STAGE, DATA_FINGERPRINT_TAG, GIT_COMMIT_TAG, HARDWARE_TAG, SEARCH_STAGE,
                                 SETTINGS_PARAM, STUDIED, TUNING_REPLICATE, ULIRA_STAGE)
+
+from analysis.results import supersede
 
 from .cli import changed_settings, print_outcome
 from .cluster import connect, slots
@@ -47,39 +46,25 @@ if TYPE_CHECKING:
 
 AUDIT_SETTINGS = 3  # GLI's confirmed settings audited, best mean selection final score first
 ULIRA_SETTINGS = 1  # ... and attacked with U-LiRA (each costs shadows + targets unlearning runs)
-KEPT = ("mlflow.db", "optuna")  # a results folder's files that are not one study's report (the store, journals)
+
+
+def keyed(cfg: StudyConfig) -> dict:
+    """The settings in the study key: every setting but placement ones; the look schedule and its end only with
+    --until-settled (`round_size` only through the schedule it gives)."""
+    what = {k: v for k, v in asdict(cfg).items() if k not in PLACEMENT and k != "round_size"}
+    if not cfg.until_settled:
+        what.pop("looks", None), what.pop("max_replicates", None)
+    return what
 
 
 def study_key(cfg: StudyConfig, fingerprint: str) -> str:
-    """The study's identity: every setting that can change a number (placement settings left out) and the data's
-    fingerprint."""
-    what = {k: v for k, v in asdict(cfg).items() if k not in PLACEMENT}
-    return hashlib.sha256(json.dumps([what, fingerprint], sort_keys=True, default=str).encode()).hexdigest()[:16]
+    """The study's identity: every setting that can change a number (`keyed`) and the data's fingerprint."""
+    return hashlib.sha256(json.dumps([keyed(cfg), fingerprint], sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def keyed_settings(cfg: StudyConfig) -> list[str]:
     """The names of the settings in the study key."""
-    return [k for k in asdict(cfg) if k not in PLACEMENT]
-
-
-def supersede(results: Path, key: str) -> str | None:
-    """When the results folder holds another study's report (its `config.yaml` names another key), move that
-    report into `superseded/<its key>/`, so that no file of one study is read as another's; returns that key."""
-    config = results / "config.yaml"
-    if not config.is_file():
-        return None
-    try:
-        previous = (yaml.safe_load(config.read_text()) or {}).get("study_key")
-    except yaml.YAMLError:
-        previous = None
-    if previous == key:
-        return None
-    aside = results / "superseded" / str(previous or "unkeyed")
-    aside.mkdir(parents=True, exist_ok=True)
-    for path in results.iterdir():
-        if path.is_file() and not path.name.startswith(KEPT):
-            shutil.move(str(path), aside / path.name)
-    return str(previous or "unkeyed")
+    return list(keyed(cfg))
 
 
 def _prepare(cfg: StudyConfig, out: dict) -> None:
@@ -334,7 +319,7 @@ def execute(cfg: StudyConfig, data, start: float, dashboard: bool = False) -> in
             other, old = before
             differ = changed_settings(old, params, [*keyed_settings(cfg), "data_fingerprint"])
             print(f"[study] a new study in experiment {cfg.experiment_name}: its settings differ from study "
-                  f"{old.get('study_key') or other} ({'; '.join(differ) or 'settings recorded before keys'}); "
+                  f"{old.get('study_key') or other} ({'; '.join(differ) or 'the same settings, keyed by an earlier version'}); "
                   "none of its searches or runs is reused (base models come from the bank by content)", file=sys.stderr)
         print(f"[study] {'resuming' if resumed else 'starting'} {cfg.experiment_name} on {cfg.dataset} "
               f"({resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs); study {key}, MLflow run "

@@ -414,5 +414,7 @@ class SearchStage(Stage):
         out = []
         for _, row in search_front(trials, self.ctx.cfg.objective, limit).iterrows():
             hparams = hparams_of(row)
-            out.append({k: hparams[k] for k in names if k in hparams})
+            if missing := [k for k in names if k not in hparams]:
+                raise KeyError(f"{self.label}: run {row['run_id']} records no {', '.join(missing)}")
+            out.append({k: hparams[k] for k in names})
         return out

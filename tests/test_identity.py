@@ -10,7 +10,8 @@ import yaml
 from analysis.choice import ranked_settings, search_front
 from study.cli import changed_settings
 from study.config import resolve
-from study.pipeline import keyed_settings, search_capacity, study_key, supersede
+from analysis.results import supersede
+from study.pipeline import keyed_settings, search_capacity, study_key
 from trainables.records import SEL_ACCURACY, SEL_FINAL, SEL_FORGETTING, TRIAL_KEY_COL, journal_path, optuna_study_name
 
 
@@ -21,11 +22,14 @@ def _cfg(**given):
 def test_the_key_holds_what_changes_numbers_and_nothing_about_placement(tmp_path):
     base = study_key(_cfg(), "fp")
     for placement in ({"num_cpus": 64}, {"num_gpus": 8, "allow_cpu": True}, {"results_dir": str(tmp_path)},
-                      {"tracking_uri": "http://127.0.0.1:5000"}, {"bundle_seconds": 0.0}, {"max_failures": 5}):
+                      {"tracking_uri": "http://127.0.0.1:5000"}, {"bundle_seconds": 0.0}, {"max_failures": 5},
+                      {"cpus_per_trial": 2}, {"data_dir": str(tmp_path)}, {"max_replicates": 10}, {"round_size": 5},
+                      {"looks": [3, 5]}):  # the last three: no --until-settled, no looks
         assert study_key(_cfg(**placement), "fp") == base, placement
     for result in ({"forget_count": 30}, {"width": 8}, {"budget": 12}, {"search_batch": 8},
                    {"gli_space": {"step_size": [0.002, 0.05], "iterations": [1, 4], "guidance": [100, 5000]}},
-                   {"until_settled": True}, {"until_settled": True, "looks": [3, 10]}, {"sampler_seed": 1}):
+                   {"until_settled": True}, {"until_settled": True, "looks": [3, 10]}, {"sampler_seed": 1},
+                   {"trial_threads": 2}):
         assert study_key(_cfg(**result), "fp") != base, result
     assert study_key(_cfg(), "another data fingerprint") != base
     assert "budget" in keyed_settings(_cfg()) and "num_gpus" not in keyed_settings(_cfg())
@@ -56,15 +60,15 @@ def test_a_study_s_searches_and_journal_are_named_by_its_key(tmp_path):
 
 def test_a_new_study_in_a_results_folder_sets_the_old_report_aside(tmp_path):
     (tmp_path / "config.yaml").write_text(yaml.safe_dump({"study_key": "old", "forget_count": None}))
-    for name in ("summary.md", "verdicts.csv", "ulira.csv", "front.png", "mlflow.db", "mlflow.db-wal",
-                 "optuna-old.journal"):
+    for name in ("summary.md", "verdicts.csv", "ulira.csv", "front.png", "optuna_history.png", "mlflow.db",
+                 "mlflow.db-wal", "optuna-old.journal"):
         (tmp_path / name).write_text(name)
     (tmp_path / "artifacts").mkdir()
     assert supersede(tmp_path, "old") is None and (tmp_path / "summary.md").exists()  # the same study: kept
     assert supersede(tmp_path, "new") == "old"
     aside = tmp_path / "superseded" / "old"
-    assert sorted(p.name for p in aside.iterdir()) == ["config.yaml", "front.png", "summary.md", "ulira.csv",
-                                                        "verdicts.csv"]
+    assert sorted(p.name for p in aside.iterdir()) == ["config.yaml", "front.png", "optuna_history.png", "summary.md",
+                                                        "ulira.csv", "verdicts.csv"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["artifacts", "mlflow.db", "mlflow.db-wal",
                                                            "optuna-old.journal", "superseded"]
     from study.audit import study_config

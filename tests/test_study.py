@@ -276,6 +276,8 @@ def test_export_then_reproduce_agrees(smoke, tmp_path, capsys):
     text = (out / "gli.yaml").read_text()
     spec = yaml.safe_load(text)
     assert spec["data"]["fingerprint"] and spec["git_commit"] and spec["seeds"] == [1]  # the reported replicate
+    key = study_journal(results)[1]  # the study's key, as its config.yaml records it
+    assert spec["study_key"] == key and yaml.safe_load((out / "gli-pareto.yaml").read_text())["study_key"] == key
     # what ran: on this CPU no GPU lever was in effect; and no path of this machine
     assert spec["accel"]["precision"] == "fp32" and spec["accel"]["cuda_graphs"] is False
     assert spec["models"] == {"under": "results", "path": "ray/models"} and str(results) not in text
@@ -388,6 +390,7 @@ def test_export_and_reproduce_errors(smoke, tmp_path, capsys):
     cases = [
         (["--experiment", "nope", "--tracking-uri", uri], "unknown experiment 'nope'"),
         (["--experiment", "x", "--tracking-uri", f"sqlite:///{tmp_path}/missing.db"], "does not exist"),
+        (["--experiment", "gli-digits-smoke", "--tracking-uri", uri, "--study", "nope"], "holds no study nope"),
     ]
     empty_uri = f"sqlite:///{tmp_path}/empty.db"
     MlflowClient(tracking_uri=empty_uri).create_experiment("empty")
