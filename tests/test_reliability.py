@@ -286,7 +286,7 @@ def _tune_trials(results: Path) -> dict[str, dict]:
     import json
 
     out = {}
-    for path in (results / "ray" / "gli-digits-smoke").glob("study_trial_*/result.json"):
+    for path in (results / "ray" / f"gli-digits-smoke-{study_journal(results)[1]}").glob("study_trial_*/result.json"):
         lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         final = [r for r in lines if r.get("final") == 1.0]
         if final:

@@ -134,7 +134,7 @@ def test_smoke_study_records_everything(smoke, capsys):
     assert "gli_front" in front and "reference" in front and "baseline" in front
     assert (results / "config.yaml").exists()
     # Tune's pickle of the study holds no data set (the plan's stages hold the study's context)
-    assert (results / "ray" / "gli-digits-smoke" / "tuner.pkl").stat().st_size < 100_000
+    assert (results / "ray" / f"gli-digits-smoke-{study_journal(results)[1]}" / "tuner.pkl").stat().st_size < 100_000
 
 
 def test_the_database_file_alone_holds_the_whole_study(smoke, tmp_path):
@@ -203,7 +203,7 @@ def test_short_trials_run_in_bundles_each_recorded_once(tmp_path):
     assert launch(["--config", str(config), "--results-dir", str(results), "--tracking-uri", uri, "--budget", "10",
                    "--experiment-name", "bundles", "--bundle-seconds", "60"]) == 0  # the smoke test's sizes
     bundles = []
-    for path in (results / "ray" / "bundles").glob("study_trial_*/params.json"):
+    for path in (results / "ray" / f"bundles-{study_journal(results)[1]}").glob("study_trial_*/params.json"):
         params = json.loads(path.read_text())
         if params["stage"] == "bundle":
             bundles.append([item["config"]["stage"] for item in params["items"]])
