@@ -76,6 +76,15 @@ def schedule_text(sizes) -> str:
     return ",".join(str(int(n)) for n in sizes)
 
 
+def _runs_by_replicate(ended: pd.DataFrame) -> tuple[set, dict[int, set]]:
+    """Every (method, setting) the rows hold, and those with a row on each replicate."""
+    pairs = list(zip(ended["method"], ended["setting"]))
+    have: dict[int, set] = {}
+    for seed, pair in zip(pd.to_numeric(ended[SEED_COL]).astype(int), pairs):
+        have.setdefault(seed, set()).add(pair)
+    return set(pairs), have
+
+
 def complete_replicates(ended: pd.DataFrame) -> list[int]:
     """The replicates 1, 2, ... in order up to the first that is incomplete: a replicate is complete when every
     (method, setting) that `ended` holds anywhere has a run on it that has ended, finished or failed (a run that
@@ -83,11 +92,7 @@ def complete_replicates(ended: pd.DataFrame) -> list[int]:
     only these, so a look at n replicates compares n pairs whatever else (a later round cut short) the rows hold."""
     if not len(ended):
         return []
-    seeds = pd.to_numeric(ended[SEED_COL]).astype(int)
-    pairs = set(zip(ended["method"], ended["setting"]))
-    have: dict[int, set] = {}
-    for seed, pair in zip(seeds, zip(ended["method"], ended["setting"])):
-        have.setdefault(seed, set()).add(pair)
+    pairs, have = _runs_by_replicate(ended)
     complete = []
     for seed in sorted(have):
         if seed != len(complete) + 1 or have[seed] != pairs:
@@ -103,12 +108,10 @@ def missing_note(ended: pd.DataFrame, size: int) -> str | None:
     if len(complete) >= size or not len(ended):
         return None
     seed = len(complete) + 1
-    seeds = pd.to_numeric(ended[SEED_COL]).astype(int)
-    pairs = set(zip(ended["method"], ended["setting"]))
-    have = set(zip(ended.loc[seeds == seed, "method"], ended.loc[seeds == seed, "setting"]))
-    if not have:
+    pairs, have = _runs_by_replicate(ended)
+    if seed not in have:
         return f"replicate {seed} has no ended run yet"
-    lacking = sorted(f"{m} ({str(s)[:8]})" for m, s in pairs - have)
+    lacking = sorted(f"{m} ({str(s)[:8]})" for m, s in pairs - have[seed])
     return f"replicate {seed} has no ended run of {', '.join(lacking)}"
 
 

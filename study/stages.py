@@ -406,8 +406,7 @@ class SearchStage(Stage):
         as the searched hyper-parameters."""
         from analysis.choice import search_front
 
-        self.ctx.tracker.flush()  # every ended trial's run written before the front is read
-        trials = self.ctx.tracker.children(self.stage)
+        trials = self.ctx.tracker.children(self.stage)  # flushes first when anything was written since its last read
         if len(trials):
             trials = trials[trials[METHOD_COL] == self.method]
         names = list(self.space.fields)
