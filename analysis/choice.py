@@ -2,8 +2,10 @@
 
 A search's chosen settings come from its finished trials as MLflow holds them (the study's
 record), never from a second copy: `search_front` gives the Pareto front (or the best trial
-under a scalar objective), best selection final score first. Among a method's confirmed
-settings, `ranked_settings` orders them by mean selection final score over the replicates.
+under a scalar objective), best selection final score first, and `candidates` a method's k
+best settings (its front first, then its best others) that the selection replicates choose
+among. `ranked_settings` orders settings by mean selection final score over replicates: the
+selection replicates' choice.
 Ties are broken by the trial key or the setting's digest, so every reader gets the same order.
 """
 
@@ -50,3 +52,19 @@ def ranked_settings(rows: pd.DataFrame, setting_col: str = "setting") -> list[st
         return sorted(rows[setting_col].astype(str).unique())
     means = pd.to_numeric(rows[SEL_FINAL], errors="coerce").groupby(rows[setting_col]).mean()
     return sorted(means.index, key=lambda s: (-_score(means[s]), str(s)))
+
+
+def candidates(trials: pd.DataFrame, objective: str, k: int) -> pd.DataFrame:
+    """A search's `k` candidates, the same number for every method: its front (`search_front`: Pareto-optimal
+    settings under `pareto`, the best trial under `final_score`), best selection final score first, then its
+    other settings by selection final score (ties by trial key) until there are k; one row per setting, trials
+    with no finite score never."""
+    if len(trials) == 0 or k < 1:
+        return trials.iloc[:0] if len(trials) else trials
+    front = search_front(trials, objective, k)
+    scored = trials[[math.isfinite(_score(v)) for v in trials[SEL_FINAL]]]
+    order = sorted(range(len(scored)), key=lambda i: (-_score(scored[SEL_FINAL].iloc[i]),
+                                                      str(scored[TRIAL_KEY_COL].iloc[i])))
+    out = pd.concat([front, scored.iloc[order]])
+    out = out[~out[TRIAL_KEY_COL].map(setting_of).duplicated()]
+    return out.head(k)

@@ -51,6 +51,7 @@ class StudyInfo:
     round_size: int | None = None
     baselines: list | None = None  # the study's baselines (None: a study recorded before the list: all of them)
     looks: list | None = None  # the look schedule fixed when the study first started (None: recorded before it)
+    primary: str = "final_score"  # the one metric the verdicts test
     study_key: str | None = None  # the study's identity (its Optuna studies are named by it)
     audit: int = 0  # the audit's K (0: every audit run the study holds, as for a study recorded before this field)
     audit_ceiling: str = "retrained"
@@ -65,8 +66,15 @@ class StudyInfo:
         return f"{self.experiment_name} ({self.dataset})"
 
     @property
+    def looks_planned(self) -> bool:
+        return bool(self.looks) or bool(self.replicates and self.max_replicates)
+
+    @property
     def schedule(self) -> list[int]:
-        """The looks of `--until-settled`: as recorded, or for a study recorded before the schedule, as derived then."""
+        """The looks: with `--until-settled` as recorded (or, for a study recorded before the schedule, as derived
+        then); without it, one look at the reported replicates."""
+        if not self.until_settled:
+            return [int(self.replicates)] if self.replicates else []
         if self.looks:
             return [int(n) for n in self.looks]
         if not (self.replicates and self.max_replicates):
@@ -184,21 +192,23 @@ def build_report(study: StudyRecords, info: StudyInfo, out_dir: Path) -> tuple[p
     def write(name: str, text: str) -> None:
         written.append(write_atomic(out_dir / name, text))
 
-    pairs = tables.paired(rows, summary, margin=info.margin)
-    verdicts = None
-    if info.until_settled and info.schedule:
-        finished, ended = ended_rows(study.children(status=None), info.paper_baselines)
-        verdicts = sequential.settle(finished, info.schedule, info.margin, ended=ended)
+    finished, ended = ended_rows(study.children(status=None), info.paper_baselines)
+    # one design reads the comparisons: the study's looks (one, at --replicates, without --until-settled)
+    pairs = sequential.settle(finished, info.schedule, info.margin, ended=ended, primary=info.primary)
+    verdicts = pairs if info.until_settled and info.looks_planned else None
     confirmed = set(rows[rows[STAGE_COL] == CONFIRM_STAGE]["method"]) if len(rows) else set()
     searched = [STUDIED] + ([] if info.paper_baselines else sorted(confirmed - {STUDIED}))  # the tuning cards
     studies = {m: s for m in searched if (s := load_optuna(info, m)) is not None}
     cards, curves = tuning.tuning_tables(studies, info.budget, rows, summary)
+    selection = tuning.selection_table(children, rows)
     # the verdicts first: what a paper may claim, then the table they come from
-    first = (sequential.verdicts_markdown(verdicts, info.title, info.margin) if verdicts is not None
-             else tables.paired_markdown(pairs, info.title, info.margin))
+    first = sequential.verdicts_markdown(pairs, info.title, info.margin)
     write("summary.md", info.preamble + "\n" + first + "\n"
           + tables.to_markdown(summary, info.title, info.dataset) + "\n" + tuning.tuning_markdown(cards) + "\n"
+          + (tuning.selection_markdown(selection) + "\n" if len(selection) else "")
           + audit_markdown(audit, info.title) + ("\n" + ulira_markdown(attack, info.title) if len(attack) else ""))
+    if len(selection):
+        write("selection.csv", selection.to_csv(index=False))
     if len(cards):
         write("tuning.csv", cards.to_csv(index=False))
         write("tuning_trials.csv", curves.to_csv(index=False))

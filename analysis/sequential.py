@@ -1,78 +1,72 @@
-"""A study that runs until each comparison is settled: verdicts that stay valid although they are read after
-every round of replicates.
+"""Verdicts whose error rate holds: GLI against each baseline on one primary metric, looked at a few planned
+times, with intervals that are simultaneous over every look and every comparison.
 
-After the first N reported replicates, and after each round of R more, the study looks at
-every GLI-minus-baseline comparison (`tables.paired`). It plans at most L looks (N, N + R,
-..., up to M replicates) and spends its 5% error rate over them in equal shares, alpha / L
-per look (Bonferroni across looks: whatever rule stops the study, the chance of any false
-`better`, `worse` or `equivalent` at any look is at most the sum of the shares), and within a
-look over every comparison with Holm's step-down adjustment (statsmodels). A comparison
-whose interval excludes 0 (`better`, `worse`) or lies within +-margin (`equivalent`) is
-settled at that look and keeps that verdict and interval; the study stops when every
-comparison is settled or M replicates are reported, and what is left is `undecided`.
+The design, fixed before any reported replicate is seen:
 
-The looks are the study's own setting (`looks`, fixed from its settings when it first starts
-and recorded on its parent run), never the cluster's size: the same study on 2 CPUs or 64 GPUs
-makes the same looks. A look at n replicates is made once replicates 1..n are complete (every
-setting's run on each has ended, finished or failed); a later, partial replicate is never read,
-and a comparison whose setting failed on a counted replicate stays undecided at that look.
-Everything is replayed from the recorded rows (each look sees the replicates it saw then),
-so a resumed study reaches the same verdicts.
+- **One primary metric** (`--primary`, default the final score) is tested: one comparison per baseline, GLI's
+  value minus the baseline's, replicate by replicate (each method at its one reported setting).
+- **Planned looks** (`looks`, default four, equally spaced up to `--max-replicates`: 5, 10, 15, 20; a study
+  without `--until-settled` makes one look at its `--replicates`). The error rate of each comparison is spent
+  over the looks by the Lan-DeMets O'Brien-Fleming-type function (`analysis.groupseq`): early looks are
+  strict, the last close to a single test's level.
+- **Bonferroni across comparisons**: each of the m comparisons gets alpha / m (5% / m) to spend. Its interval
+  at a look is the repeated confidence interval mean +- t(1 - a_k / 2, n - 1) s / sqrt(n), a_k the look's
+  nominal level: with probability at least 95% every comparison's interval covers its true difference at
+  every look (joint coverage by the union bound), so the verdicts read from them (`better`/`worse`: excludes
+  0; `equivalent`: within +-margin; else `undecided`) hold together, whatever rule stops the study. Holm's
+  step-down would test more sharply after a rejection but its intervals are not simultaneous (Strassburger
+  and Bretz, 2008), and an `equivalent` verdict needs an interval: one interval decides everything here.
+- **Zero spread decides nothing by itself**: the spread s is at least each replicate's own measurement error
+  (the runs' binomial and bootstrap standard errors, where recorded); with neither, a comparison whose
+  differences are all equal stays undecided.
+- **Secondary metrics** (the others of `COMPARED`) are estimates, never tested: their intervals are
+  simultaneous over all of them (Bonferroni, with the same spending over the looks), labelled `not tested`.
+- **Reachable margin**: the smallest margin the final look could settle as equivalent, from the spread seen
+  (|mean| plus the final look's half-width at the planned replicates).
+
+A look at n replicates is made once replicates 1..n are complete (every setting's run on each has ended,
+finished or failed); a later, partial replicate is never read, and a comparison whose setting failed on a
+counted replicate stays undecided at that look (`missing`). Everything is replayed from the recorded rows
+(each look sees the replicates it saw then), so a resumed study reaches the same verdicts.
 """
 
 from __future__ import annotations
 
+import json
 import math
 
+import numpy as np
 import pandas as pd
 
-from trainables.records import SEED_COL, STUDIED
+from trainables.records import REFERENCE_ROWS, SEED_COL, STUDIED, hparams_of
 
-from .tables import LEVEL, MARGIN, paired, summarise
+from .groupseq import nominal_levels
+from .tables import LEVEL, MARGIN, summarise
 
-VERDICT_COLUMNS = ["baseline", "metric", "mean_diff", "lo", "hi", "replicates", "verdict", "p", "p_holm", "level",
-                   "look", "looks", "missing", "schedule", "gli_setting", "baseline_setting"]
+# The compared metrics and which sign of GLI-minus-baseline favours GLI. `privacy_gap` is |mia_advantage - the
+# same replicate's retrained model's|: as close to retraining as possible, not as low.
+COMPARED = (("final_score", +1), ("forgetting_score", -1), ("privacy_gap", -1))
+PRIMARY = "final_score"
+VERDICT_COLUMNS = ["baseline", "metric", "tested", "mean_diff", "lo", "hi", "replicates", "verdict", "level", "look",
+                   "looks", "missing", "reachable_margin", "schedule", "primary", "gli_setting", "baseline_setting"]
+WORDS = {"better": "GLI is better", "worse": "GLI is worse", "undecided": "undecided: no claim either way",
+         "not tested": "not tested (an estimate)"}
 
 
-def planned_looks(start: int, most: int, step: int) -> int:
-    """The looks a study makes at most: after `start` replicates, then after every `step` more, up to `most`."""
-    return 1 + max(0, math.ceil((most - start) / max(1, step)))
+def default_looks(most: int, looks: int = 4) -> list[int]:
+    """`looks` equally spaced looks up to `most` replicates (5, 10, 15, 20 for 20), none before 2 replicates."""
+    return sorted({min(most, max(2, math.ceil(most * k / looks))) for k in range(1, looks + 1)})
 
 
 def look_sizes(start: int, most: int, step: int) -> list[int]:
-    """The number of reported replicates at each planned look."""
-    return [min(most, start + k * max(1, step)) for k in range(planned_looks(start, most, step))]
-
-
-def run_looks(table_at, sizes: list[int], available: int, alpha: float = 1 - LEVEL) -> pd.DataFrame:
-    """The looks at `sizes` replicates that `available` replicates allow, each at an equal share of `alpha`:
-    `table_at(size, share)` gives the comparisons' table at a look (`tables.compare`'s columns and `baseline`,
-    `metric`). A comparison keeps the verdict and interval of the first look that settled it; the looks stop
-    once every comparison is settled. Returns `VERDICT_COLUMNS` (`look`: the look that settled it, or the
-    last one made); empty before the first look."""
-    share = alpha / len(sizes)
-    settled: dict[tuple, dict] = {}
-    last = None
-    for number, size in enumerate(sizes, start=1):
-        if size > available:
-            break
-        table = table_at(size, share)
-        for _, r in table.iterrows():
-            key = (r["baseline"], r["metric"])
-            if key not in settled and r["verdict"] != "undecided":
-                settled[key] = {**r.to_dict(), "look": number}
-        last = (number, table)
-        if len(settled) == len(table):
-            break
-    if last is None:
-        return pd.DataFrame(columns=VERDICT_COLUMNS)
-    number, table = last
-    out = [settled.get((r["baseline"], r["metric"]), {**r.to_dict(), "look": number}) for _, r in table.iterrows()]
-    return pd.DataFrame(out, columns=[*table.columns, "look"]).assign(looks=len(sizes)).reindex(columns=VERDICT_COLUMNS)
+    """Looks after `start` replicates, then after every `step` more, up to `most` (the older `--round-size`
+    schedule, kept for studies that set it)."""
+    count = 1 + max(0, math.ceil((most - start) / max(1, step)))
+    return [min(most, start + k * max(1, step)) for k in range(count)]
 
 
 def schedule_text(sizes) -> str:
-    """A look schedule as recorded (the parent run's `looks` param, `verdicts.csv`'s `schedule`): `3,4,5`."""
+    """A look schedule as recorded (the parent run's `looks` param, `verdicts.csv`'s `schedule`): `5,10,15,20`."""
     return ",".join(str(int(n)) for n in sizes)
 
 
@@ -115,8 +109,172 @@ def missing_note(ended: pd.DataFrame, size: int) -> str | None:
     return f"replicate {seed} has no ended run of {', '.join(lacking)}"
 
 
+def _measurement_var(frame: pd.DataFrame, metric: str) -> pd.Series:
+    """Each run's own measurement variance of `metric` (from its recorded standard errors), 0 where none is."""
+    zero = pd.Series(0.0, index=frame.index)
+
+    def col(name):
+        return pd.to_numeric(frame[name], errors="coerce").fillna(0.0) if name in frame else zero
+
+    acc, fs = col("accuracy_se") ** 2, col("fs_se") ** 2
+    if metric == "final_score":  # (acc + 1 - 2 FS) / 2
+        return acc / 4 + fs
+    if metric == "accuracy":
+        return acc
+    return fs  # the forgetting score, the attack's advantage and its distance from the retrained model's
+
+
+def differences(rows: pd.DataFrame, metrics, method: str = STUDIED) -> list[dict]:
+    """`method` minus each other unlearning method, replicate by replicate, each at its table row's setting
+    (`tables.summarise`), per metric: dicts of baseline, metric, favour, diff (an array), floor (the
+    differences' measurement variance, averaged over the replicates) and the two settings as JSON."""
+    summary = summarise(rows)
+    if not len(rows) or method not in set(summary["method"]):
+        return []
+    chosen = dict(zip(summary["method"], summary.get("setting", pd.Series([""] * len(summary)))))
+
+    def per_seed(name):
+        group = rows[(rows["method"] == name) & (rows["setting"] == chosen.get(name, ""))]
+        return group.set_index(pd.to_numeric(group[SEED_COL]))
+
+    def hparams(frame) -> str:
+        """The compared setting's hyper-parameters, as JSON (as `tuning.csv` shows a chosen setting)."""
+        return json.dumps(hparams_of(frame.iloc[0]), sort_keys=True) if len(frame) else ""
+
+    retrained = per_seed("retrain") if "mia_advantage" in rows and "retrain" in chosen else None
+
+    def with_gap(frame):
+        if retrained is not None and len(frame):
+            reference = pd.to_numeric(retrained["mia_advantage"]).reindex(frame.index)
+            frame = frame.assign(privacy_gap=(pd.to_numeric(frame["mia_advantage"]) - reference).abs())
+        return frame
+
+    favour = dict(COMPARED) | {"accuracy": +1}
+    ours, out = with_gap(per_seed(method)), []
+    for other in summary["method"]:
+        if other == method or other in REFERENCE_ROWS:
+            continue
+        theirs = with_gap(per_seed(other))
+        seeds = sorted(set(ours.index) & set(theirs.index))
+        for metric in metrics:
+            if metric not in ours or metric not in theirs:
+                continue
+            diff = (pd.to_numeric(ours.loc[seeds, metric]) - pd.to_numeric(theirs.loc[seeds, metric]))
+            var = _measurement_var(ours.loc[seeds], metric) + _measurement_var(theirs.loc[seeds], metric)
+            keep = np.isfinite(diff.to_numpy(dtype=float))  # a seed missing a value is left out
+            out.append({"baseline": other, "metric": metric, "favour": favour.get(metric, +1),
+                        "diff": diff.to_numpy(dtype=float)[keep], "floor": float(var[keep].mean()) if keep.any() else 0.0,
+                        "gli_setting": hparams(ours), "baseline_setting": hparams(theirs)})
+    return out
+
+
+def spread(diff: np.ndarray, floor: float = 0.0) -> float:
+    """The differences' standard deviation, at least their measurement error's (`floor`, a variance); nan for
+    fewer than 2."""
+    if len(diff) < 2:
+        return math.nan
+    return max(float(np.std(diff, ddof=1)), math.sqrt(max(floor, 0.0)))
+
+
+def intervals(diffs: list[np.ndarray], floors, nominal: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mean, lo, hi) per comparison: the t interval of the mean difference at two-sided level `nominal`, the
+    spread at least the measurement error's (`floors`, variances); no interval (nan) for fewer than 2
+    differences or a spread of 0 (equal differences and no measurement error: nothing to go on)."""
+    from scipy.special import stdtrit
+
+    n = np.array([len(d) for d in diffs], dtype=float)
+    if len(set(n)) == 1 and n[0] > 0:  # the usual case, at once
+        stacked = np.vstack(diffs)
+        mean = stacked.mean(axis=1)
+        sd = stacked.std(axis=1, ddof=1) if n[0] >= 2 else np.full(len(n), math.nan)
+    else:
+        mean = np.array([d.mean() if len(d) else math.nan for d in diffs])
+        sd = np.array([d.std(ddof=1) if len(d) >= 2 else math.nan for d in diffs])
+    s = np.maximum(sd, np.sqrt(np.maximum(np.asarray(floors, dtype=float), 0.0)))
+    ok = (n >= 2) & (s > 0) & (nominal > 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        half = np.where(ok, stdtrit(np.maximum(n - 1, 1), 1 - nominal / 2) * s / np.sqrt(np.maximum(n, 1)), math.nan)
+    return mean, mean - half, mean + half
+
+
+def interval(diff: np.ndarray, floor: float, nominal: float) -> tuple[float, float, float]:
+    """`intervals` of one comparison."""
+    mean, lo, hi = intervals([np.asarray(diff, dtype=float)], [floor], nominal)
+    return float(mean[0]), float(lo[0]), float(hi[0])
+
+
+def verdict(lo: float, hi: float, favour: int, margin: float = MARGIN) -> str:
+    """`better` or `worse` (for GLI) when the interval excludes 0, `equivalent` when it lies within +-margin,
+    else `undecided`."""
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return "undecided"
+    if lo > 0 or hi < 0:
+        return "better" if (lo > 0) == (favour > 0) else "worse"
+    return "equivalent" if -margin < lo and hi < margin else "undecided"
+
+
+def reachable_margin(diff: np.ndarray, floor: float, nominal_last: float, planned: int) -> float:
+    """The smallest margin the final look (at `planned` replicates, level `nominal_last`) could settle as
+    equivalent, from the spread seen: |mean| + its half-width there."""
+    from scipy.special import stdtrit
+
+    s = spread(diff, floor)
+    if not (s > 0) or planned < 2:
+        return math.nan
+    return abs(float(np.mean(diff))) + float(stdtrit(planned - 1, 1 - nominal_last / 2)) * s / math.sqrt(planned)
+
+
+def decide(comparisons: list[list[dict]], sizes: list[int], margin: float = MARGIN, alpha: float = 1 - LEVEL,
+           primary: str = PRIMARY) -> pd.DataFrame:
+    """The design on given differences: `comparisons[k]` are look k's (`differences`' dicts, the same
+    comparisons in the same order at every look made; fewer lists than `sizes`: looks not made yet). The
+    primary metric's comparisons are tested at alpha / m each, spent over `sizes`; each keeps the verdict and
+    interval of the first look that settles it. The others are estimated at the last look made, with intervals
+    simultaneous over all of them. Returns `VERDICT_COLUMNS` but the schedule."""
+    if not comparisons or not comparisons[0]:
+        return pd.DataFrame(columns=VERDICT_COLUMNS)
+    rows = decide_rows(comparisons, sizes, margin, alpha, primary)
+    return pd.DataFrame(rows).assign(looks=len(sizes), primary=primary).reindex(columns=VERDICT_COLUMNS)
+
+
+def decide_rows(comparisons: list[list[dict]], sizes: list[int], margin: float = MARGIN, alpha: float = 1 - LEVEL,
+                primary: str = PRIMARY, reach: bool = True) -> list[dict]:
+    """`decide`'s rows, as dicts in the comparisons' order (what the simulations in `analysis.simulate` call)."""
+    first = comparisons[0]
+    tested = [i for i, c in enumerate(first) if c["metric"] == primary]
+    estimated = [i for i, c in enumerate(first) if c["metric"] != primary]
+    levels = {True: nominal_levels(sizes, alpha / max(1, len(tested))),
+              False: nominal_levels(sizes, alpha / max(1, len(estimated)))}
+    rows: dict[int, dict] = {}
+    made = 0
+    for k, look in enumerate(comparisons):
+        made = k + 1
+        open_ = [i for i in tested if i not in rows or rows[i]["verdict"] == "undecided"]
+        mean, lo, hi = intervals([look[i]["diff"] for i in open_], [look[i]["floor"] for i in open_], levels[True][k])
+        for j, i in enumerate(open_):
+            c = look[i]
+            said = "undecided" if c.get("missing", 0) else verdict(lo[j], hi[j], c["favour"], margin)
+            rows[i] = {**_row(c, mean[j], lo[j], hi[j], levels[True][k], k + 1, said), "reachable_margin": (
+                reachable_margin(c["diff"], c["floor"], levels[True][-1], sizes[-1]) if reach else math.nan)}
+        if tested and all(rows[i]["verdict"] != "undecided" for i in tested):
+            break
+    last = comparisons[made - 1]
+    mean, lo, hi = intervals([last[i]["diff"] for i in estimated], [last[i]["floor"] for i in estimated],
+                             levels[False][made - 1]) if estimated else ([], [], [])
+    for j, i in enumerate(estimated):
+        rows[i] = {**_row(last[i], mean[j], lo[j], hi[j], levels[False][made - 1], made, "not tested"),
+                   "reachable_margin": math.nan}
+    return [rows[i] for i in range(len(first))]
+
+
+def _row(c: dict, mean, lo, hi, nominal, look, said) -> dict:
+    return {"baseline": c["baseline"], "metric": c["metric"], "tested": said != "not tested", "mean_diff": mean,
+            "lo": lo, "hi": hi, "replicates": len(c["diff"]), "verdict": said, "level": 1 - nominal, "look": look,
+            "missing": c.get("missing", 0), "gli_setting": c["gli_setting"], "baseline_setting": c["baseline_setting"]}
+
+
 def settle(rows: pd.DataFrame, sizes: list[int], margin: float = MARGIN, method: str = STUDIED,
-           alpha: float = 1 - LEVEL, ended: pd.DataFrame | None = None) -> pd.DataFrame:
+           alpha: float = 1 - LEVEL, ended: pd.DataFrame | None = None, primary: str = PRIMARY) -> pd.DataFrame:
     """The verdict of every comparison after the looks the rows allow. `rows` are the table's finished rows
     (`report.method_rows`) of the reported replicates, `ended` the same for every run that ended (finished or
     failed; default `rows`: none failed); `sizes` the study's look schedule. A look is made once replicates
@@ -129,8 +287,11 @@ def settle(rows: pd.DataFrame, sizes: list[int], margin: float = MARGIN, method:
         return pd.DataFrame(columns=VERDICT_COLUMNS)
     complete = complete_replicates(ended)
     failed = ended[ended["status"] == "FAILED"] if "status" in ended else ended.iloc[:0]
-
-    def table_at(size: int, share: float) -> pd.DataFrame:
+    metrics = [primary] + [m for m, _ in COMPARED if m != primary]
+    looks = []
+    for size in sizes:
+        if size > len(complete):
+            break
         counted = complete[:size]
         seen = rows[pd.to_numeric(rows[SEED_COL]).astype(int).isin(counted)]
         broke = failed[pd.to_numeric(failed[SEED_COL]).astype(int).isin(counted)]
@@ -138,35 +299,61 @@ def settle(rows: pd.DataFrame, sizes: list[int], margin: float = MARGIN, method:
         drop = {(m, s) for m, s in zip(broke["method"], broke["setting"]) if several.get(m, 0) > 1}
         if drop:  # a setting that failed on a counted replicate is never the one chosen among several
             seen = seen[[pair not in drop for pair in zip(seen["method"], seen["setting"])]]
-        table = paired(seen, summarise(seen), method, margin, share)
-        table["missing"] = size - table["replicates"]
-        table.loc[table["missing"] > 0, "verdict"] = "undecided"
-        return table
-
-    out = run_looks(table_at, list(sizes), len(complete), alpha)
-    return out.assign(schedule=schedule_text(sizes))[VERDICT_COLUMNS]
+        look = differences(seen, metrics, method)
+        for c in look:
+            c["missing"] = size - len(c["diff"])
+        if looks and [(c["baseline"], c["metric"]) for c in look] != [(c["baseline"], c["metric"]) for c in looks[0]]:
+            break  # a comparison appeared or vanished (cannot happen on complete replicates): stop reading
+        looks.append(look)
+    if not looks:
+        return pd.DataFrame(columns=VERDICT_COLUMNS)
+    return decide(looks, list(sizes), margin, alpha, primary).assign(schedule=schedule_text(sizes))[VERDICT_COLUMNS]
 
 
 def all_settled(verdicts: pd.DataFrame) -> bool:
-    return bool(len(verdicts)) and bool((verdicts["verdict"] != "undecided").all())
+    """Every tested comparison has a verdict other than undecided."""
+    if not len(verdicts):
+        return False
+    tested = verdicts[verdicts["tested"].astype(bool)] if "tested" in verdicts else verdicts
+    return bool(len(tested)) and bool((tested["verdict"] != "undecided").all())
+
+
+def _cell(r) -> str:
+    return "-" if pd.isna(r["lo"]) else f"{r['mean_diff']:.4f} [{r['lo']:.4f}, {r['hi']:.4f}]"
 
 
 def verdicts_markdown(verdicts: pd.DataFrame, title: str, margin: float = MARGIN) -> str:
-    """The verdicts in plain words: what a paper may claim for each comparison and on how many replicates."""
+    """The verdicts in plain words: what a paper may claim for each comparison and on how many replicates; then
+    the secondary estimates, labelled as not tested."""
     if not len(verdicts):
         return ""
-    looks = int(verdicts["looks"].max())
-    words = {"better": "GLI is better", "worse": "GLI is worse", "equivalent": f"equivalent within ±{margin}",
-             "undecided": "undecided: no claim either way"}
-    lines = [f"**{title}: verdicts, run until settled**", "",
-             f"Each comparison was looked at after every round of replicates, at most {looks} times; the 5% error rate "
-             f"is split equally over those {looks} looks and, within a look, over the comparisons by Holm's "
-             "adjustment, so every verdict below holds together with the others.", "",
-             "| versus | metric | verdict | replicates | difference [lo, hi] |", "|---|---|---|---|---|"]
-    for _, r in verdicts.iterrows():
-        interval = ("-" if pd.isna(r["lo"]) else f"{r['mean_diff']:.4f} [{r['lo']:.4f}, {r['hi']:.4f}]")
+    looks, schedule = int(verdicts["looks"].max()), str(verdicts["schedule"].iloc[0]) if "schedule" in verdicts else ""
+    primary = str(verdicts["primary"].iloc[0]) if "primary" in verdicts else PRIMARY
+    tested = verdicts[verdicts["tested"].astype(bool)]
+    words = {**WORDS, "equivalent": f"equivalent within ±{margin}"}
+    lines = [f"**{title}: verdicts on the primary metric, {primary.replace('_', ' ')}**", "",
+             f"GLI minus each baseline, replicate by replicate. Planned looks at {schedule or looks} reported "
+             f"replicates; each of the {len(tested)} comparisons spends 5%/{len(tested)} over the looks (Lan-DeMets, "
+             "O'Brien-Fleming type), so every interval below covers its true difference at every look with "
+             "probability 95% jointly, and the verdicts read from them hold together: excludes 0 (better or worse), "
+             f"within ±{margin} (equivalent), else undecided. The reachable margin is the smallest the final look "
+             "could settle as equivalent, from the spread seen.", "",
+             "| versus | verdict | replicates | difference [simultaneous interval] | reachable margin |",
+             "|---|---|---|---|---|"]
+    for _, r in tested.iterrows():
         said = words[r["verdict"]]
         if pd.notna(r.get("missing")) and r["missing"] > 0:
             said = f"undecided: a compared run failed on {int(r['missing'])} of the look's replicates"
-        lines.append(f"| {r['baseline']} | {r['metric']} | {said} | {int(r['replicates'])} | {interval} |")
+        reach = "-" if pd.isna(r["reachable_margin"]) else f"{r['reachable_margin']:.4f}"
+        lines.append(f"| {r['baseline']} | {said} | {int(r['replicates'])} | {_cell(r)} | {reach} |")
+    rest = verdicts[~verdicts["tested"].astype(bool)]
+    if len(rest):
+        lines += ["", f"**Secondary metrics: estimates, not tested** (intervals simultaneous over these {len(rest)}, "
+                  "at the last look made)", "", "| versus | metric | replicates | difference [simultaneous interval] |",
+                  "|---|---|---|---|"]
+        lines += [f"| {r['baseline']} | {r['metric']} | {int(r['replicates'])} | {_cell(r)} |" for _, r in rest.iterrows()]
+    lines += ["", "final score: GLI's minus the baseline's; positive favours GLI. forgetting score: negative favours "
+              "GLI (it forgets better). privacy gap: the distance of the attack's advantage from the same replicate's "
+              "retrained model's, GLI's minus the baseline's; negative favours GLI (closer to retraining). An "
+              "undecided comparison is a difference within noise: it supports no claim either way."]
     return "\n".join(lines) + "\n"

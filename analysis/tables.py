@@ -6,20 +6,17 @@ bounded metric, log for times), carried back; from 10 seeds a percentile bootstr
 mean (scipy.stats.bootstrap). Every table says which, and defines its columns once beneath
 it (the report states the protocol once, above its tables). On mufac and mucac the paper's
 numbers (SPEC section 6) stand alongside.
-`paired` compares GLI with each baseline seed by seed: t intervals of the mean difference at
-Holm-adjusted levels across every comparison (statsmodels), and a verdict per comparison.
+GLI against each baseline, replicate by replicate, is `analysis.sequential`'s.
 """
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
 import pandas as pd
 
-from trainables.records import (REFERENCE_ROWS, SEED_COL, SEL_ACCURACY, SEL_FINAL, SEL_FORGETTING, STUDIED,
-                                hparams_of)
+from trainables.records import (SEL_ACCURACY, SEL_FINAL, SEL_FORGETTING)
 
 from .choice import ranked_settings
 
@@ -230,141 +227,3 @@ def to_csv(summary: pd.DataFrame, dataset: str) -> pd.DataFrame:
         out[header.replace(" ", "_").replace("-", "")] = [
             (PAPER[dataset].get(m) or (None,) * 4)[i] for m in out["method"]]
     return out
-
-
-# The paired comparisons: a metric, and which sign of GLI-minus-baseline favours GLI. `privacy_gap` is
-# |mia_advantage - the same seed's retrained model's|: as close to retraining as possible, not as low.
-COMPARED = (("final_score", +1), ("forgetting_score", -1), ("privacy_gap", -1))
-VERDICT_WORDS = {"better": "GLI better", "worse": "GLI worse", "equivalent": "equivalent within the margin",
-                 "undecided": "undecided (within noise)"}
-
-
-def holm_levels(pvalues, alpha: float = 1 - LEVEL) -> tuple[np.ndarray, np.ndarray]:
-    """Holm's step-down adjustment (statsmodels) of a family of p-values: (adjusted p-values, the error rate each
-    comparison is tested at). The k-th smallest p is tested at alpha / (m - k + 1) until the first that is not
-    rejected; it and every later one keep that level. An interval at 1 - that level excludes 0 exactly when
-    Holm rejects, so intervals and verdicts agree."""
-    from statsmodels.stats.multitest import multipletests
-
-    p = np.asarray(pvalues, dtype=float)
-    if not len(p):
-        return p, p
-    adjusted = multipletests(p, alpha=alpha, method="holm")[1]
-    levels, m, level = np.empty(len(p)), len(p), None
-    for k, i in enumerate(np.argsort(p, kind="stable")):
-        if level is None:
-            step = alpha / (m - k)
-            if p[i] > step:
-                level = step  # the first comparison not rejected: the rest stay at its level
-            levels[i] = step
-        else:
-            levels[i] = level
-    return adjusted, levels
-
-
-def verdict(lo: float, hi: float, favour: int, margin: float = MARGIN) -> str:
-    """`better` or `worse` (for GLI) when the interval excludes 0, `equivalent` when it lies within +-margin,
-    else `undecided`."""
-    if _missing(lo) or _missing(hi):
-        return "undecided"
-    if lo > 0 or hi < 0:
-        return "better" if (lo > 0) == (favour > 0) else "worse"
-    return "equivalent" if -margin < lo and hi < margin else "undecided"
-
-
-def paired(rows: pd.DataFrame, summary: pd.DataFrame, method: str = STUDIED, margin: float = MARGIN,
-           alpha: float = 1 - LEVEL) -> pd.DataFrame:
-    """`method` minus each other unlearning method, seed by seed (each at its table row's setting), per metric of
-    `COMPARED`: `baseline, metric, mean_diff, lo, hi, replicates, verdict`, with the t test's p-value, its
-    Holm-adjusted value over every comparison of the table, and the level the interval is taken at. `alpha`: the
-    family-wise error rate of the table (a study that looks several times spends a share of its rate on each)."""
-    columns = ["baseline", "metric", "mean_diff", "lo", "hi", "replicates", "verdict", "p", "p_holm", "level",
-               "gli_setting", "baseline_setting"]
-    if len(rows) == 0 or method not in set(summary["method"]):
-        return pd.DataFrame(columns=columns)
-    chosen = dict(zip(summary["method"], summary.get("setting", pd.Series([""] * len(summary)))))
-
-    def per_seed(name):
-        group = rows[(rows["method"] == name) & (rows["setting"] == chosen.get(name, ""))]
-        return group.set_index(pd.to_numeric(group[SEED_COL]))
-
-    def hparams(frame) -> str:
-        """The compared setting's hyper-parameters, as JSON (as `tuning.csv` shows a chosen setting)."""
-        return json.dumps(hparams_of(frame.iloc[0]), sort_keys=True) if len(frame) else ""
-
-    retrained = per_seed("retrain") if "mia_advantage" in rows and "retrain" in chosen else None
-
-    def with_gap(frame):
-        if retrained is not None and len(frame):
-            reference = pd.to_numeric(retrained["mia_advantage"]).reindex(frame.index)
-            frame = frame.assign(privacy_gap=(pd.to_numeric(frame["mia_advantage"]) - reference).abs())
-        return frame
-
-    ours, out, diffs, favours = with_gap(per_seed(method)), [], [], []
-    for other in summary["method"]:
-        if other == method or other in REFERENCE_ROWS:
-            continue
-        theirs = with_gap(per_seed(other))
-        seeds = sorted(set(ours.index) & set(theirs.index))
-        for col, favour in COMPARED:
-            if col not in ours or col not in theirs:
-                continue
-            diff = (pd.to_numeric(ours.loc[seeds, col]) - pd.to_numeric(theirs.loc[seeds, col])).to_numpy(dtype=float)
-            diff = diff[np.isfinite(diff)]  # a seed missing a value (no retrained model's advantage) is left out
-            out.append({"baseline": other, "metric": col, "gli_setting": hparams(ours),
-                        "baseline_setting": hparams(theirs)})
-            diffs.append(diff)
-            favours.append(favour)
-    tested = compare(diffs, favours, alpha, margin)
-    named = pd.DataFrame(out, columns=["baseline", "metric", "gli_setting", "baseline_setting"])
-    return pd.concat([named, tested], axis=1)[columns]
-
-
-def compare(diffs: list[np.ndarray], favours: list[int], alpha: float = 1 - LEVEL,
-            margin: float = MARGIN) -> pd.DataFrame:
-    """A family of paired comparisons, each a vector of per-replicate differences and the sign that favours
-    GLI: the mean difference, the t test's p-value (scipy's t distribution), Holm's adjusted p-value and level
-    over the family (`holm_levels`), the t interval at that level, and the verdict. A comparison with fewer
-    than two differences is not tested (undecided); one whose differences are all equal has a zero-width
-    interval."""
-    from scipy import stats
-
-    n = np.array([len(d) for d in diffs], dtype=float)
-    mean = np.array([d.mean() if len(d) else math.nan for d in diffs])
-    sem = np.array([d.std(ddof=1) / math.sqrt(len(d)) if len(d) >= 2 else math.nan for d in diffs])
-    df = np.maximum(n - 1, 1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        p = np.where(sem > 0, 2 * stats.t.sf(np.abs(mean / sem), df), np.where(mean != 0, 0.0, 1.0))
-    p = np.where(n >= 2, p, math.nan)
-    tested = ~np.isnan(p)
-    p_holm, level = np.full(len(diffs), math.nan), np.full(len(diffs), math.nan)
-    if tested.any():
-        adjusted, levels = holm_levels(p[tested], alpha)
-        p_holm[tested], level[tested] = adjusted, 1 - levels
-    with np.errstate(invalid="ignore"):
-        half = np.where(tested, stats.t.ppf(1 - (1 - np.nan_to_num(level, nan=0.5)) / 2, df) * np.nan_to_num(sem), math.nan)
-    lo, hi = mean - half, mean + half
-    verdicts = [verdict(a, b, f, margin) for a, b, f in zip(lo, hi, favours)]
-    return pd.DataFrame({"mean_diff": mean, "lo": lo, "hi": hi, "replicates": n.astype(int), "verdict": verdicts,
-                         "p": p, "p_holm": p_holm, "level": level})
-
-
-def paired_markdown(table: pd.DataFrame, title: str, margin: float = MARGIN) -> str:
-    if len(table) == 0:
-        return ""
-    replicates = int(table["replicates"].max())
-    lines = [f"**{title}: GLI minus each baseline, seed by seed**", "",
-             f"Mean difference over {replicates} seed{'s' if replicates != 1 else ''} and its t interval, at the level Holm's adjustment gives each "
-             f"of the {len(table)} comparisons (a family-wise error rate of 5%); the verdict reads the interval: "
-             f"excludes 0 (GLI better or worse), lies within ±{margin} (equivalent), else undecided.", "",
-             "| versus | metric | seeds | difference [lo, hi] | verdict |", "|---|---|---|---|---|"]
-    for _, r in table.iterrows():
-        lines.append(f"| {r['baseline']} | {r['metric']} | {r['replicates']} | "
-                     f"{_cell(r['mean_diff'], r['lo'], r['hi'], 4)} | {VERDICT_WORDS[r['verdict']]} |")
-    lines += ["", "final score: GLI's minus the baseline's; positive favours GLI. forgetting score: GLI's minus the "
-              "baseline's; negative favours GLI (it forgets better). privacy gap: the distance of the attack's "
-              "advantage M - 0.5 from the same seed's retrained model's, GLI's minus the baseline's; negative "
-              "favours GLI (closer to retraining). Each seed's values carry its own attack noise (fs_se), so the "
-              "spread over seeds already holds it: the interval is the one uncertainty reported. An undecided "
-              "comparison is a difference within noise: it supports no claim either way."]
-    return "\n".join(lines) + "\n"

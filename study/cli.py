@@ -81,14 +81,21 @@ def build_parser() -> argparse.ArgumentParser:
           "never reported, comes on top)", type=int)
     g.add_argument("--seeds", type=int, help=argparse.SUPPRESS)  # deprecated name of --replicates
     _flag(g, "--until-settled", "after --replicates, add rounds of replicates until every GLI-minus-baseline "
-          "comparison is settled (better, worse or equivalent, with its error rate spent over the planned looks "
-          "and Holm across comparisons) or --max-replicates are reported", action="store_true", default=None)
+          "comparison on the primary metric is settled (better, worse or equivalent, its error rate spent over the "
+          "planned looks, Bonferroni across comparisons) or --max-replicates are reported", action="store_true",
+          default=None)
+    _flag(g, "--primary", "the one metric the verdicts test (default: final_score); the others are estimates "
+          "with simultaneous intervals, not tested", choices=["final_score", "forgetting_score", "privacy_gap"])
+    _flag(g, "--candidates", "each method's best settings from its search rerun on the selection replicates "
+          "(default: 3; the same for every method)", type=int)
+    _flag(g, "--selection-replicates", "replicates, never reported, on which each method's candidates are rerun "
+          "and its setting chosen before any reported replicate is seen (default: 2)", type=int)
     _flag(g, "--max-replicates", "with --until-settled: stop after this many reported replicates", type=int)
     _flag(g, "--margin", "a comparison whose interval lies within +-margin is equivalent", type=float)
-    _flag(g, "--looks", "with --until-settled: reported replicates at each look, comma-separated (default: "
-          "--replicates, then every --round-size more up to --max-replicates); part of the study, never of the cluster",
+    _flag(g, "--looks", "with --until-settled: reported replicates at each look, comma-separated (default: four "
+          "equally spaced up to --max-replicates: 5,10,15,20); part of the study, never of the cluster",
           type=_whole_list)
-    _flag(g, "--round-size", "with --until-settled and no --looks: replicates between looks (default: 1)", type=int)
+    _flag(g, "--round-size", "with --until-settled and no --looks: replicates between looks (default: four equal looks)", type=int)
     _flag(g, "--width", "use the width-reduced ResNet-18 at this width (small CPU runs)", type=int)
     _flag(g, "--base-epochs", "train the base models for this many epochs (default: the data set's recipe)", type=int)
     _flag(g, "--eval-every", "steps between evaluations inside a trial (default: about 10 per epoch, at most about 20 per run)", type=int)
@@ -176,8 +183,8 @@ def print_outcome(cfg: StudyConfig, results: Path, tracker, study_key: str, sear
     from .tracking import runs_link
 
     print((results / "summary.md").read_text())  # the table, and GLI against each baseline seed by seed
-    print(f"GLI: {searched} trials finished, {front} setting(s) confirmed (front.csv, front.png). "
-          f"Wall time {seconds:.0f}s.")
+    print(f"GLI: {searched} trials finished, {front} setting(s) on its front (front.csv, front.png); each method's "
+          f"setting chosen on {cfg.selection_replicates} selection replicate(s) (selection.csv). Wall time {seconds:.0f}s.")
     print(f"Results: {results} (study {study_key})\nMLflow:  {cfg.tracking_uri} (experiment {cfg.experiment_name})")
     if cfg.tracking_uri.startswith(("http://", "https://")):
         print(f"Browse:  {runs_link(cfg.tracking_uri, tracker.experiment_id)}")

@@ -20,7 +20,7 @@ from trainables.methods import HyperParameterError, available, get
 from trainables.methods.interface import PROTOCOLS, SELECTION_ALIAS
 from trainables.audit import ULIRA_TARGETS
 from trainables.metrics import BOOTSTRAP
-from trainables.records import OBJECTIVES, default_results_dir, default_tracking_uri, write_atomic
+from trainables.records import OBJECTIVES, PRIMARIES, default_results_dir, default_tracking_uri, write_atomic
 
 BASELINES = [m for m in available() if m != "gli"]
 
@@ -61,9 +61,12 @@ class StudyConfig:
     until_settled: bool = False  # add rounds of replicates until every GLI-minus-baseline comparison is settled
     max_replicates: int = 20  # ... or this many replicates are reported
     margin: float = MARGIN  # a comparison whose interval lies within +-margin is settled as equivalent
-    round_size: int | None = None  # replicates between looks when `looks` is not given (default 1)
-    looks: list[int] | None = None  # --until-settled: reported replicates at each look (default: --replicates,
-    # then every round_size more up to max_replicates); fixed when the study first starts, never from the cluster
+    round_size: int | None = None  # replicates between looks when `looks` is not given (default: 4 equal looks)
+    looks: list[int] | None = None  # --until-settled: reported replicates at each look (default: four, equally
+    # spaced up to max_replicates: 5, 10, 15, 20); fixed when the study first starts, never from the cluster
+    primary: str = "final_score"  # the one metric tested (GLI minus each baseline); the others are estimates
+    candidates: int | None = None  # each method's best settings from its search rerun on the selection replicates (3)
+    selection_replicates: int | None = None  # replicates (own split seeds, never reported) choosing each setting (2)
     protocol: str = PROTOCOLS[0]  # fair: one honest selection rule; paper: the reference notebooks step for step
     selection: str | None = None  # deprecated: val is protocol fair, test is protocol paper
     objective: str = OBJECTIVES[0]
@@ -130,6 +133,11 @@ class StudyConfig:
         if self.until_settled and _whole(self.max_replicates, 1) and _whole(self.replicates, 1) \
                 and self.max_replicates < self.replicates:
             raise ConfigError(f"--max-replicates ({self.max_replicates}) must be at least --replicates ({self.replicates})")
+        if self.primary not in PRIMARIES:
+            raise ConfigError(f"--primary must be one of {', '.join(PRIMARIES)}, got {self.primary!r}")
+        for name, value in (("--candidates", self.candidates), ("--selection-replicates", self.selection_replicates)):
+            if not _whole(value, 1):
+                raise ConfigError(f"{name} must be a whole number >= 1, got {value!r}")
         if not (_number(self.margin) and 0 < self.margin < 1):
             raise ConfigError(f"--margin must be a number in (0, 1), got {self.margin!r}")
         if self.round_size is not None and not _whole(self.round_size, 1):
@@ -227,6 +235,10 @@ class StudyConfig:
             self.base_epochs = 3 if self.base_epochs is None else self.base_epochs
             self.method_epochs = 1 if self.method_epochs is None else self.method_epochs
             self.eval_every = 7 if self.eval_every is None else self.eval_every
+            self.candidates = 2 if self.candidates is None else self.candidates
+            self.selection_replicates = 1 if self.selection_replicates is None else self.selection_replicates
+        self.candidates = 3 if self.candidates is None else self.candidates
+        self.selection_replicates = 2 if self.selection_replicates is None else self.selection_replicates
         if not self.experiment_name:  # a paper-protocol study is its own experiment, in its own folder
             suffix = ("-paper" if self.protocol == "paper" else "") + ("-smoke" if self.smoke_test else "")
             self.experiment_name = f"gli-{self.dataset}{suffix}"
@@ -238,9 +250,11 @@ class StudyConfig:
         if self.num_gpus == 0:
             self.gpus_per_trial = 0
         if self.until_settled and self.looks is None and _whole(self.replicates, 1) and _whole(self.max_replicates, 1):
-            from analysis.sequential import look_sizes  # the schedule: the study's own settings, never its slots
+            from analysis.sequential import default_looks, look_sizes  # the schedule: the study's own settings, never its slots
 
-            self.looks = look_sizes(self.replicates, max(self.replicates, self.max_replicates), self.round_size or 1)
+            most = max(self.replicates, self.max_replicates)
+            self.looks = (look_sizes(self.replicates, most, self.round_size) if self.round_size
+                          else default_looks(most))
         return self
 
 

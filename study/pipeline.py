@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING
 
 from trainables import engine
 from trainables.methods import REFERENCE_ROWS
-from trainables.records import (AUDIT_REPLICATE, AUDIT_STAGE, BASE_STAGE, BASELINE_STAGE, CONFIRM_LIMIT,
-                                CONFIRM_STAGE, DATA_FINGERPRINT_TAG, GIT_COMMIT_TAG, HARDWARE_TAG, SEARCH_STAGE,
+from trainables.records import (AUDIT_REPLICATE, AUDIT_STAGE, BASE_STAGE, BASELINE_STAGE, CONFIRM_STAGE,
+                                SELECT_STAGE, SELECTION_REPLICATE, DATA_FINGERPRINT_TAG, GIT_COMMIT_TAG, HARDWARE_TAG, SEARCH_STAGE,
                                 SETTINGS_PARAM, STUDIED, TUNING_REPLICATE, ULIRA_STAGE)
 
 from analysis.results import supersede
@@ -44,8 +44,6 @@ from .spaces import SearchSpace, paper_point
 if TYPE_CHECKING:
     from .context import StudyContext
 
-AUDIT_SETTINGS = 3  # GLI's confirmed settings audited, best mean selection final score first
-ULIRA_SETTINGS = 1  # ... and attacked with U-LiRA (each costs shadows + targets unlearning runs)
 
 
 def keyed(cfg: StudyConfig) -> dict:
@@ -83,10 +81,12 @@ def _prepare(cfg: StudyConfig, out: dict) -> None:
 def run_study(ctx: StudyContext) -> list:
     """Base models first; each replicate's trials as soon as its base models exist; the searches (on the tuning
     replicate, never reported) before the baselines (they fill the slots while the searches' last trials run);
-    confirm, on the reported replicates 1..N, once the searches end."""
+    select (each method's candidates on the selection replicates, never reported) once the searches end; confirm
+    (each method's one chosen setting on the reported replicates 1..N) once select has ended."""
     cfg = ctx.cfg
     seeds = list(range(TUNING_REPLICATE + 1, TUNING_REPLICATE + 1 + cfg.replicates))  # the reported replicates
-    base = ctx.grid(BASE_STAGE, [{"method": m, "seed": s, "hparams": {}} for s in [TUNING_REPLICATE, *seeds]
+    selection = selection_replicates(cfg)
+    base = ctx.grid(BASE_STAGE, [{"method": m, "seed": s, "hparams": {}} for s in [TUNING_REPLICATE, *selection, *seeds]
                                  for m in REFERENCE_ROWS])
     needs = base  # a replicate's trials wait for its base models
     searches = [ctx.search(SEARCH_STAGE, STUDIED, SearchSpace(STUDIED, cfg.gli_space),
@@ -98,23 +98,74 @@ def run_study(ctx: StudyContext) -> list:
     grid = [] if not cfg.paper_baselines else [
         ctx.grid(BASELINE_STAGE, [{"method": m, "seed": s, "hparams": ctx.fixed_hparams(m)}
                                   for s in seeds for m in cfg.baselines], needs=needs)]
+    choice = Choice(ctx, searches)
+    select = ctx.grid(SELECT_STAGE, choice.selection_runs, tuple(s.label for s in searches), needs)
 
-    def confirm_runs(replicates=tuple(seeds)) -> list[dict]:  # once the searches have ended, from their studies
-        runs = []
-        for search in searches:
-            limit = CONFIRM_LIMIT if search.method == STUDIED else 1
-            runs += [{"method": search.method, "seed": s, "hparams": {**ctx.fixed_hparams(search.method), **chosen}}
-                     for chosen in search.chosen(limit) for s in replicates]
-        return runs
+    def confirm_runs(replicates=tuple(seeds)) -> list[dict]:  # once select has ended: one setting per method
+        return [{"method": m, "seed": s, "hparams": h} for m, h in choice.chosen().items() for s in replicates]
 
-    confirm = ctx.grid(CONFIRM_STAGE, confirm_runs, tuple(s.label for s in searches), needs)
+    confirm = ctx.grid(CONFIRM_STAGE, confirm_runs, (select.label,), needs)
     rounds = settling_rounds(ctx, confirm_runs, (confirm.label, *(g.label for g in grid))) if cfg.until_settled else []
     after_confirm = (CONFIRM_STAGE, *(r.label for r in rounds))
-    audit = [ctx.grid(AUDIT_STAGE, lambda: audit_runs(ctx, searches), after_confirm)] if cfg.audit else []
-    stages = [base, *searches, confirm, *grid, *rounds, *audit, *(ulira_stages(ctx, searches, after_confirm)
-                                                                  if cfg.attack == "ulira" else [])]
+    audit = [ctx.grid(AUDIT_STAGE, lambda: audit_runs(ctx, choice), after_confirm)] if cfg.audit else []
+    stages = [base, *searches, select, confirm, *grid, *rounds, *audit,
+              *(ulira_stages(ctx, choice, after_confirm) if cfg.attack == "ulira" else [])]
     ctx.run(stages)
     return stages
+
+
+def selection_replicates(cfg: StudyConfig) -> list[int]:
+    """The selection replicates' numbers (`records.SELECTION_REPLICATE` + 1, ...): their own split and training
+    seeds, never reported."""
+    return list(range(SELECTION_REPLICATE + 1, SELECTION_REPLICATE + 1 + cfg.selection_replicates))
+
+
+class Choice:
+    """Each searched method's reported setting, fixed before any reported replicate is seen, the same way for
+    every method: its `--candidates` k best settings from its search (`SearchStage.candidates`) are rerun on the
+    selection replicates, and the one with the best mean selection final score there is chosen (ties by the
+    setting's digest: `analysis.choice.ranked_settings`). A candidate with a failed or missing run there is never
+    chosen; a method with one candidate needs no selection runs. Read from MLflow, so a resumed study makes the
+    same choice."""
+
+    def __init__(self, ctx: StudyContext, searches):
+        self.ctx, self.searches = ctx, searches
+
+    def candidates(self) -> dict[str, list[dict]]:
+        """Each searched method's candidates, as full hyper-parameters (its fixed ones and the searched)."""
+        k = self.ctx.cfg.candidates
+        return {s.method: [{**self.ctx.fixed_hparams(s.method), **c} for c in s.candidates(k)] for s in self.searches}
+
+    def selection_runs(self) -> list[dict]:
+        return [{"method": m, "seed": r, "hparams": h} for m, found in self.candidates().items() if len(found) > 1
+                for h in found for r in selection_replicates(self.ctx.cfg)]
+
+    def chosen(self) -> dict[str, dict]:
+        """method -> its chosen hyper-parameters (a method whose search finished no trial has none)."""
+        from analysis.choice import ranked_settings
+        from trainables.records import METHOD_COL, SEED_COL, TRIAL_KEY_COL, hparams_of, setting_of
+
+        ran = self.ctx.tracker.children(SELECT_STAGE, status=None)
+        out = {}
+        for method, found in self.candidates().items():
+            if len(found) <= 1:
+                out.update({method: found[0]} if found else {})
+                continue
+            rows = ran[ran[METHOD_COL] == method].copy() if len(ran) else ran
+            if not len(rows):
+                continue
+            rows["setting"] = rows[TRIAL_KEY_COL].map(setting_of)
+            wanted = set(map(str, selection_replicates(self.ctx.cfg)))
+            complete = {s for s, g in rows.groupby("setting")
+                        if (g["status"] == "FINISHED").all() and wanted <= set(g[SEED_COL].astype(str))}
+            rows = rows[rows["setting"].isin(complete) & (rows["status"] == "FINISHED")]
+            if not len(rows):
+                print(f"[study] select: no candidate of {method} finished on every selection replicate; "
+                      f"{method} is not confirmed", file=sys.stderr, flush=True)
+                continue
+            best = ranked_settings(rows)[0]
+            out[method] = hparams_of(rows[rows["setting"] == best].iloc[0])
+        return out
 
 
 def search_capacity(cfg: StudyConfig, slots: int) -> str | None:
@@ -151,7 +202,7 @@ def settling_rounds(ctx: StudyContext, confirm_runs, after: tuple[str, ...]) -> 
             due = [n for n in cfg.looks if n <= have]
             if due and (note := missing_note(ended, due[-1])):
                 print(f"[study] the look at {due[-1]} replicates waits: {note}", file=sys.stderr, flush=True)
-            decided[have] = not all_settled(settle(rows, cfg.looks, cfg.margin, ended=ended))
+            decided[have] = not all_settled(settle(rows, cfg.looks, cfg.margin, ended=ended, primary=cfg.primary))
             if not decided[have]:
                 print(f"[study] every comparison settled after {have} replicates", file=sys.stderr, flush=True)
         return decided[have]
@@ -190,43 +241,29 @@ def failed_stage_message(stages) -> str | None:
             "(each failed run's `error` tag in MLflow says why; fix it and run the same command again to resume)")
 
 
-def audit_runs(ctx: StudyContext, searches) -> list[dict]:
+def audit_runs(ctx: StudyContext, choice: Choice) -> list[dict]:
     """The audit's trials, built once confirm has ended, all on one reported replicate's split
     (`AUDIT_REPLICATE`): 2K retrained models (seeds 0..K-1 are the reference; K..2K-1 measure F's ceiling, F
     between two independent sets of K retrained models), the original as a control, and K runs (training seeds
-    0..K-1, all from that replicate's original) of GLI's best confirmed settings and of each baseline's chosen
-    setting."""
+    0..K-1, all from that replicate's original) of each method's reported setting."""
     k = ctx.cfg.audit
     here = {"replicate": AUDIT_REPLICATE}
     retrained = 2 * k if ctx.cfg.audit_ceiling == "retrained" else k  # simulated: no second set to train
     runs = [{"method": "retrain", "seed": s, "hparams": {}, **here} for s in range(retrained)]
     runs.append({"method": "original", "seed": AUDIT_REPLICATE, "hparams": {}, **here})  # one run stands for all K
-    settings = audited_settings(ctx, searches, AUDIT_SETTINGS)
-    return runs + [{"method": m, "seed": s, "hparams": h, **here} for m, h in settings for s in range(k)]
+    return runs + [{"method": m, "seed": s, "hparams": h, **here} for m, h in audited_settings(ctx, choice)
+                   for s in range(k)]
 
 
-def audited_settings(ctx: StudyContext, searches, gli_settings: int) -> list[tuple[str, dict]]:
-    """(method, hyper-parameters) of what the privacy audits examine, once confirm has ended: GLI's
-    `gli_settings` best confirmed settings (`analysis.choice.ranked_settings`, as the table ranks them) and each
-    baseline's chosen setting."""
-    from analysis.choice import ranked_settings
-    from trainables.records import METHOD_COL, TRIAL_KEY_COL, hparams_of, setting_of
-
-    settings = []
-    confirmed = ctx.tracker.children(CONFIRM_STAGE)
-    if len(confirmed):
-        gli = confirmed[confirmed[METHOD_COL] == STUDIED].copy()
-        gli["setting"] = gli[TRIAL_KEY_COL].map(setting_of)
-        for s in ranked_settings(gli)[:gli_settings]:
-            settings.append((STUDIED, hparams_of(gli[gli["setting"] == s].iloc[0])))
-    tuned = {s.method: s for s in searches[1:]}
-    for method in ctx.cfg.baselines:
-        chosen = tuned[method].chosen(1) if method in tuned else [{}]
-        settings += [(method, {**ctx.fixed_hparams(method), **c}) for c in chosen[:1]]
-    return settings
+def audited_settings(ctx: StudyContext, choice: Choice) -> list[tuple[str, dict]]:
+    """(method, hyper-parameters) of what the privacy audits examine, once confirm has ended: each method's
+    reported setting (`Choice.chosen`; a baseline at its paper setting under --paper-baselines)."""
+    chosen = choice.chosen()
+    return [(m, chosen[m] if m in chosen else ctx.fixed_hparams(m)) for m in [STUDIED, *ctx.cfg.baselines]
+            if m in chosen or m != STUDIED]
 
 
-def ulira_stages(ctx: StudyContext, searches, after: tuple[str, ...]) -> list:
+def ulira_stages(ctx: StudyContext, choice: Choice, after: tuple[str, ...]) -> list:
     """U-LiRA's trials, on the audit's replicate (`AUDIT_REPLICATE`): models (seeds) 0..S-1 are the shadows and
     `TARGET_SEED`.. the T targets. Model j's original trains on the retain set and half the forget candidates
     (`trainables.audit.shadow_member_mask`) and its retrained model on the retain set (the replicate's own, so
@@ -242,7 +279,7 @@ def ulira_stages(ctx: StudyContext, searches, after: tuple[str, ...]) -> list:
 
     def unlearning_runs() -> list[dict]:
         return [{"method": m, "seed": j, "hparams": h, **here}
-                for m, h in audited_settings(ctx, searches, ULIRA_SETTINGS) for j in models]
+                for m, h in audited_settings(ctx, choice) for j in models]
 
     return [shadows, ctx.grid(ULIRA_STAGE, unlearning_runs, after, shadows)]
 

@@ -400,18 +400,18 @@ class SearchStage(Stage):
         self.searcher.user_attrs[trial_id] = self.attrs.pop(trial_id, {})
         self.searcher.on_trial_complete(trial_id, result=result, error=error)
 
-    def chosen(self, limit: int) -> list[dict]:
-        """The settings the search chose (`analysis.choice.search_front`, the one source every reader uses):
-        read from its finished trials' MLflow runs, best selection final score first, at most `limit`; each
-        as the searched hyper-parameters."""
-        from analysis.choice import search_front
+    def candidates(self, k: int) -> list[dict]:
+        """The search's k candidates (`analysis.choice.candidates`, the one source every reader uses): read from
+        its finished trials' MLflow runs, its front first, best selection final score first; each as the
+        searched hyper-parameters."""
+        from analysis.choice import candidates
 
         trials = self.ctx.tracker.children(self.stage)  # flushes first when anything was written since its last read
         if len(trials):
             trials = trials[trials[METHOD_COL] == self.method]
         names = list(self.space.fields)
         out = []
-        for _, row in search_front(trials, self.ctx.cfg.objective, limit).iterrows():
+        for _, row in candidates(trials, self.ctx.cfg.objective, k).iterrows():
             hparams = hparams_of(row)
             if missing := [k for k in names if k not in hparams]:
                 raise KeyError(f"{self.label}: run {row['run_id']} records no {', '.join(missing)}")

@@ -310,19 +310,19 @@ def test_the_cheap_ceiling_trains_no_second_set_of_retrained_models():
     import pandas as pd
 
     from study.config import resolve
-    from study.pipeline import audit_runs, ulira_stages
+    from study.pipeline import Choice, audit_runs, ulira_stages
     from trainables.audit import TARGET_SEED
 
     for ceiling, retrained in (("retrained", 8), ("simulated", 4)):
         cfg = resolve({"audit": 4, "audit_ceiling": ceiling, "baselines": ["finetune"], "shadows": 4, "targets": 2}, {})
-        ctx = SimpleNamespace(cfg=cfg, tracker=SimpleNamespace(children=lambda stage=None: pd.DataFrame()),
+        ctx = SimpleNamespace(cfg=cfg, tracker=SimpleNamespace(children=lambda stage=None, status=None: pd.DataFrame()),
                               fixed_hparams=lambda method: {})
-        runs = audit_runs(ctx, [])
+        runs = audit_runs(ctx, Choice(ctx, []))
         assert sum(r["method"] == "retrain" for r in runs) == retrained
         assert sum(r["method"] == "finetune" for r in runs) == 4
     grids = []
     ctx.grid = lambda stage, runs, after=(), needs=None, label=None: grids.append((stage, runs, needs, label)) or label
-    models, unlearning = ulira_stages(ctx, [], ("confirm",))
+    models, unlearning = ulira_stages(ctx, Choice(ctx, []), ("confirm",))
     stage, runs, _, _ = grids[0]
     assert stage == "ulira" and sorted({r["seed"] for r in runs}) == [0, 1, 2, 3, TARGET_SEED, TARGET_SEED + 1]
     assert {r["replicate"] for r in runs} == {1}

@@ -419,13 +419,16 @@ def test_until_settled_adds_rounds_of_replicates_and_reports_verdicts(tmp_path, 
     err = capsys.readouterr().err
     assert "stage base-round1: 2 trial(s)" in err or "every comparison settled after 2 replicates" in err
     verdicts = pd.read_csv(results / "verdicts.csv")
-    assert list(verdicts.columns[:7]) == ["baseline", "metric", "mean_diff", "lo", "hi", "replicates", "verdict"]
+    assert list(verdicts.columns[:8]) == ["baseline", "metric", "tested", "mean_diff", "lo", "hi", "replicates", "verdict"]
     assert set(verdicts["baseline"]) == {"finetune", "eu_k"} and set(verdicts["looks"]) == {2}
-    assert set(verdicts["verdict"]) <= {"better", "worse", "equivalent", "undecided"}
-    settled = verdicts["verdict"] != "undecided"
-    assert (verdicts.loc[~settled, "replicates"] == 3).all()  # what is undecided was looked at with every replicate
+    tested = verdicts[verdicts["tested"]]
+    assert set(tested["metric"]) == {"final_score"} and set(verdicts["primary"]) == {"final_score"}
+    assert set(tested["verdict"]) <= {"better", "worse", "equivalent", "undecided"}
+    assert set(verdicts.loc[~verdicts["tested"], "verdict"]) == {"not tested"}
+    undecided = tested["verdict"] == "undecided"
+    assert (tested.loc[undecided, "replicates"] == 3).all()  # what is undecided was looked at with every replicate
     text = (results / "summary.md").read_text()
-    assert text.index("verdicts, run until settled") < text.index("| method | seeds |")  # the verdicts come first
+    assert text.index("verdicts on the primary metric") < text.index("| method | seeds |")  # the verdicts come first
     _, _, children = _runs(uri, "settle")
     confirm_seeds = {c.data.tags["seed"] for c in children if c.data.tags["stage"] == "confirm"}
     assert confirm_seeds == ({"1", "2", "3"} if "stage base-round1" in err else {"1", "2"})

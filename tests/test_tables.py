@@ -1,4 +1,4 @@
-"""Tables from known inputs: means, confidence intervals, setting choice, formats, paper columns, paired differences."""
+"""Tables from known inputs: means, confidence intervals, setting choice, formats, paper columns."""
 
 import math
 
@@ -7,8 +7,7 @@ import pytest
 
 import numpy as np
 
-from analysis.tables import (RANGES, bounded_interval, holm_levels, paired, paired_markdown, summarise, to_csv, to_latex,
-                             to_markdown, verdict)
+from analysis.tables import RANGES, bounded_interval, summarise, to_csv, to_latex, to_markdown
 
 
 def _expit(z):
@@ -104,89 +103,6 @@ def test_from_ten_seeds_the_interval_is_a_percentile_bootstrap_of_the_mean():
     ref = stats.bootstrap((many,), np.mean, confidence_level=0.95, method="percentile", n_resamples=2000,
                           random_state=0).confidence_interval
     assert (lo, hi) == pytest.approx((ref.low, ref.high))
-
-
-def test_holm_levels_agree_with_statsmodels_and_the_intervals_with_the_rejections():
-    from statsmodels.stats.multitest import multipletests
-
-    p = np.array([0.001, 0.04, 0.012, 0.3, 0.0125])
-    adjusted, levels = holm_levels(p)
-    reject, ref = multipletests(p, alpha=0.05, method="holm")[:2]
-    assert adjusted == pytest.approx(ref)
-    # sorted: 0.001 at 0.05/5, 0.012 at 0.05/4, 0.0125 at 0.05/3, then 0.04 > 0.05/2 stops: it and 0.3 at 0.025
-    assert levels == pytest.approx([0.01, 0.025, 0.0125, 0.025, 0.05 / 3])
-    assert ((p <= levels) == reject).all()  # an interval at 1 - level excludes 0 exactly when Holm rejects
-
-
-def test_verdicts_read_the_interval():
-    assert verdict(0.01, 0.05, +1) == "better" and verdict(0.01, 0.05, -1) == "worse"
-    assert verdict(-0.05, -0.01, -1) == "better" and verdict(-0.005, 0.004, +1, margin=0.01) == "equivalent"
-    assert verdict(-0.02, 0.004, +1, margin=0.01) == "undecided" and verdict(math.nan, 0.1, +1) == "undecided"
-
-
-def test_a_null_family_gives_a_false_verdict_in_at_most_five_percent_of_studies(monkeypatch):
-    """1,000 simulated studies, 16 comparisons of 5 replicates each, no true difference anywhere: the share of
-    studies with any `better` or `worse` verdict (the family-wise error) stays at Holm's 5%."""
-    import gc
-
-    from scipy import stats
-
-    # statsmodels' multipletests runs a full garbage collection on every call: seconds over a thousand studies
-    monkeypatch.setattr(gc, "collect", lambda *args: 0)
-    rng = np.random.default_rng(1)
-    diffs = rng.normal(0.0, 0.03, (1000, 16, 5))  # unadjusted, 56% of these studies would claim a difference
-    p = stats.ttest_1samp(diffs, 0.0, axis=2).pvalue
-    false = 0
-    for study, pvalues in zip(diffs, p):
-        _, levels = holm_levels(pvalues)
-        half = stats.t.ppf(1 - levels / 2, 4) * stats.sem(study, axis=1)
-        mean = study.mean(axis=1)
-        false += any(verdict(m - h, m + h, +1) in ("better", "worse") for m, h in zip(mean, half))
-    assert false / 1000 <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / 1000)
-
-
-def test_paired_differences_per_seed():
-    rows = pd.DataFrame([{"method": m, "setting": "s", "tags.seed": str(seed), "final_score": f, "forgetting_score": fs}
-                         for m, seed, f, fs in [("gli", 0, 0.90, 0.02), ("gli", 1, 0.92, 0.03), ("gli", 2, 0.91, 0.02),
-                                                ("scrub", 0, 0.80, 0.08), ("scrub", 1, 0.81, 0.07), ("scrub", 2, 0.79, 0.09),
-                                                ("unsir", 0, 0.91, 0.02), ("unsir", 1, 0.90, 0.04), ("unsir", 2, 0.93, 0.01)]])
-    table = paired(rows, summarise(rows)).set_index(["baseline", "metric"])
-    scrub = table.loc[("scrub", "final_score")]
-    assert scrub["mean_diff"] == pytest.approx(0.11) and scrub["replicates"] == 3
-    assert scrub["verdict"] == "better" and scrub["lo"] > 0  # differences 0.10, 0.11, 0.12
-    # GLI's FS is lower by 0.06, 0.04, 0.07: p = 0.023 alone, but not below Holm's 0.05 / 3 as the second of four
-    fs = table.loc[("scrub", "forgetting_score")]
-    assert fs["p"] < 0.05 and fs["verdict"] == "undecided" and fs["lo"] < 0 < fs["hi"]
-    assert table.loc[("unsir", "final_score"), "verdict"] == "undecided"  # differences of -0.01, +0.02, -0.02
-    assert set(table["level"]) <= {1 - 0.05 / k for k in range(1, 5)}  # four comparisons, Holm's levels
-    assert "| scrub | final_score | 3 | 0.1100 [" in paired_markdown(table.reset_index(), "t")
-
-
-def test_privacy_is_compared_as_the_distance_to_the_same_seed_s_retrained_model():
-    """A baseline whose advantage is lower than GLI's is not better for it: what counts is how far each is from
-    the retrained model of the same seed (here GLI sits on it, the baseline 0.05 to 0.07 below it)."""
-    retrain = [0.06, 0.02, 0.04, 0.05, 0.03]
-    rows = pd.DataFrame(
-        [{"method": "retrain", "setting": "r", "tags.seed": s, "final_score": 0.9, "forgetting_score": abs(a),
-          "mia_advantage": a} for s, a in enumerate(retrain)]
-        + [{"method": "gli", "setting": "g", "tags.seed": s, "final_score": 0.9, "forgetting_score": abs(a),
-            "mia_advantage": a + d} for s, (a, d) in enumerate(zip(retrain, [0.001, -0.002, 0.0, 0.002, -0.001]))]
-        + [{"method": "neggrad", "setting": "n", "tags.seed": s, "final_score": 0.9, "forgetting_score": abs(a - d),
-            "mia_advantage": a - d} for s, (a, d) in enumerate(zip(retrain, [0.05, 0.06, 0.07, 0.06, 0.05]))])
-    table = paired(rows, summarise(rows)).set_index(["baseline", "metric"])
-    gap = table.loc[("neggrad", "privacy_gap")]
-    assert gap["mean_diff"] == pytest.approx(np.mean([0.001, 0.002, 0.0, 0.002, 0.001]) - 0.058)
-    assert gap["verdict"] == "better" and gap["hi"] < 0  # GLI is closer to retraining
-    # the folded score says the opposite: neggrad's FS is lower, it "forgets better"
-    assert table.loc[("neggrad", "forgetting_score"), "mean_diff"] > 0
-
-
-def test_paired_table_says_which_direction_favours_gli():
-    rows = _rows().assign(**{"tags.seed": lambda d: d["seed"]})
-    rows = pd.concat([rows, rows[rows["method"] == "original"].assign(method="finetune")])
-    text = paired_markdown(paired(rows, summarise(rows)), "t")
-    assert "forgetting score: GLI's minus the baseline's; negative favours GLI" in text
-    assert "final score: GLI's minus the baseline's; positive favours GLI" in text
 
 
 def test_the_preamble_names_only_the_study_s_own_authors_default_baselines():

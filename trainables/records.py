@@ -29,13 +29,18 @@ HARDWARE_TAG, ACCEL_TAG = "hardware", "accel"  # on a trial's run (and `hardware
 REPLICATE_TAG, SPLIT_SEED_TAG, SPLIT_FINGERPRINT_TAG = "replicate", "split_seed", "split_fingerprint"
 BANK_TAG = "bank_key"  # on a base model's run: its checkpoint's name in the bank (`python -m study.bank`)
 TUNING_REPLICATE = 0  # every search runs on it; it is never reported
+# The selection replicates are SELECTION_REPLICATE + 1, + 2, ...: each method's candidates from its search are
+# rerun on them and its reported setting chosen there, before any reported replicate is seen; never reported.
+SELECTION_REPLICATE = 1000
 AUDIT_REPLICATE = 1  # the privacy audit's models share this replicate's split (the first reported one)
 GIT_COMMIT_TAG, DATA_FINGERPRINT_TAG = "git_commit", "data_fingerprint"  # on the parent run
 STUDIED = "gli"  # the method the study searches and compares with every baseline
 # The stages of a study, as its runs' `stage` tag names them (the search stage is GLI's, named after it).
 BASE_STAGE, BASELINE_STAGE, SEARCH_STAGE, CONFIRM_STAGE = "base", "baseline", STUDIED, "confirm"
+SELECT_STAGE = "select"  # each method's candidates on the selection replicates
 # The selection metrics the searches optimise and the tables rank settings by.
 SEL_ACCURACY, SEL_FORGETTING, SEL_FINAL = "sel_accuracy", "sel_forgetting_score", "sel_final_score"
+PRIMARIES = ("final_score", "forgetting_score", "privacy_gap")  # --primary: the one metric the verdicts test
 OBJECTIVES = ("pareto", "final_score")  # a search's objective: the first two SEL_* (Pareto), or the third alone
 # A trial's one report, from the worker (`trainables.trial.run_trial`, `trainables.bundle`) to the driver.
 FINAL = "final"  # 1.0 in a complete report, 0.0 in a failed one (which says why under ERROR)
@@ -58,7 +63,7 @@ SHADOW_MEMBERS = "shadow_members"  # a U-LiRA run's forget candidates, 1 where i
 # A report's per-example arrays: MLflow artifacts, never in Tune's experiment state or its JSON log.
 PER_EXAMPLE = (FORGET_LOSSES, UNSEEN_LOSSES, FORGET_SCORES, SHADOW_MEMBERS)
 EXPORT_KIND = "gli-study-export"  # the `kind` of a file written by analysis.export
-CONFIRM_LIMIT = 5  # Pareto-optimal GLI settings confirmed on every reported replicate, best selection final score first
+CONFIRM_LIMIT = 5  # GLI's Pareto-optimal settings the report's front figure marks, best selection final score first
 
 # A trial's metrics in MLflow, three kinds under three kinds of name (docs/guide.md, "Results and MLflow"):
 # - final values, plain names (`accuracy`, `sel_final_score`): one value each, the chosen checkpoint's;
