@@ -1,9 +1,8 @@
 """Result tables in the paper's layout: a row per method, the mean and a 95% confidence interval over seeds.
 
 Markdown, LaTeX (booktabs) and CSV. Every interval stays inside its metric's range
-(`RANGES`): with fewer than 10 seeds a t interval on a transformed scale (logit for a
-bounded metric, log for times), carried back; from 10 seeds a percentile bootstrap of the
-mean (scipy.stats.bootstrap). Every table says which, and defines its columns once beneath
+(`RANGES`): one method at every number of seeds, a t interval with Hall's skewness
+correction (`bounded_interval`). Every table says so, and defines its columns once beneath
 it (the report states the protocol once, above its tables). On mufac and mucac the paper's
 numbers (SPEC section 6) stand alongside.
 GLI against each baseline, replicate by replicate, is `analysis.sequential`'s.
@@ -41,7 +40,6 @@ DEFINITIONS = {
 }
 AXES = [SEL_ACCURACY, SEL_FORGETTING, SEL_FINAL]
 UNCERTAINTY = ["sel_accuracy_se", "sel_fs_se", "accuracy_se", "fs_se"]  # per run: binomial and bootstrap errors
-BOOTSTRAP_SEEDS = 10  # from this many seeds on, intervals are bootstrapped rather than t intervals
 LEVEL = 0.95
 # Each metric's range, which its interval never leaves (the forgetting score |M - 0.5| is at most 0.5).
 RANGES = {"accuracy": (0.0, 1.0), "top2_accuracy": (0.0, 1.0), "forgetting_score": (0.0, 0.5),
@@ -50,7 +48,6 @@ RANGES = {"accuracy": (0.0, 1.0), "top2_accuracy": (0.0, 1.0), "forgetting_score
           "privacy_gap": (0.0, 1.0), SEL_ACCURACY: (0.0, 1.0), SEL_FORGETTING: (0.0, 0.5), SEL_FINAL: (0.0, 1.0),
           "sel_accuracy_se": (0.0, math.inf), "sel_fs_se": (0.0, math.inf), "accuracy_se": (0.0, math.inf),
           "fs_se": (0.0, math.inf)}
-EDGE = 1e-6  # values at a bound are taken this close to it (relative to the range) before the transform
 # A comparison is `equivalent` when its whole interval lies within +-MARGIN (final score and forgetting score).
 MARGIN = 0.01
 ORDER = ["original", "retrain", "finetune", "cf_k", "neggrad", "advanced_neggrad", "unsir", "scrub",
@@ -76,47 +73,77 @@ PAPER = {
 }
 
 
-def _transform(low: float, high: float):
-    """The scale a t interval is taken on for a metric in [low, high]: logit of the position in a bounded
-    range, log above a lower bound alone; and its inverse."""
-    if math.isinf(high):
-        return (lambda x: np.log(np.maximum(x - low, EDGE)), lambda z: low + np.exp(z))
-    span = high - low
-    return (lambda x: (lambda p: np.log(p / (1 - p)))(np.clip((x - low) / span, EDGE, 1 - EDGE)),
-            lambda z: low + span / (1 + np.exp(-z)))
-
-
 def bounded_interval(values, low: float = -math.inf, high: float = math.inf,
-                     level: float = LEVEL) -> tuple[float, float]:
-    """A `level` confidence interval for the mean that stays in [low, high]: a t interval on the transformed
-    scale (`_transform`) with fewer than `BOOTSTRAP_SEEDS` values, else a percentile bootstrap of the mean
-    (its resampled means lie in the range by construction); (nan, nan) for fewer than 2 values."""
-    from scipy import stats
-
+                     level: float = LEVEL, floor: float = 0.0) -> tuple[float, float]:
+    """A `level` confidence interval for the mean that stays in [low, high] (`bounded_intervals` of one sample;
+    nan values dropped)."""
     x = np.asarray(pd.to_numeric(pd.Series(values), errors="coerce").dropna(), dtype=float)
-    if len(x) < 2:
-        return math.nan, math.nan
-    if np.all(x == x[0]):
-        return float(x[0]), float(x[0])
-    if len(x) >= BOOTSTRAP_SEEDS:
-        res = stats.bootstrap((x,), np.mean, confidence_level=level, method="percentile", n_resamples=2000,
-                              random_state=0)
-        return float(res.confidence_interval.low), float(res.confidence_interval.high)
-    if math.isinf(low) and math.isinf(high):
-        forward, back = (lambda v: v), (lambda v: v)
-    else:
-        forward, back = _transform(low, high)
-    z = forward(x)
-    lo, hi = stats.t.interval(level, len(z) - 1, loc=z.mean(), scale=stats.sem(z))
-    return float(back(lo)), float(back(hi))
+    lo, hi = bounded_intervals(x[None, :], low, high, level, np.array([floor]))
+    return float(lo[0]), float(hi[0])
+
+
+def bounded_intervals(samples: np.ndarray, low: float = -math.inf, high: float = math.inf, level: float = LEVEL,
+                      floor=0.0) -> tuple[np.ndarray, np.ndarray]:
+    """For each row of `samples` (n values each), a `level` confidence interval for the mean that stays in
+    [low, high], one method at every n: Hall's (1992) skewness-removing transformation of the t statistic,
+    g(q) = q + g1 q^2 / 3 + g1^2 q^3 / 27 + g1 / (6 n) (g1 the sample skewness), inverted in closed form and
+    clipped to the range; it leans the interval toward the long tail, as values piled at a bound need. A row of
+    equal values: at a bound, the exact interval of a variable in the range whose every draw sat there ([low,
+    low + span (1 - (alpha / 2)^(1/n))]: a mean further in would leave the bound that often with chance below
+    alpha / 2); inside, the value itself (nothing to go on), unless `floor` (the values' own measurement
+    variance, from the runs' standard errors) gives the spread at least its root. nan for n < 2. Coverage by
+    simulation: `tests/test_tables.py`."""
+    from scipy.special import stdtrit
+
+    x = np.asarray(samples, dtype=float)
+    rows, n = x.shape
+    alpha = 1 - level
+    if n < 2:
+        return np.full(rows, math.nan), np.full(rows, math.nan)
+    floor = np.broadcast_to(np.asarray(floor, dtype=float), (rows,))
+    mean = x.mean(axis=1)
+    spread = x.std(axis=1)
+    sd = np.maximum(x.std(axis=1, ddof=1), np.sqrt(np.maximum(floor, 0.0)))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        skew = np.where(spread > 0, ((x - mean[:, None]) ** 3).mean(axis=1) / spread ** 3, 0.0) if n > 2 else \
+            np.zeros(rows)
+    q = float(stdtrit(n - 1, 1 - alpha / 2)) / math.sqrt(n)
+
+    def inverse(y: float) -> np.ndarray:  # g^-1, the identity where there is no skewness
+        safe = np.where(np.abs(skew) < 1e-9, 1.0, skew)
+        return np.where(np.abs(skew) < 1e-9, y, 3 / safe * (np.cbrt(1 + safe * (y - safe / (6 * n))) - 1))
+
+    lo = np.maximum(low, np.minimum(mean - sd * inverse(q), mean))
+    hi = np.minimum(high, np.maximum(mean - sd * inverse(-q), mean))
+    constant = sd == 0  # equal values and no measurement error
+    width = (high - low) * (1 - (alpha / 2) ** (1 / n)) if math.isfinite(high - low) else math.nan
+    at_low, at_high = constant & (mean <= low), constant & (mean >= high)
+    lo, hi = np.where(at_low, low, lo), np.where(at_low, low + width, hi)
+    lo, hi = np.where(at_high, high - width, lo), np.where(at_high, high, hi)
+    return lo, hi
 
 
 def interval_note(seeds: int) -> str:
     if seeds < 2:
         return "one seed: no interval"
-    kind = ("a percentile bootstrap of the mean" if seeds >= BOOTSTRAP_SEEDS else
-            "a t interval on the logit scale of the metric's range (log for times), carried back")
-    return f"[lo, hi] is a 95% confidence interval over {seeds} seeds ({kind}; it stays within the metric's range)"
+    return (f"[lo, hi] is a 95% confidence interval for the mean over {seeds} seeds (a t interval with Hall's "
+            "skewness correction, clipped to the metric's range)")
+
+
+# Each metric's measurement variance per run, from the runs' own standard errors: (column, weight) pairs.
+FLOORS = {"accuracy": (("accuracy_se", 1.0),), "forgetting_score": (("fs_se", 1.0),),
+          "final_score": (("accuracy_se", 0.25), ("fs_se", 1.0)), SEL_ACCURACY: (("sel_accuracy_se", 1.0),),
+          SEL_FORGETTING: (("sel_fs_se", 1.0),), SEL_FINAL: (("sel_accuracy_se", 0.25), ("sel_fs_se", 1.0))}
+
+
+def measurement_floor(group: pd.DataFrame, metric: str) -> float:
+    """The mean measurement variance of `metric` over a group's runs (0 where no standard error is recorded)."""
+    total = 0.0
+    for col, weight in FLOORS.get(metric, ()):
+        if col in group:
+            se = pd.to_numeric(group[col], errors="coerce").fillna(0.0)
+            total += weight * float((se ** 2).mean())
+    return total
 
 
 def summarise(rows: pd.DataFrame, method_col: str = "method", setting_col: str = "setting") -> pd.DataFrame:
@@ -142,7 +169,8 @@ def summarise(rows: pd.DataFrame, method_col: str = "method", setting_col: str =
                 values = pd.to_numeric(group[col], errors="coerce")
                 entry[col] = entry[f"{col}_mean"] = float(values.mean())
                 entry[f"{col}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
-                entry[f"{col}_lo"], entry[f"{col}_hi"] = bounded_interval(values, *RANGES.get(col, (-math.inf, math.inf)))
+                entry[f"{col}_lo"], entry[f"{col}_hi"] = bounded_interval(
+                    values, *RANGES.get(col, (-math.inf, math.inf)), floor=measurement_floor(group, col))
         out.append(entry)
     table = pd.DataFrame(out)
     rank = {m: i for i, m in enumerate(ORDER)}
