@@ -114,14 +114,17 @@ def _iso_final_lines(ax) -> None:
     lo, hi = min(corners), max(corners)
     step = _nice_step((hi - lo) / 5)
     level = math.ceil(lo / step) * step
+    last_x = -math.inf  # the last label's left edge on the figure, in points: labels closer than a label's width skip
     while level <= hi:
         fs = np.array([x_lo, x_hi])
         acc = 2 * level - 1 + 2 * fs  # final = (acc + 1 - 2 FS) / 2
         ax.plot(fs, acc, ls=(0, (3, 3)), lw=0.5, color="0.6", zorder=0)
         top_fs = (y_hi + 1 - 2 * level) / 2  # where the line meets the top edge
-        if x_lo < top_fs < x_hi:
+        at = ax.transData.transform((top_fs, y_hi))[0] * 72 / ax.figure.dpi
+        if x_lo < top_fs < x_hi and abs(at - last_x) > 16:
             ax.annotate(f"{level:.2f}", (top_fs, y_hi), textcoords="offset points", xytext=(1, -7), fontsize=5,
                         color="0.45", zorder=0)
+            last_x = at
         level += step
     ax.set_xlim(x_lo, x_hi)
     ax.set_ylim(y_lo, y_hi)
@@ -149,30 +152,49 @@ def place_labels(ax, labels: list[tuple[float, float, str]], obstacles: list[tup
     half = 3.5 * fig.dpi / 72  # a marker's half-size in pixels
     blocked = [Bbox.from_extents(px - half, py - half, px + half, py + half)
                for px, py in (ax.transData.transform(p) for p in obstacles)]
+    blocked += [t.get_window_extent(renderer).padded(1.0) for t in ax.texts]  # what is written there already
     legend = ax.get_legend()
     if legend is not None:
         blocked.append(legend.get_window_extent(renderer))
     blocked += [inset.get_tightbbox(renderer) for inset in ax.child_axes]  # an inset, with its tick labels
     placed: list = []
+    leaders: list = []  # the leader lines drawn so far, as display-space segments
     texts = []
+
+    def crosses(a, b, c, d) -> bool:
+        def turn(p, q, r):
+            return (q[0] - p[0]) * (r[1] - p[1]) - (q[1] - p[1]) * (r[0] - p[0])
+        return turn(a, b, c) * turn(a, b, d) < 0 and turn(c, d, a) * turn(c, d, b) < 0
+
+    def through(a, b, box) -> bool:  # whether the segment a-b passes through the box
+        corners = [(box.x0, box.y0), (box.x1, box.y0), (box.x1, box.y1), (box.x0, box.y1)]
+        return any(crosses(a, b, corners[i], corners[(i + 1) % 4]) for i in range(4))
     directions = [(1, 0), (1, 1), (1, -1), (-1, 0), (-1, 1), (-1, -1), (0, 1), (0, -1),
                   (1, 0.5), (1, -0.5), (-1, 0.5), (-1, -0.5), (0.5, 1), (-0.5, 1), (0.5, -1), (-0.5, -1)]
     for x, y, text in labels:
         chosen = None
-        for radius in (5, 10, 16, 24, 34, 46, 60, 80, 100, 125):
-            # away from the point, slanted first: a vertical or level leader line would hide in an error bar
-            for dx, dy in (directions if radius <= 5 else sorted(directions, key=lambda d: d[0] == 0 or d[1] == 0)):
-                ha = "left" if dx > 0.6 else "right" if dx < -0.6 else "center"
-                va = "bottom" if dy > 0 else "top" if dy < 0 else "center"
-                t = ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx * radius, dy * radius * 0.7),
-                                ha=ha, va=va, fontsize=fontsize, zorder=5)
-                box = t.get_window_extent(renderer).padded(1.0)
-                fits = (inside.x0 <= box.x0 and box.x1 <= inside.x1 and inside.y0 <= box.y0 and box.y1 <= inside.y1
-                        and not any(box.overlaps(b) for b in placed + blocked))
-                if fits:
-                    chosen = (t, box, radius)
+        for strict in (True, False):  # first with leader lines that cross no other; then crossing allowed
+            for radius in (5, 10, 16, 24, 34, 46, 60, 80, 100, 125, 155, 190):
+                # away from the point, slanted first: a vertical or level leader line would hide in an error bar
+                for dx, dy in (directions if radius <= 5 else sorted(directions, key=lambda d: d[0] == 0 or d[1] == 0)):
+                    ha = "left" if dx > 0.6 else "right" if dx < -0.6 else "center"
+                    va = "bottom" if dy > 0 else "top" if dy < 0 else "center"
+                    t = ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx * radius, dy * radius * 0.7),
+                                    ha=ha, va=va, fontsize=fontsize, zorder=5)
+                    box = t.get_window_extent(renderer).padded(1.0)
+                    fits = (inside.x0 <= box.x0 and box.x1 <= inside.x1 and inside.y0 <= box.y0
+                            and box.y1 <= inside.y1 and not any(box.overlaps(b) for b in placed + blocked))
+                    if fits and radius > 5:  # its leader line runs through no other label (and, strict, crosses none)
+                        start = tuple(ax.transData.transform((x, y)))
+                        end = _nearest_point(box, start)
+                        fits = not any(through(start, end, b) for b in placed) and not (
+                            strict and any(crosses(start, end, a, b) for a, b in leaders))
+                    if fits:
+                        chosen = (t, box, radius)
+                        break
+                    t.remove()
+                if chosen:
                     break
-                t.remove()
             if chosen:
                 break
         if chosen is None:  # nowhere free: the nearest spot, said by a leader line (rare, reported by the test)
@@ -185,9 +207,17 @@ def place_labels(ax, labels: list[tuple[float, float, str]], obstacles: list[tup
             t = ax.annotate(text, (x, y), textcoords="offset points", xytext=t.xyann, ha=ha, va=va, fontsize=fontsize,
                             zorder=5, arrowprops={"arrowstyle": "-", "lw": 0.5, "color": "0.15", "shrinkA": 0,
                                                   "shrinkB": 2})
+        if radius > 5:
+            start = tuple(ax.transData.transform((x, y)))
+            leaders.append((start, _nearest_point(box, start)))
         placed.append(box)
         texts.append(t)
     return texts
+
+
+def _nearest_point(box, point) -> tuple[float, float]:
+    """The point of `box` nearest `point` (where a leader line from it ends, near enough)."""
+    return (min(max(point[0], box.x0), box.x1), min(max(point[1], box.y0), box.y1))
 
 
 def _error_bars(ax, points: pd.DataFrame, x: str, y: str, color: str) -> None:
@@ -338,51 +368,56 @@ def _interval_bars(ax, points: pd.DataFrame, x: str, y: str, color: str) -> None
 
 def plot_report_front(methods: pd.DataFrame, gli_settings: pd.DataFrame, title: str, base: Path,
                       x: str = "forgetting_score", y: str = "accuracy") -> list[Path]:
-    """What the tables report, as a figure: each method's mean over the reported replicates on the report halves
-    with its 95% interval both ways, and GLI's front over its confirmed settings on the same replicates (a
-    line). The main axes hold the cluster; when a point lies far from it (a baseline that collapsed), an inset
-    shows every point, the main view framed in it, so no method is left off. One column wide."""
+    """What the tables report, as a figure: each method at its reported setting, its mean over the reported
+    replicates on the report halves with its interval both ways (the caller's: simultaneous over the methods
+    shown). The main axes hold the cluster; when a point lies far from it (a baseline that collapsed), a panel
+    below shows every point with the main view framed, so no method is left off. The legend sits in a strip of
+    its own under the axes and every label is placed where it covers no marker, no other label and no leader
+    line (`place_labels`): nothing drawn covers a data point. One column wide. (`gli_settings`: GLI's settings,
+    when a study reports several; drawn as a line through their front.)"""
     points = methods[[math.isfinite(a) and math.isfinite(b) for a, b in zip(methods.get(x, []), methods.get(y, []))]] \
         if len(methods) else methods
     if not len(points):
         return []
-    fig, ax = plt.subplots(figsize=(COLUMN_WIDTH, 3.1))
     anchor = list(points.loc[points["method"].isin(["retrain", "gli"]), y]) or list(points[y])
     y_lo, y_hi = _focus(list(points[y]), anchor, 0.15)
-    markers = {**REFERENCE_MARKERS,
-               "gli": ("o", "#08519c", "GLI (best confirmed)")}
+    inside = points[(points[y] >= y_lo) & (points[y] <= y_hi)]
+    far = points[~points.index.isin(inside.index)]
+    fig = plt.figure(figsize=(COLUMN_WIDTH, 4.0 if len(far) else 3.4))
+    grid = fig.add_gridspec(3 if len(far) else 2, 1, height_ratios=[4, 1.4, 0.5] if len(far) else [4, 0.5],
+                            hspace=0.6)
+    ax = fig.add_subplot(grid[0])
+    markers = {**REFERENCE_MARKERS, "gli": ("o", "#08519c", "GLI")}
     if len(gli_settings) > 1:
         front = pareto_front(gli_settings, accuracy=y, forgetting=x)
-        ax.plot(front[x], front[y], "-", color="#08519c", lw=0.9, alpha=0.7, label="GLI front (confirmed)", zorder=2)
-    inside = points[(points[y] >= y_lo) & (points[y] <= y_hi)]
-    labels, obstacles = [], []
+        ax.plot(front[x], front[y], "-", color="#08519c", lw=0.9, alpha=0.7, label="GLI front", zorder=2)
+    labels, obstacles, named = [], [], False
     for _, r in inside.sort_values(x).iterrows():
         marker, color, label = markers.get(r["method"], ("D", "#555555", None))
+        if label is None and not named:
+            label, named = "baseline", True
         _interval_bars(ax, pd.DataFrame([r]), x, y, color)
-        ax.scatter([r[x]], [r[y]], marker=marker, s=40 if label else 16, color=color, zorder=4, edgecolor="black",
-                   linewidth=0.4, label=label)
+        ax.scatter([r[x]], [r[y]], marker=marker, s=40 if r["method"] in markers else 16, color=color, zorder=4,
+                   edgecolor="black", linewidth=0.4, label=label)
         labels.append((r[x], r[y], r["method"]))
         obstacles.append((r[x], r[y]))
     _front_axes(ax, (y_lo, y_hi), title, ", report halves")
-    far = points[~points.index.isin(inside.index)]
-    (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
-    # the corners of the axes, by how many points lie under a box there: the inset and the legend take the emptiest
-    where = {"lower left": (0.04, 0.05), "lower right": (0.62, 0.05), "upper left": (0.04, 0.58),
-             "upper right": (0.62, 0.58)}
-    fx, fy = (inside[x] - x0) / (x1 - x0), (inside[y] - y0) / (y1 - y0)
-    crowd = {name: int(((fx > cx - 0.03) & (fx < cx + 0.37) & (fy > cy - 0.03) & (fy < cy + 0.40)).sum())
-             for name, (cx, cy) in where.items()}
-    free = sorted(where, key=lambda name: (crowd[name], list(where).index(name)))
-    ax.legend(fontsize=5.5, loc=free[1] if len(far) else free[0], framealpha=0.8)
-    fig.tight_layout()
-    if len(far):  # every method on the figure: the far ones in an inset of the whole range
-        inset = ax.inset_axes([*where[free[0]], 0.34, 0.34])
-        inset.scatter(points[x], points[y], s=6, color="#555555", zorder=3)
-        for _, r in far.iterrows():
-            inset.annotate(r["method"], (r[x], r[y]), textcoords="offset points", xytext=(3, 2), fontsize=4.5)
-        inset.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=0.5, color="#08519c"))
-        inset.tick_params(labelsize=4)
-        inset.set_title("all methods (frame: main view)", fontsize=4.5, pad=2)
+    handles, names = ax.get_legend_handles_labels()
+    strip = fig.add_subplot(grid[-1])
+    strip.axis("off")  # the legend's own strip, under everything: it covers nothing
+    strip.legend(handles, names, loc="center", ncol=min(4, max(1, len(names))), fontsize=5.5, frameon=False,
+                 title="bars: intervals simultaneous over the methods shown", title_fontsize=5)
+    if len(far):  # every method on the figure: the far ones in a panel of the whole range
+        (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+        whole = fig.add_subplot(grid[1])
+        whole.scatter(points[x], points[y], s=6, color="#555555", zorder=3)
+        whole.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=0.5, color="#08519c"))
+        whole.tick_params(labelsize=4.5)
+        whole.set_title("all methods (frame: the view above)", fontsize=5, pad=2)
+        whole.set_xlim(*_padded(whole.get_xlim(), 0.25))
+        whole.set_ylim(*_padded(whole.get_ylim(), 0.3))
+        place_labels(whole, [(r[x], r[y], r["method"]) for _, r in far.iterrows()],
+                     list(zip(points[x], points[y])), fontsize=4.5)
+    fig.subplots_adjust(left=0.16, right=0.97, top=0.9, bottom=0.04)
     place_labels(ax, labels, obstacles)
     return _save(fig, base)
-

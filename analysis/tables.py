@@ -146,7 +146,8 @@ def measurement_floor(group: pd.DataFrame, metric: str) -> float:
     return total
 
 
-def summarise(rows: pd.DataFrame, method_col: str = "method", setting_col: str = "setting") -> pd.DataFrame:
+def summarise(rows: pd.DataFrame, method_col: str = "method", setting_col: str = "setting",
+              level: float = LEVEL) -> pd.DataFrame:
     """Mean (`<metric>` and `<metric>_mean`), sample standard deviation (`_std`) and 95% interval (`_lo`, `_hi`,
     `bounded_interval`) over seeds per method.
 
@@ -170,7 +171,7 @@ def summarise(rows: pd.DataFrame, method_col: str = "method", setting_col: str =
                 entry[col] = entry[f"{col}_mean"] = float(values.mean())
                 entry[f"{col}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
                 entry[f"{col}_lo"], entry[f"{col}_hi"] = bounded_interval(
-                    values, *RANGES.get(col, (-math.inf, math.inf)), floor=measurement_floor(group, col))
+                    values, *RANGES.get(col, (-math.inf, math.inf)), level=level, floor=measurement_floor(group, col))
         out.append(entry)
     table = pd.DataFrame(out)
     rank = {m: i for i, m in enumerate(ORDER)}

@@ -75,34 +75,82 @@ def test_iso_lines_are_lines_of_equal_final_score():
     plt.close(fig)
 
 
-def test_the_report_front_keeps_every_method_on_the_figure_with_its_interval(tmp_path):
-    """What the tables report: a far point (a collapsed baseline) goes to an inset of the whole range, framed
-    with the main view; no point is dropped; the intervals are drawn both ways."""
+def _report_front(tmp_path, rows):
     from analysis.plots import plot_report_front
-
-    rows = [("original", 0.05, 0.915), ("retrain", 0.03, 0.868), ("finetune", 0.044, 0.912), ("gli", 0.046, 0.91),
-            ("eu_k", 0.053, 0.38)]
-    methods = pd.DataFrame([{"method": m, "forgetting_score": fs, "forgetting_score_lo": fs - 0.02,
-                             "forgetting_score_hi": fs + 0.03, "accuracy": acc, "accuracy_lo": acc - 0.05,
-                             "accuracy_hi": min(1.0, acc + 0.03)} for m, fs, acc in rows])
-    settings = methods[methods["method"] == "gli"].assign(method="s1")
-    captured = {}
     import analysis.plots as plots
 
+    methods = pd.DataFrame([{"method": m, "forgetting_score": fs, "forgetting_score_lo": max(0.0, fs - 0.02),
+                             "forgetting_score_hi": fs + 0.03, "accuracy": acc, "accuracy_lo": acc - 0.05,
+                             "accuracy_hi": min(1.0, acc + 0.03)} for m, fs, acc in rows])
+    captured = {}
     real_save = plots._save
     plots._save = lambda fig, base: (captured.setdefault("fig", fig), real_save(fig, base))[1]
     try:
-        png, pdf = plot_report_front(methods, settings, "t: means over replicates", tmp_path / "front")
+        png, pdf = plot_report_front(methods, methods.iloc[:0], "t: means over replicates", tmp_path / "front")
     finally:
         plots._save = real_save
-    ax = captured["fig"].axes[0]  # the main axes (the inset is its child)
-    insets = ax.child_axes
-    assert len(insets) == 1  # eu_k is far below the cluster: shown in the inset
-    inset_text = [t.get_text() for t in insets[0].texts]
-    main_text = [t.get_text() for t in ax.texts]
-    assert "eu_k" in inset_text and all(m in main_text for m in ("original", "retrain", "finetune", "gli"))
-    assert png.exists() and b"/Subtype /Type3" not in pdf.read_bytes()
+    return captured["fig"], png, pdf
 
+
+def _covers_nothing(fig):
+    """From the drawn artists' extents: no label covers a marker or another label, no leader line crosses another,
+    and the legend and the overview panel lie outside the main axes."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.transforms import Bbox
+
+    canvas = FigureCanvasAgg(fig)  # the saved figure, drawn again as it was saved
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    ax = fig.axes[0]
+    half = 3.0 * fig.dpi / 72
+    markers = [Bbox.from_extents(px - half, py - half, px + half, py + half)
+               for c in ax.collections if hasattr(c, "get_offsets") and len(c.get_offsets())
+               for px, py in ax.transData.transform(c.get_offsets())]
+    from matplotlib.text import Text
+
+    for panel in fig.axes:
+        boxes = [Text.get_window_extent(t, renderer) for t in panel.texts]  # the text itself, not its leader line
+        for i, box in enumerate(boxes):
+            assert not any(box.overlaps(other) for other in boxes[i + 1:]), panel.texts[i].get_text()
+            if panel is ax:
+                assert not any(box.overlaps(m) for m in markers), panel.texts[i].get_text()
+    main = ax.get_window_extent(renderer)
+    legend = [a.get_legend() for a in fig.axes if a.get_legend() is not None]
+    assert legend and not legend[0].get_window_extent(renderer).overlaps(main)
+    for other in fig.axes[1:]:
+        if other.get_visible() and other.axison:
+            assert not other.get_tightbbox(renderer).overlaps(main)
+    leaders = [t.arrow_patch.get_path().transformed(t.arrow_patch.get_transform()).vertices[[0, -1]]
+               for t in ax.texts if getattr(t, "arrow_patch", None) is not None]
+
+    def crosses(a, b, c, d):
+        def turn(p, q, r):
+            return (q[0] - p[0]) * (r[1] - p[1]) - (q[1] - p[1]) * (r[0] - p[0])
+        return turn(a, b, c) * turn(a, b, d) < 0 and turn(c, d, a) * turn(c, d, b) < 0
+
+    assert not any(crosses(*leaders[i], *leaders[j]) for i in range(len(leaders)) for j in range(i + 1, len(leaders)))
+
+
+def test_the_report_front_keeps_every_method_on_the_figure_and_covers_no_point(tmp_path):
+    """What the tables report: a far point (a collapsed baseline) goes to a panel of the whole range below, framed
+    with the main view; no point is dropped; the legend has a strip of its own; labels cover no marker, no label and
+    no leader line; the smoke study's crowded shape (thirteen methods within 0.01) included."""
+    rows = [("original", 0.05, 0.915), ("retrain", 0.03, 0.868), ("finetune", 0.044, 0.912), ("gli", 0.046, 0.91),
+            ("eu_k", 0.053, 0.38)]
+    fig, png, pdf = _report_front(tmp_path, rows)
+    ax = fig.axes[0]
+    whole = next(a for a in fig.axes if a.get_title().startswith("all methods"))
+    assert "eu_k" in [t.get_text() for t in whole.texts]
+    assert all(m in [t.get_text() for t in ax.texts] for m in ("original", "retrain", "finetune", "gli"))
+    assert png.exists() and b"/Subtype /Type3" not in pdf.read_bytes()
+    _covers_nothing(fig)
+    rng = np.random.default_rng(0)
+    crowded = [("original", 0.06, 0.955), ("retrain", 0.012, 0.93)] + [
+        (m, float(0.02 + rng.uniform(0, 0.01)), float(0.94 + rng.uniform(0, 0.01)))
+        for m in ("gli", "finetune", "cf_k", "neggrad", "advanced_neggrad", "unsir", "scrub", "bad_teaching",
+                  "random_labels", "salun", "l1_sparse", "ssd")] + [("eu_k", 0.2, 0.6)]
+    fig, _, _ = _report_front(tmp_path, crowded)
+    _covers_nothing(fig)
 
 def test_the_losses_figure_shares_its_bins_and_axes():
     import analysis.plots as plots
