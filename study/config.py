@@ -94,6 +94,7 @@ class StudyConfig:
     targets: int = where(ULIRA_TARGETS)  # U-LiRA's held-out target models per audited setting (even)
     bootstrap: int = BOOTSTRAP  # resamples behind fs_se at the chosen checkpoint, the forgetting score's standard error (0: none)
     gli_space: dict[str, list[float]] = field(default_factory=lambda: get("gli").Params.bounds())  # as declared
+    spaces: dict[str, dict] = field(default_factory=dict)  # per baseline, search bounds replacing declared ones
     cache_dir: str | None = where(None)  # decoded-image cache (default ~/.cache/gli-study)
     method_hparams: dict[str, dict] = field(default_factory=dict)  # per-method overrides of the paper's settings
 
@@ -192,6 +193,18 @@ class StudyConfig:
             get("gli").Params.check_bounds(self.gli_space)
         except HyperParameterError as exc:
             raise ConfigError(f"gli_space: {exc}") from None
+        if not isinstance(self.spaces, dict):
+            raise ConfigError(f"spaces must map a baseline to its bounds, got {self.spaces!r}")
+        for method, bounds in self.spaces.items():
+            if method not in BASELINES:
+                raise ConfigError(f"spaces.{method}: not a baseline (known: {', '.join(BASELINES)}; GLI's is gli_space)")
+            declared = get(method).Params.bounds()
+            if not isinstance(bounds, dict) or set(bounds) - set(declared):
+                raise ConfigError(f"spaces.{method}: bounds of {sorted(declared)} only, got {bounds!r}")
+            try:
+                get(method).Params.check_bounds({**declared, **bounds})
+            except HyperParameterError as exc:
+                raise ConfigError(f"spaces.{method}: {exc}") from None
 
     # --- derived ----------------------------------------------------------------------------
     @property

@@ -93,8 +93,8 @@ def run_study(ctx: StudyContext) -> list:
                            paper_point(STUDIED, cfg.dataset, cfg.gli_space),
                            cfg.budget, needs)]
     if not cfg.paper_baselines:  # every baseline searched with GLI's budget
-        searches += [ctx.search(BASELINE_STAGE, m, SearchSpace(m), paper_point(m, cfg.dataset), cfg.budget, needs)
-                     for m in cfg.baselines]
+        searches += [ctx.search(BASELINE_STAGE, m, SearchSpace(m, cfg.spaces.get(m)),
+                                paper_point(m, cfg.dataset, cfg.spaces.get(m)), cfg.budget, needs) for m in cfg.baselines]
     grid = [] if not cfg.paper_baselines else [
         ctx.grid(BASELINE_STAGE, [{"method": m, "seed": s, "hparams": ctx.fixed_hparams(m)}
                                   for s in seeds for m in cfg.baselines], needs=needs)]
