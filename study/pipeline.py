@@ -116,8 +116,8 @@ def run_study(ctx: StudyContext) -> list:
 
 def selection_replicates(cfg: StudyConfig) -> list[int]:
     """The selection replicates' numbers (`records.SELECTION_REPLICATE` + 1, ...): their own split and training
-    seeds, never reported; none with one candidate per method (`--candidates 1`: nothing to choose among)."""
-    if cfg.candidates <= 1:
+    seeds, never reported; none with one candidate per method (`--candidates 1` or `--budget 1`: nothing to choose among)."""
+    if min(cfg.candidates, cfg.budget) <= 1:
         return []
     return list(range(SELECTION_REPLICATE + 1, SELECTION_REPLICATE + 1 + cfg.selection_replicates))
 

@@ -25,7 +25,7 @@ def test_two_node_cluster_runs_trials_on_both_nodes(tmp_path):
     cluster.wait_for_nodes()
     try:
         config = tmp_path / "study.yaml"
-        config.write_text("baselines: [finetune, neggrad, cf_k, scrub]\nbudget: 4\n")
+        config.write_text("baselines: [finetune, neggrad, cf_k, scrub]\nbudget: 4\ncandidates: 1\n")
         uri = f"sqlite:///{tmp_path}/store.db"
         shared = tmp_path / "shared"  # both nodes see this folder: the shared storage path
         assert launch(["--smoke-test", "--config", str(config), "--address", cluster.address,
@@ -100,7 +100,7 @@ def test_a_worker_node_lost_mid_search_loses_no_trial_and_counts_none_twice(tmp_
     try:
         uri = f"sqlite:///{tmp_path}/store.db"
         config = tmp_path / "study.yaml"
-        config.write_text("baselines: [finetune]\n")
+        config.write_text("baselines: [finetune]\ncandidates: 1\n")
         code = launch(["--smoke-test", "--config", str(config), "--address", cluster.address,
                        "--storage-path", str(tmp_path / "shared"), "--results-dir", str(tmp_path / "r"),
                        "--tracking-uri", uri, "--max-failures", "2"])
@@ -143,7 +143,7 @@ def test_two_studies_at_once_on_one_tracking_server_and_cluster_keep_to_their_ow
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
     shared = tmp_path / "shared"
     config = tmp_path / "study.yaml"  # two baselines: both studies still train the same base models at once
-    config.write_text("baselines: [finetune, ssd]\n")
+    config.write_text("baselines: [finetune, ssd]\ncandidates: 1\n")
     try:
         procs = {}
         for name in ("study-a", "study-b"):
@@ -223,7 +223,7 @@ def test_a_cluster_started_by_hand_with_ray_start_and_a_token(tmp_path):
                                       start_new_session=True))
         root = Path(__file__).resolve().parents[1]
         config = tmp_path / "study.yaml"
-        config.write_text("baselines: [finetune, ssd]\n")
+        config.write_text("baselines: [finetune, ssd]\ncandidates: 1\n")
         launch_cmd = [sys.executable, "-m", "study.launch", "--smoke-test", "--config", str(config), "--address", address,
                       "--results-dir", str(tmp_path / "r"), "--storage-path", str(tmp_path / "shared")]
         refused = subprocess.run(launch_cmd, env={**base, "GLI_CACHE_DIR": str(tmp_path / "cache")}, cwd=root,

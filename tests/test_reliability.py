@@ -196,7 +196,8 @@ def test_a_worker_dying_mid_bundle_reruns_the_bundle_and_records_each_trial_once
     monkeypatch.setattr("study.trainable.study_trial", dying_once("gli", str(marker), bundled=True))
     config = tmp_path / "study.yaml"
     config.write_text(yaml.safe_dump({"baselines": ["finetune"], "replicates": 1, "base_epochs": 3, "method_epochs": 1,
-                                      "eval_every": 7, "budget": 10, "max_failures": 2, "bundle_seconds": 60}))
+                                      "eval_every": 7, "budget": 10, "max_failures": 2, "bundle_seconds": 60,
+                                      "candidates": 1}))
     uri = f"sqlite:///{tmp_path}/store.db"
     assert launch(["--config", str(config), "--results-dir", str(tmp_path / "r"), "--tracking-uri", uri,
                    "--experiment-name", "gli-digits-smoke"]) == 0

@@ -70,12 +70,23 @@ def test_smoke_study_records_everything(smoke, capsys):
     assert methods == set(REFERENCE_ROWS) | set(available())
     for c in children:
         assert c.data.tags["mlflow.parentRunId"] == parent.info.run_id
-        assert c.data.tags["stage"] in ("base", "baseline", "gli", "confirm") and c.info.status == "FINISHED"
+        assert c.data.tags["stage"] in ("base", "baseline", "gli", "select", "confirm") and c.info.status == "FINISHED"
         assert c.data.tags["replicate"] == c.data.tags["split_seed"] == c.data.tags["seed"]
-    # replicate 0 tunes (every search) and replicate 1 is reported (confirm): base models for both
+    # replicate 0 tunes (every search), 1001 selects (each method's 2 candidates, never reported) and 1 is
+    # reported (confirm: one setting per method): base models for all three
     seeds = {stage: {c.data.tags["seed"] for c in children if c.data.tags["stage"] == stage}
-             for stage in ("base", "baseline", "gli", "confirm")}
-    assert seeds == {"base": {"0", "1"}, "baseline": {"0"}, "gli": {"0"}, "confirm": {"1"}}
+             for stage in ("base", "baseline", "gli", "select", "confirm")}
+    assert seeds == {"base": {"0", "1001", "1"}, "baseline": {"0"}, "gli": {"0"}, "select": {"1001"}, "confirm": {"1"}}
+    select = [c for c in children if c.data.tags["stage"] == "select"]
+    assert len(select) == 2 * len(available())  # 2 candidates of every method
+    confirm = [c for c in children if c.data.tags["stage"] == "confirm"]
+    assert sorted(c.data.tags["method"] for c in confirm) == sorted(available())  # one setting each
+    chosen = pd.read_csv(results / "selection.csv")
+    assert set(chosen["method"]) == set(available()) and chosen.groupby("method")["chosen"].sum().eq(1).all()
+    for method, group in chosen.groupby("method"):  # the chosen one has the best selection score
+        assert group.loc[group["chosen"], "selection_sel_final_score"].iloc[0] == group["selection_sel_final_score"].max()
+    verdicts = pd.read_csv(results / "paired.csv")
+    assert set(verdicts.loc[verdicts["tested"], "metric"]) == {"final_score"} and set(verdicts["schedule"]) == {1}
     prints = {c.data.tags["replicate"]: c.data.tags["split_fingerprint"] for c in children}
     assert prints["0"] != prints["1"]  # digits: each replicate draws its own split
     assert len({c.data.tags["split_fingerprint"] for c in children if c.data.tags["replicate"] == "1"}) == 1
@@ -164,7 +175,7 @@ def test_second_run_reuses_finished_work(smoke, capsys):
     assert re.search(r"then open http://127\.0\.0\.1:5000/#/experiments/\d+/runs\?workflowType=machine_learning",
                      captured.out)  # the runs table, not the GenAI overview
     assert f"optuna-dashboard {study_journal(results)[0]}" in captured.out
-    assert "stage base: 4 of 4 trial(s) already finished" in err
+    assert "stage base: 6 of 6 trial(s) already finished" in err  # replicates 0, 1001 and 1
     assert "all 4 trials already in the Optuna study" in err
     assert [p.stat().st_mtime_ns for p in sorted((results / "ray" / "models").iterdir())] == stamps  # nothing retrained
     _, parents, after = _runs(uri, "gli-digits-smoke")
@@ -180,7 +191,7 @@ def test_logical_gpus_run_trials_concurrently(tmp_path, monkeypatch):
     seats.mkdir()
     monkeypatch.setattr("study.trainable.study_trial", meeting(str(seats), 2))
     config = tmp_path / "study.yaml"
-    config.write_text("baselines: [finetune, neggrad]\nbudget: 3\n")
+    config.write_text("baselines: [finetune, neggrad]\nbudget: 3\ncandidates: 1\n")
     uri = f"sqlite:///{tmp_path}/store.db"
     code = launch(["--smoke-test", "--config", str(config), "--results-dir", str(tmp_path / "r"), "--tracking-uri", uri,
                    "--num-gpus", "4", "--allow-cpu", "--gpus-per-trial", "0.5"])
@@ -197,7 +208,8 @@ def test_short_trials_run_in_bundles_each_recorded_once(tmp_path):
     import json
 
     config = tmp_path / "study.yaml"
-    config.write_text("baselines: [finetune, neggrad]\nreplicates: 1\nbase_epochs: 3\nmethod_epochs: 1\neval_every: 7\n")
+    config.write_text("baselines: [finetune, neggrad]\nreplicates: 1\nbase_epochs: 3\nmethod_epochs: 1\neval_every: 7\n"
+                      "candidates: 1\n")
     uri = f"sqlite:///{tmp_path}/store.db"
     results = tmp_path / "r"
     assert launch(["--config", str(config), "--results-dir", str(results), "--tracking-uri", uri, "--budget", "10",
@@ -292,7 +304,7 @@ def test_export_then_reproduce_agrees(smoke, tmp_path, capsys):
     listed = capsys.readouterr().out
     assert all(k in listed for k in spec["bank_keys"]) and " broken" not in listed
     pareto = yaml.safe_load((out / "gli-pareto.yaml").read_text())
-    assert len(pareto["settings"]) >= 1 and "confirmed" in pareto["settings"][0]
+    assert len(pareto["settings"]) >= 1 and sum("confirmed" in s for s in pareto["settings"]) <= 1  # the chosen one
     capsys.readouterr()
     assert reproduce_main([str(out / "gli.yaml"), "--check", *models]) == 0
     printed = capsys.readouterr().out
@@ -411,7 +423,7 @@ def test_until_settled_adds_rounds_of_replicates_and_reports_verdicts(tmp_path, 
     resume after a lost run on another slot count replays the same verdicts; a changed setting is a new study."""
     config = tmp_path / "study.yaml"
     config.write_text("baselines: [finetune, eu_k]\nbase_epochs: 3\nmethod_epochs: 1\neval_every: 7\nbudget: 2\n"
-                      "replicates: 2\n")
+                      "replicates: 2\ncandidates: 1\n")
     uri = f"sqlite:///{tmp_path}/store.db"
     results = tmp_path / "r"
     assert launch(["--config", str(config), "--results-dir", str(results), "--tracking-uri", uri,
