@@ -84,8 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
           "comparison on the primary metric is settled (better, worse or equivalent, its error rate spent over the "
           "planned looks, Bonferroni across comparisons) or --max-replicates are reported", action="store_true",
           default=None)
-    _flag(g, "--primary", "the one metric the verdicts test (default: final_score); the others are estimates "
-          "with simultaneous intervals, not tested", choices=["final_score", "forgetting_score", "privacy_gap"])
+    _flag(g, "--primary", "the one metric the verdicts test; the others are estimates with simultaneous "
+          "intervals, not tested", choices=["final_score", "forgetting_score", "privacy_gap"])
     _flag(g, "--candidates", "each method's best settings from its search rerun on the selection replicates "
           "(default: 3; the same for every method)", type=int)
     _flag(g, "--selection-replicates", "replicates, never reported, on which each method's candidates are rerun "

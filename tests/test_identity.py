@@ -37,7 +37,8 @@ def test_the_key_holds_what_changes_numbers_and_nothing_about_placement(tmp_path
 
 def test_the_look_schedule_comes_from_the_study_s_settings_never_from_the_slots():
     cfg = _cfg(until_settled=True, replicates=3, max_replicates=12)
-    assert cfg.looks == list(range(3, 13))
+    assert cfg.looks == [3, 6, 9, 12]  # four looks, equally spaced
+    assert _cfg(until_settled=True).looks == [5, 10, 15, 20]
     assert _cfg(until_settled=True, replicates=3, max_replicates=12, round_size=4).looks == [3, 7, 11, 12]
     assert _cfg(until_settled=True, looks=[5, 10, 15, 20]).looks == [5, 10, 15, 20]
     assert _cfg(until_settled=True, num_cpus=1).looks == _cfg(until_settled=True, num_cpus=64, num_gpus=64,
