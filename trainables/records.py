@@ -17,6 +17,9 @@ from typing import Any
 
 REFERENCE_ROWS = ("original", "retrain")  # the base models, reported as rows beside the methods
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no progress bars in logs
+# MLflow's usage telemetry off unless the user set it: every call of the tracking client would record an event and
+# send it out (clusters are often offline; a study's data stays where the study runs)
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own tag for a nested run
 STUDY_KEY_TAG = "study_key"  # on the parent run: what the study computes, so a rerun finds it
