@@ -130,3 +130,42 @@ def crossing_probabilities(bounds, fractions) -> np.ndarray:
             new_density = (norm.pdf((new_grid[:, None] - grid[None, :]) / sd) / sd) @ (weights * density)
         grid, weights, density, previous = new_grid, new_weights, new_density, t
     return np.array(out)
+
+
+@lru_cache(maxsize=512)
+def _sign_bounds(counts: tuple[int, ...], planned: int, alpha: float) -> tuple[int, ...]:
+    from scipy.stats import binom
+
+    spent = obf_spending([min(1.0, n / planned) for n in counts], alpha)
+    mass = np.array([1.0])  # P(S = s, not crossed yet), s = 0..n: S the positive signs so far
+    done, crossed, out = 0, 0.0, []
+    for k, n in enumerate(counts):
+        step = binom.pmf(np.arange(n - done + 1), n - done, 0.5)
+        mass = np.convolve(mass, step)
+        bound = -1
+        for b in range((n - 1) // 2, -1, -1):  # the widest rejection region whose chance stays within the budget
+            tails = mass[: b + 1].sum() + mass[n - b:].sum()
+            if crossed + tails <= spent[k] * (1 + 1e-12):
+                bound = b
+                break
+        if bound >= 0:
+            crossed += mass[: bound + 1].sum() + mass[n - bound:].sum()
+            mass = mass.copy()
+            mass[: bound + 1] = 0.0
+            mass[n - bound:] = 0.0
+        out.append(bound)
+        done = n
+    return tuple(out)
+
+
+def sign_bounds(counts, planned: int, alpha: float) -> list[int]:
+    """The exact group-sequential sign test: b_k per look (n_k differences at look k, increasing), rejecting a
+    median of 0 at look k when the positive differences number at most b_k or at least n_k - b_k (-1: no
+    rejection possible there). Each b_k is the widest whose exact chance of a first crossing under the null (a
+    simple random walk, computed over every path) keeps the running total within the O'Brien-Fleming-type
+    spending function at information fraction n_k / `planned`: the error rate holds for any distribution of the
+    differences with median 0, whatever its shape."""
+    counts = tuple(int(n) for n in counts)
+    if any(b < a for a, b in zip(counts, counts[1:])) or (counts and counts[0] < 0):
+        raise ValueError(f"counts must be non-negative and non-decreasing, got {counts}")
+    return list(_sign_bounds(counts, int(planned), float(alpha)))

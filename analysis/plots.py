@@ -369,8 +369,8 @@ def _interval_bars(ax, points: pd.DataFrame, x: str, y: str, color: str) -> None
 def plot_report_front(methods: pd.DataFrame, gli_settings: pd.DataFrame, title: str, base: Path,
                       x: str = "forgetting_score", y: str = "accuracy") -> list[Path]:
     """What the tables report, as a figure: each method at its reported setting, its mean over the reported
-    replicates on the report halves with its interval both ways (the caller's: simultaneous over the methods
-    shown). The main axes hold the cluster; when a point lies far from it (a baseline that collapsed), a panel
+    replicates on the report halves with its 95% interval both ways (per method, not simultaneous). The main
+    axes hold the cluster; when a point lies far from it (a baseline that collapsed), a panel
     below shows every point with the main view framed, so no method is left off. The legend sits in a strip of
     its own under the axes and every label is placed where it covers no marker, no other label and no leader
     line (`place_labels`): nothing drawn covers a data point. One column wide. (`gli_settings`: GLI's settings,
@@ -406,7 +406,7 @@ def plot_report_front(methods: pd.DataFrame, gli_settings: pd.DataFrame, title: 
     strip = fig.add_subplot(grid[-1])
     strip.axis("off")  # the legend's own strip, under everything: it covers nothing
     strip.legend(handles, names, loc="center", ncol=min(4, max(1, len(names))), fontsize=5.5, frameon=False,
-                 title="bars: intervals simultaneous over the methods shown", title_fontsize=5)
+                 title="bars: each method's 95% interval over replicates", title_fontsize=5)
     if len(far):  # every method on the figure: the far ones in a panel of the whole range
         (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
         whole = fig.add_subplot(grid[1])

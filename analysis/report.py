@@ -245,9 +245,7 @@ def build_report(study: StudyRecords, info: StudyInfo, out_dir: Path) -> tuple[p
                 "gli_front" if s in on_front else "gli_setting" for s in settings["method"]]))
     write("front.csv", (pd.concat(points, ignore_index=True) if points else pd.DataFrame()).to_csv(index=False))
     try:
-        # the figure's intervals are simultaneous over its methods and both axes (Bonferroni)
-        shown = tables.summarise(rows, level=1 - (1 - tables.LEVEL) / (2 * max(1, len(summary))))
-        written += plots.plot_report_front(shown, settings, f"{info.title}: means over replicates, report halves",
+        written += plots.plot_report_front(summary, settings, f"{info.title}: means over replicates, report halves",
                                            out_dir / "front")
         written += plots.plot_front(gli, front if info.objective == "pareto" else front.head(0), refs,
                                     f"{info.title}: GLI's search, tuning replicate, selection halves",

@@ -1,28 +1,32 @@
 """Verdicts whose error rate holds: GLI against each baseline on one primary metric, looked at a few planned
-times, with intervals that are simultaneous over every look and every comparison.
+times, with intervals that are simultaneous over every look and every comparison, whatever the shape of the
+differences.
 
 The design, fixed before any reported replicate is seen:
 
 - **One primary metric** (`--primary`, default the final score) is tested: one comparison per baseline, GLI's
   value minus the baseline's, replicate by replicate (each method at its one reported setting).
+- **What is tested is the median difference**, by the sign test: whether GLI is ahead on more replicates than
+  chance allows. A test of the mean cannot hold its level here: at the levels a family of twelve comparisons
+  over four looks needs (1e-9 to 4e-3) and 5 to 20 replicates, the t test on centred-exponential differences
+  claims falsely in about 30% of studies and Hall's skewness-corrected t in 12% (`analysis.simulate`); the
+  sign test is exact for any continuous shape. The mean difference is reported beside it, not tested.
 - **Planned looks** (`looks`, default four, equally spaced up to `--max-replicates`: 5, 10, 15, 20; a study
-  without `--until-settled` makes one look at its `--replicates`). The error rate of each comparison is spent
-  over the looks by the Lan-DeMets O'Brien-Fleming-type function (`analysis.groupseq`): early looks are
-  strict, the last close to a single test's level.
-- **Bonferroni across comparisons**: each of the m comparisons gets alpha / m (5% / m) to spend. Its interval
-  at a look is the repeated confidence interval mean +- t(1 - a_k / 2, n - 1) s / sqrt(n), a_k the look's
-  nominal level: with probability at least 95% every comparison's interval covers its true difference at
-  every look (joint coverage by the union bound), so the verdicts read from them (`better`/`worse`: excludes
-  0; `equivalent`: within +-margin; else `undecided`) hold together, whatever rule stops the study. Holm's
-  step-down would test more sharply after a rejection but its intervals are not simultaneous (Strassburger
-  and Bretz, 2008), and an `equivalent` verdict needs an interval: one interval decides everything here.
-- **Zero spread decides nothing by itself**: the spread s is at least each replicate's own measurement error
-  (the runs' binomial and bootstrap standard errors, where recorded); with neither, a comparison whose
-  differences are all equal stays undecided.
+  without `--until-settled` makes one look at its `--replicates`). Each comparison's error rate is spent over
+  the looks by the Lan-DeMets O'Brien-Fleming-type function, with exact sign-test boundaries
+  (`analysis.groupseq.sign_bounds`): early looks are strict (at 5 and 10 replicates none can reject).
+- **Bonferroni across comparisons**: each of the m comparisons gets 5% / m to spend. Its interval at a look is
+  the sign test's interval for the median, [d_(b+1), d_(n-b)], b the look's boundary: every comparison's
+  interval covers its true median at every look with probability at least 95% jointly, whatever rule stops the
+  study, so the verdicts read from them hold together (`better`/`worse`: excludes 0; `equivalent`: within
+  +-margin; else `undecided`). Holm's step-down would test more sharply after a rejection, but the interval it
+  gives a rejected comparison reaches only to 0, which cannot settle equivalence: one interval decides here.
+- **Equal differences decide nothing by themselves**: a look whose boundary is -1 (too few replicates for its
+  level: two equal differences, or three zeros) has no interval and no verdict.
 - **Secondary metrics** (the others of `COMPARED`) are estimates, never tested: their intervals are
-  simultaneous over all of them (Bonferroni, with the same spending over the looks), labelled `not tested`.
-- **Reachable margin**: the smallest margin the final look could settle as equivalent, from the spread seen
-  (|mean| plus the final look's half-width at the planned replicates).
+  simultaneous over all of them (the same construction), labelled `not tested`.
+- **Reachable margin**: the margin the final look could settle as equivalent were the true median 0, projected
+  from the spread seen; the margin itself is fixed before the study.
 
 A look at n replicates is made once replicates 1..n are complete (every setting's run on each has ended,
 finished or failed); a later, partial replicate is never read, and a comparison whose setting failed on a
@@ -40,15 +44,16 @@ import pandas as pd
 
 from trainables.records import REFERENCE_ROWS, SEED_COL, STUDIED, hparams_of
 
-from .groupseq import nominal_levels
+from .groupseq import sign_bounds
 from .tables import LEVEL, MARGIN, summarise
 
 # The compared metrics and which sign of GLI-minus-baseline favours GLI. `privacy_gap` is |mia_advantage - the
 # same replicate's retrained model's|: as close to retraining as possible, not as low.
 COMPARED = (("final_score", +1), ("forgetting_score", -1), ("privacy_gap", -1))
 PRIMARY = "final_score"
-VERDICT_COLUMNS = ["baseline", "metric", "tested", "mean_diff", "lo", "hi", "replicates", "verdict", "level", "look",
-                   "looks", "missing", "reachable_margin", "schedule", "primary", "gli_setting", "baseline_setting"]
+VERDICT_COLUMNS = ["baseline", "metric", "tested", "median_diff", "lo", "hi", "mean_diff", "replicates", "verdict",
+                   "bound", "look", "looks", "missing", "reachable_margin", "schedule", "primary", "gli_setting",
+                   "baseline_setting"]
 WORDS = {"better": "GLI is better", "worse": "GLI is worse", "undecided": "undecided: no claim either way",
          "not tested": "not tested (an estimate)"}
 
@@ -109,25 +114,10 @@ def missing_note(ended: pd.DataFrame, size: int) -> str | None:
     return f"replicate {seed} has no ended run of {', '.join(lacking)}"
 
 
-def _measurement_var(frame: pd.DataFrame, metric: str) -> pd.Series:
-    """Each run's own measurement variance of `metric` (from its recorded standard errors), 0 where none is."""
-    zero = pd.Series(0.0, index=frame.index)
-
-    def col(name):
-        return pd.to_numeric(frame[name], errors="coerce").fillna(0.0) if name in frame else zero
-
-    acc, fs = col("accuracy_se") ** 2, col("fs_se") ** 2
-    if metric == "final_score":  # (acc + 1 - 2 FS) / 2
-        return acc / 4 + fs
-    if metric == "accuracy":
-        return acc
-    return fs  # the forgetting score, the attack's advantage and its distance from the retrained model's
-
-
 def differences(rows: pd.DataFrame, metrics, method: str = STUDIED) -> list[dict]:
     """`method` minus each other unlearning method, replicate by replicate, each at its table row's setting
-    (`tables.summarise`), per metric: dicts of baseline, metric, favour, diff (an array), floor (the
-    differences' measurement variance, averaged over the replicates) and the two settings as JSON."""
+    (`tables.summarise`), per metric: dicts of baseline, metric, favour, diff (an array) and the two settings as
+    JSON."""
     summary = summarise(rows)
     if not len(rows) or method not in set(summary["method"]):
         return []
@@ -160,47 +150,25 @@ def differences(rows: pd.DataFrame, metrics, method: str = STUDIED) -> list[dict
             if metric not in ours or metric not in theirs:
                 continue
             diff = (pd.to_numeric(ours.loc[seeds, metric]) - pd.to_numeric(theirs.loc[seeds, metric]))
-            var = _measurement_var(ours.loc[seeds], metric) + _measurement_var(theirs.loc[seeds], metric)
             keep = np.isfinite(diff.to_numpy(dtype=float))  # a seed missing a value is left out
             out.append({"baseline": other, "metric": metric, "favour": favour.get(metric, +1),
-                        "diff": diff.to_numpy(dtype=float)[keep], "floor": float(var[keep].mean()) if keep.any() else 0.0,
-                        "gli_setting": hparams(ours), "baseline_setting": hparams(theirs)})
+                        "diff": diff.to_numpy(dtype=float)[keep], "gli_setting": hparams(ours),
+                        "baseline_setting": hparams(theirs)})
     return out
 
 
-def spread(diff: np.ndarray, floor: float = 0.0) -> float:
-    """The differences' standard deviation, at least their measurement error's (`floor`, a variance); nan for
-    fewer than 2."""
-    if len(diff) < 2:
-        return math.nan
-    return max(float(np.std(diff, ddof=1)), math.sqrt(max(floor, 0.0)))
-
-
-def intervals(diffs: list[np.ndarray], floors, nominal: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(mean, lo, hi) per comparison: the t interval of the mean difference at two-sided level `nominal`, the
-    spread at least the measurement error's (`floors`, variances); no interval (nan) for fewer than 2
-    differences or a spread of 0 (equal differences and no measurement error: nothing to go on)."""
-    from scipy.special import stdtrit
-
-    n = np.array([len(d) for d in diffs], dtype=float)
-    if len(set(n)) == 1 and n[0] > 0:  # the usual case, at once
-        stacked = np.vstack(diffs)
-        mean = stacked.mean(axis=1)
-        sd = stacked.std(axis=1, ddof=1) if n[0] >= 2 else np.full(len(n), math.nan)
-    else:
-        mean = np.array([d.mean() if len(d) else math.nan for d in diffs])
-        sd = np.array([d.std(ddof=1) if len(d) >= 2 else math.nan for d in diffs])
-    s = np.maximum(sd, np.sqrt(np.maximum(np.asarray(floors, dtype=float), 0.0)))
-    ok = (n >= 2) & (s > 0) & (nominal > 0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        half = np.where(ok, stdtrit(np.maximum(n - 1, 1), 1 - nominal / 2) * s / np.sqrt(np.maximum(n, 1)), math.nan)
-    return mean, mean - half, mean + half
-
-
-def interval(diff: np.ndarray, floor: float, nominal: float) -> tuple[float, float, float]:
-    """`intervals` of one comparison."""
-    mean, lo, hi = intervals([np.asarray(diff, dtype=float)], [floor], nominal)
-    return float(mean[0]), float(lo[0]), float(hi[0])
+def median_intervals(diffs: list[np.ndarray], bound: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(median, lo, hi) per comparison: the sign test's interval for the median difference, [d_(b+1), d_(n-b)]
+    (order statistics, 1-based) for a look whose boundary is b (`groupseq.sign_bounds`): the medians the look's
+    sign test would not reject. No interval (nan) where b < 0 (too few replicates for the look's level)."""
+    med = np.array([float(np.median(d)) if len(d) else math.nan for d in diffs])
+    lo, hi = np.full(len(diffs), math.nan), np.full(len(diffs), math.nan)
+    for i, d in enumerate(diffs):
+        n = len(d)
+        if 0 <= bound and n >= 2 * bound + 1:
+            ordered = np.sort(np.asarray(d, dtype=float))
+            lo[i], hi[i] = ordered[bound], ordered[n - bound - 1]
+    return med, lo, hi
 
 
 def verdict(lo: float, hi: float, favour: int, margin: float = MARGIN) -> str:
@@ -213,15 +181,15 @@ def verdict(lo: float, hi: float, favour: int, margin: float = MARGIN) -> str:
     return "equivalent" if -margin < lo and hi < margin else "undecided"
 
 
-def reachable_margin(diff: np.ndarray, floor: float, nominal_last: float, planned: int) -> float:
-    """The smallest margin the final look (at `planned` replicates, level `nominal_last`) could settle as
-    equivalent, from the spread seen: |mean| + its half-width there."""
-    from scipy.special import stdtrit
-
-    s = spread(diff, floor)
-    if not (s > 0) or planned < 2:
+def reachable_margin(diff: np.ndarray, bound_last: int, planned: int) -> float:
+    """The margin the final look (at `planned` replicates, boundary `bound_last`) could settle as equivalent were
+    the true median difference 0, projected from the spread seen: the larger distance from the median to the
+    sample quantiles at the final interval's ranks. The margin itself must be fixed before the study."""
+    if bound_last < 0 or len(diff) < 2 or planned < 1:
         return math.nan
-    return abs(float(np.mean(diff))) + float(stdtrit(planned - 1, 1 - nominal_last / 2)) * s / math.sqrt(planned)
+    centred = np.asarray(diff, dtype=float) - float(np.median(diff))
+    ranks = np.array([bound_last + 1, planned - bound_last]) / (planned + 1)
+    return float(np.max(np.abs(np.quantile(centred, ranks))))
 
 
 def decide(comparisons: list[list[dict]], sizes: list[int], margin: float = MARGIN, alpha: float = 1 - LEVEL,
@@ -243,33 +211,35 @@ def decide_rows(comparisons: list[list[dict]], sizes: list[int], margin: float =
     first = comparisons[0]
     tested = [i for i, c in enumerate(first) if c["metric"] == primary]
     estimated = [i for i, c in enumerate(first) if c["metric"] != primary]
-    levels = {True: nominal_levels(sizes, alpha / max(1, len(tested))),
-              False: nominal_levels(sizes, alpha / max(1, len(estimated)))}
+    bounds = {True: sign_bounds(sizes, sizes[-1], alpha / max(1, len(tested))),
+              False: sign_bounds(sizes, sizes[-1], alpha / max(1, len(estimated)))}
     rows: dict[int, dict] = {}
     made = 0
     for k, look in enumerate(comparisons):
         made = k + 1
         open_ = [i for i in tested if i not in rows or rows[i]["verdict"] == "undecided"]
-        mean, lo, hi = intervals([look[i]["diff"] for i in open_], [look[i]["floor"] for i in open_], levels[True][k])
+        med, lo, hi = median_intervals([look[i]["diff"] for i in open_], bounds[True][k])
         for j, i in enumerate(open_):
             c = look[i]
             said = "undecided" if c.get("missing", 0) else verdict(lo[j], hi[j], c["favour"], margin)
-            rows[i] = {**_row(c, mean[j], lo[j], hi[j], levels[True][k], k + 1, said), "reachable_margin": (
-                reachable_margin(c["diff"], c["floor"], levels[True][-1], sizes[-1]) if reach else math.nan)}
+            rows[i] = {**_row(c, med[j], lo[j], hi[j], bounds[True][k], k + 1, said), "reachable_margin": (
+                reachable_margin(c["diff"], bounds[True][-1], sizes[-1]) if reach else math.nan)}
         if tested and all(rows[i]["verdict"] != "undecided" for i in tested):
             break
     last = comparisons[made - 1]
-    mean, lo, hi = intervals([last[i]["diff"] for i in estimated], [last[i]["floor"] for i in estimated],
-                             levels[False][made - 1]) if estimated else ([], [], [])
+    med, lo, hi = median_intervals([last[i]["diff"] for i in estimated], bounds[False][made - 1]) \
+        if estimated else ([], [], [])
     for j, i in enumerate(estimated):
-        rows[i] = {**_row(last[i], mean[j], lo[j], hi[j], levels[False][made - 1], made, "not tested"),
+        rows[i] = {**_row(last[i], med[j], lo[j], hi[j], bounds[False][made - 1], made, "not tested"),
                    "reachable_margin": math.nan}
     return [rows[i] for i in range(len(first))]
 
 
-def _row(c: dict, mean, lo, hi, nominal, look, said) -> dict:
-    return {"baseline": c["baseline"], "metric": c["metric"], "tested": said != "not tested", "mean_diff": mean,
-            "lo": lo, "hi": hi, "replicates": len(c["diff"]), "verdict": said, "level": 1 - nominal, "look": look,
+def _row(c: dict, median, lo, hi, bound, look, said) -> dict:
+    diff = np.asarray(c["diff"], dtype=float)
+    return {"baseline": c["baseline"], "metric": c["metric"], "tested": said != "not tested",
+            "median_diff": median, "lo": lo, "hi": hi, "mean_diff": float(diff.mean()) if len(diff) else math.nan,
+            "replicates": len(diff), "verdict": said, "bound": bound, "look": look,
             "missing": c.get("missing", 0), "gli_setting": c["gli_setting"], "baseline_setting": c["baseline_setting"]}
 
 
@@ -319,7 +289,7 @@ def all_settled(verdicts: pd.DataFrame) -> bool:
 
 
 def _cell(r) -> str:
-    return "-" if pd.isna(r["lo"]) else f"{r['mean_diff']:.4f} [{r['lo']:.4f}, {r['hi']:.4f}]"
+    return "-" if pd.isna(r["lo"]) else f"{r['median_diff']:.4f} [{r['lo']:.4f}, {r['hi']:.4f}]"
 
 
 def verdicts_markdown(verdicts: pd.DataFrame, title: str, margin: float = MARGIN) -> str:
@@ -332,25 +302,28 @@ def verdicts_markdown(verdicts: pd.DataFrame, title: str, margin: float = MARGIN
     tested = verdicts[verdicts["tested"].astype(bool)]
     words = {**WORDS, "equivalent": f"equivalent within ±{margin}"}
     lines = [f"**{title}: verdicts on the primary metric, {primary.replace('_', ' ')}**", "",
-             f"GLI minus each baseline, replicate by replicate. Planned looks at {schedule or looks} reported "
-             f"replicates; each of the {len(tested)} comparisons spends 5%/{len(tested)} over the looks (Lan-DeMets, "
-             "O'Brien-Fleming type), so every interval below covers its true difference at every look with "
-             "probability 95% jointly, and the verdicts read from them hold together: excludes 0 (better or worse), "
-             f"within ±{margin} (equivalent), else undecided. The reachable margin is the smallest the final look "
-             "could settle as equivalent, from the spread seen.", "",
-             "| versus | verdict | replicates | difference [simultaneous interval] | reachable margin |",
-             "|---|---|---|---|---|"]
+             f"GLI minus each baseline, replicate by replicate: the median difference and the sign test's interval "
+             f"for it. Planned looks at {schedule or looks} reported replicates; each of the {len(tested)} "
+             f"comparisons spends 5%/{len(tested)} over the looks (Lan-DeMets, O'Brien-Fleming type, exact sign-test "
+             "boundaries), so every interval below covers its true median at every look with probability at least "
+             "95% jointly, whatever the shape of the differences, and the verdicts read from them hold together: "
+             f"excludes 0 (better or worse), within ±{margin} (equivalent), else undecided. The mean difference is "
+             "an estimate beside it. The reachable margin: what the final look could settle as equivalent were the "
+             "true median 0, projected from the spread seen.", "",
+             "| versus | verdict | replicates | median difference [simultaneous interval] | mean difference | "
+             "reachable margin |", "|---|---|---|---|---|---|"]
     for _, r in tested.iterrows():
         said = words[r["verdict"]]
         if pd.notna(r.get("missing")) and r["missing"] > 0:
             said = f"undecided: a compared run failed on {int(r['missing'])} of the look's replicates"
         reach = "-" if pd.isna(r["reachable_margin"]) else f"{r['reachable_margin']:.4f}"
-        lines.append(f"| {r['baseline']} | {said} | {int(r['replicates'])} | {_cell(r)} | {reach} |")
+        mean = "-" if pd.isna(r["mean_diff"]) else f"{r['mean_diff']:.4f}"
+        lines.append(f"| {r['baseline']} | {said} | {int(r['replicates'])} | {_cell(r)} | {mean} | {reach} |")
     rest = verdicts[~verdicts["tested"].astype(bool)]
     if len(rest):
-        lines += ["", f"**Secondary metrics: estimates, not tested** (intervals simultaneous over these {len(rest)}, "
-                  "at the last look made)", "", "| versus | metric | replicates | difference [simultaneous interval] |",
-                  "|---|---|---|---|"]
+        lines += ["", f"**Secondary metrics: estimates, not tested** (median differences, intervals simultaneous over "
+                  f"these {len(rest)}, at the last look made)", "",
+                  "| versus | metric | replicates | median difference [simultaneous interval] |", "|---|---|---|---|"]
         lines += [f"| {r['baseline']} | {r['metric']} | {int(r['replicates'])} | {_cell(r)} |" for _, r in rest.iterrows()]
     lines += ["", "final score: GLI's minus the baseline's; positive favours GLI. forgetting score: negative favours "
               "GLI (it forgets better). privacy gap: the distance of the attack's advantage from the same replicate's "

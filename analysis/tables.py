@@ -90,9 +90,11 @@ def bounded_intervals(samples: np.ndarray, low: float = -math.inf, high: float =
     clipped to the range; it leans the interval toward the long tail, as values piled at a bound need. A row of
     equal values: at a bound, the exact interval of a variable in the range whose every draw sat there ([low,
     low + span (1 - (alpha / 2)^(1/n))]: a mean further in would leave the bound that often with chance below
-    alpha / 2); inside, the value itself (nothing to go on), unless `floor` (the values' own measurement
-    variance, from the runs' standard errors) gives the spread at least its root. nan for n < 2. Coverage by
-    simulation: `tests/test_tables.py`."""
+    alpha / 2); inside, no interval (nothing to go on), unless `floor` (the values' own measurement variance,
+    from the runs' standard errors) gives the spread at least its root. nan for n < 2. The quantile is t(n - 1)
+    and the spread the sample's (n - 1), where Hall uses the normal's and n: wider, on purpose, for small n.
+    The bound rule applies only when every value sits at the bound, so one value off it narrows the interval
+    at once (a known discontinuity). Coverage by simulation: `tests/test_tables.py`."""
     from scipy.special import stdtrit
 
     x = np.asarray(samples, dtype=float)
@@ -120,7 +122,8 @@ def bounded_intervals(samples: np.ndarray, low: float = -math.inf, high: float =
     at_low, at_high = constant & (mean <= low), constant & (mean >= high)
     lo, hi = np.where(at_low, low, lo), np.where(at_low, low + width, hi)
     lo, hi = np.where(at_high, high - width, lo), np.where(at_high, high, hi)
-    return lo, hi
+    inside = constant & ~at_low & ~at_high  # equal values inside the range, no measurement error: no interval
+    return np.where(inside, math.nan, lo), np.where(inside, math.nan, hi)
 
 
 def interval_note(seeds: int) -> str:

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from analysis.groupseq import sign_bounds
 from analysis.sequential import (all_settled, complete_replicates, differences, look_sizes, missing_note, settle,
                                  verdicts_markdown)
 
@@ -44,9 +45,11 @@ def test_a_stand_in_study_settles_each_comparison_as_its_known_effect_says():
     sizes = [5, 10, 15, 20]
     verdicts = settle(rows, sizes).set_index(["baseline", "metric"])
     better = verdicts.loc[("worse_b", "final_score")]
-    # 5% / 3 comparisons spent over 4 looks: the first look's nominal level is about 3e-8, t(4) = 190, too strict for
-    # 0.05 on 5 replicates; at 10 replicates (nominal 8e-5, t(9) = 6.6) the half-width 6.6 * 0.01 / sqrt(10) = 0.021
-    assert better["verdict"] == "better" and better["replicates"] == 10 and better["lo"] > 0 and better["tested"]
+    # 5% / 3 comparisons spent over 4 looks with exact sign-test boundaries: none at 5 replicates can reject; every
+    # difference positive settles it at the first look that can
+    first = next(k for k, b in enumerate(sign_bounds([5, 10, 15, 20], 20, 0.05 / 3)) if b >= 0)
+    assert better["verdict"] == "better" and better["replicates"] == [5, 10, 15, 20][first] and better["lo"] > 0
+    assert better["tested"]
     equal = verdicts.loc[("equal_b", "final_score")]
     assert equal["verdict"] == "equivalent" and equal["replicates"] <= 15 and -0.01 < equal["lo"] <= equal["hi"] < 0.01
     noisy = verdicts.loc[("noisy_b", "final_score")]
@@ -59,19 +62,19 @@ def test_a_stand_in_study_settles_each_comparison_as_its_known_effect_says():
     assert set(verdicts["gli_setting"]) == {"{}"} and set(verdicts["baseline_setting"]) == {"{}"}
     assert not all_settled(verdicts.reset_index())
     text = verdicts_markdown(verdicts.reset_index(), "t")
-    assert "| worse_b | GLI is better | 10 |" in text and "undecided: no claim either way" in text
+    assert f"| worse_b | GLI is better | {[5, 10, 15, 20][first]} |" in text and "undecided: no claim either way" in text
     assert "estimates, not tested" in text
     # a resumed study replays the same looks: the same verdicts
     assert settle(rows, sizes).equals(verdicts.reset_index())
 
 
-def test_a_study_that_claims_at_every_look_at_the_full_rate_is_what_the_design_prevents():
-    """The same rows read with one look at 20 replicates and with four: the four-look intervals are wider at the
-    last look than a single look's (the price of looking early), never narrower."""
+def test_looking_early_costs_width_at_the_last_look():
+    """The same rows read with one look at 20 replicates and with a look at every replicate from 5: the
+    many-look interval at the last look is at least as wide as the one look's (the price of looking early)."""
     rows = _stand_in(np.random.default_rng(5), {"noisy_b": (0.0, 0.05)}, 20)
     one = settle(rows, [20]).set_index("metric").loc["final_score"]
-    four = settle(rows, [5, 10, 15, 20]).set_index("metric").loc["final_score"]
-    assert four["hi"] - four["lo"] > one["hi"] - one["lo"]
+    many = settle(rows, list(range(5, 21))).set_index("metric").loc["final_score"]
+    assert many["bound"] <= one["bound"] and many["hi"] - many["lo"] >= one["hi"] - one["lo"]
 
 
 def test_no_rows_no_verdicts():
@@ -134,12 +137,17 @@ def test_differences_are_taken_replicate_by_replicate():
                                                 ("unsir", 1, 0.91, 0.02), ("unsir", 2, 0.90, 0.04), ("unsir", 3, 0.93, 0.01)]])
     table = settle(rows, [3]).set_index(["baseline", "metric"])
     scrub = table.loc[("scrub", "final_score")]
-    assert scrub["mean_diff"] == pytest.approx(0.11) and scrub["replicates"] == 3
-    # differences 0.10, 0.11, 0.12 at 5% / 2 comparisons: t(2) at 0.0125 is 6.2, half-width 0.036
-    assert scrub["verdict"] == "better" and scrub["lo"] == pytest.approx(0.11 - 6.205 * 0.01 / math.sqrt(3), abs=1e-3)
+    assert scrub["mean_diff"] == pytest.approx(0.11) and scrub["median_diff"] == pytest.approx(0.11)
+    assert scrub["replicates"] == 3
+    # three positive differences of three: 2 (1/2)^3 = 0.25, far above 5% / 2: no verdict on three replicates
+    assert scrub["verdict"] == "undecided" and math.isnan(scrub["lo"])
     assert table.loc[("unsir", "final_score"), "verdict"] == "undecided"  # differences of -0.01, +0.02, -0.02
     fs = table.loc[("scrub", "forgetting_score")]
-    assert fs["verdict"] == "not tested" and fs["lo"] < fs["mean_diff"] < fs["hi"] < 0
+    assert fs["verdict"] == "not tested" and fs["median_diff"] == pytest.approx(-0.06)
+    # on twelve replicates with every difference positive the sign test settles it: 2 (1/2)^12 < 0.025
+    many = pd.concat([rows.assign(**{"tags.seed": rows["tags.seed"].astype(int) + 3 * k}) for k in range(4)])
+    table = settle(many, [12]).set_index(["baseline", "metric"])
+    assert table.loc[("scrub", "final_score"), "verdict"] == "better"
 
 
 def test_privacy_is_compared_as_the_distance_to_the_same_replicate_s_retrained_model():
@@ -153,9 +161,10 @@ def test_privacy_is_compared_as_the_distance_to_the_same_replicate_s_retrained_m
             "mia_advantage": a + d} for s, (a, d) in enumerate(zip(retrain, [0.001, -0.002, 0.0, 0.002, -0.001]), start=1)]
         + [{"method": "neggrad", "setting": "n", "tags.seed": s, "final_score": 0.9, "forgetting_score": abs(a - d),
             "mia_advantage": a - d} for s, (a, d) in enumerate(zip(retrain, [0.05, 0.06, 0.07, 0.06, 0.05]), start=1)])
-    table = settle(rows, [5], primary="privacy_gap").set_index(["baseline", "metric"])
+    table = settle(rows, [5], alpha=0.1, primary="privacy_gap").set_index(["baseline", "metric"])
     gap = table.loc[("neggrad", "privacy_gap")]
     assert gap["mean_diff"] == pytest.approx(np.mean([0.001, 0.002, 0.0, 0.002, 0.001]) - 0.058)
+    # five of five replicates closer to retraining: 2 (1/2)^5 = 0.0625 <= 10% (one comparison: the whole rate)
     assert gap["verdict"] == "better" and gap["hi"] < 0 and gap["tested"]  # GLI is closer to retraining
     # the folded score says the opposite: neggrad's FS is lower, it "forgets better"
     assert table.loc[("neggrad", "forgetting_score"), "mean_diff"] > 0
