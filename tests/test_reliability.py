@@ -389,7 +389,7 @@ def test_server_stopped_between_a_child_s_create_and_its_first_batch_loses_no_pa
     # trials run in bundles once a stage's first three have ended and more are left than the slots take at once:
     # searches of 10 trials (the smoke test's budget, 4, is asked for at once and leaves none to bundle)
     settings = {"baselines": ["finetune"], "replicates": 1, "base_epochs": 3, "method_epochs": 1, "eval_every": 7,
-                "budget": 10}
+                "budget": 10, "candidates": 1}
     proc = _start(results, tmp_path / "cache", "--tracking-uri", proxy.uri, "--tracking-outage", "120",
                   "--bundle-seconds", "60", settings=settings)
     out = proc.communicate(timeout=600)[0]
