@@ -173,7 +173,9 @@ def place_labels(ax, labels: list[tuple[float, float, str]], obstacles: list[tup
                   (1, 0.5), (1, -0.5), (-1, 0.5), (-1, -0.5), (0.5, 1), (-0.5, 1), (0.5, -1), (-0.5, -1)]
     for x, y, text in labels:
         chosen = None
-        for strict in (True, False):  # first with leader lines that cross no other; then crossing allowed
+        for strict, clear in ((True, True), (False, True), (False, False)):
+            # first with leader lines that cross no other and run through no label; then crossings allowed; then
+            # leader lines under labels (never a label over a label or a marker)
             for radius in (5, 10, 16, 24, 34, 46, 60, 80, 100, 125, 155, 190):
                 # away from the point, slanted first: a vertical or level leader line would hide in an error bar
                 for dx, dy in (directions if radius <= 5 else sorted(directions, key=lambda d: d[0] == 0 or d[1] == 0)):
@@ -184,10 +186,13 @@ def place_labels(ax, labels: list[tuple[float, float, str]], obstacles: list[tup
                     box = t.get_window_extent(renderer).padded(1.0)
                     fits = (inside.x0 <= box.x0 and box.x1 <= inside.x1 and inside.y0 <= box.y0
                             and box.y1 <= inside.y1 and not any(box.overlaps(b) for b in placed + blocked))
-                    if fits and radius > 5:  # its leader line runs through no other label (and, strict, crosses none)
+                    # no earlier leader line runs through the label; its own runs through no other label (and,
+                    # strict, crosses no other leader)
+                    fits = fits and not (clear and any(through(a, b, box) for a, b in leaders))
+                    if fits and radius > 5:
                         start = tuple(ax.transData.transform((x, y)))
-                        end = _nearest_point(box, start)
-                        fits = not any(through(start, end, b) for b in placed) and not (
+                        end = _leader_end(box)
+                        fits = not (clear and any(through(start, end, b) for b in placed)) and not (
                             strict and any(crosses(start, end, a, b) for a, b in leaders))
                     if fits:
                         chosen = (t, box, radius)
@@ -209,15 +214,15 @@ def place_labels(ax, labels: list[tuple[float, float, str]], obstacles: list[tup
                                                   "shrinkB": 2})
         if radius > 5:
             start = tuple(ax.transData.transform((x, y)))
-            leaders.append((start, _nearest_point(box, start)))
+            leaders.append((start, _leader_end(box)))
         placed.append(box)
         texts.append(t)
     return texts
 
 
-def _nearest_point(box, point) -> tuple[float, float]:
-    """The point of `box` nearest `point` (where a leader line from it ends, near enough)."""
-    return (min(max(point[0], box.x0), box.x1), min(max(point[1], box.y0), box.y1))
+def _leader_end(box) -> tuple[float, float]:
+    """Where matplotlib aims a label's leader line: the centre of its text (the line is clipped at the box)."""
+    return ((box.x0 + box.x1) / 2, (box.y0 + box.y1) / 2)
 
 
 def _error_bars(ax, points: pd.DataFrame, x: str, y: str, color: str) -> None:
@@ -416,8 +421,9 @@ def plot_report_front(methods: pd.DataFrame, gli_settings: pd.DataFrame, title: 
         whole.set_title("all methods (frame: the view above)", fontsize=5, pad=2)
         whole.set_xlim(*_padded(whole.get_xlim(), 0.25))
         whole.set_ylim(*_padded(whole.get_ylim(), 0.3))
+    fig.subplots_adjust(left=0.16, right=0.97, top=0.9, bottom=0.04)  # the layout first: labels measure in it
+    if len(far):
         place_labels(whole, [(r[x], r[y], r["method"]) for _, r in far.iterrows()],
                      list(zip(points[x], points[y])), fontsize=4.5)
-    fig.subplots_adjust(left=0.16, right=0.97, top=0.9, bottom=0.04)
     place_labels(ax, labels, obstacles)
     return _save(fig, base)

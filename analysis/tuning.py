@@ -58,10 +58,14 @@ def trial_score(trial) -> float | None:
 def space_of(study) -> dict[str, list]:
     """The searched space as its trials drew it: name -> [low, high] (with "log" when log-uniform)."""
     space: dict[str, list] = {}
-    for trial in study.trials:
+    for trial in study.trials:  # the widest each bound was drawn with (a bound that follows another varies)
         for name, dist in trial.distributions.items():
-            if name not in space and hasattr(dist, "low"):
+            if not hasattr(dist, "low"):
+                continue
+            if name not in space:
                 space[name] = [dist.low, dist.high] + (["log"] if getattr(dist, "log", False) else [])
+            else:
+                space[name][0], space[name][1] = min(space[name][0], dist.low), max(space[name][1], dist.high)
     return space
 
 

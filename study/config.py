@@ -252,6 +252,10 @@ class StudyConfig:
             self.selection_replicates = 1 if self.selection_replicates is None else self.selection_replicates
         self.candidates = 3 if self.candidates is None else self.candidates
         self.selection_replicates = 2 if self.selection_replicates is None else self.selection_replicates
+        for name in ("candidates", "selection_replicates"):  # 3.0 from YAML counts as 3
+            value = getattr(self, name)
+            if isinstance(value, float) and value.is_integer():
+                setattr(self, name, int(value))
         if not self.experiment_name:  # a paper-protocol study is its own experiment, in its own folder
             suffix = ("-paper" if self.protocol == "paper" else "") + ("-smoke" if self.smoke_test else "")
             self.experiment_name = f"gli-{self.dataset}{suffix}"

@@ -35,6 +35,12 @@ def optuna_trials(search) -> dict:
     return search._ot_trials
 
 
+def rename_trial(search, old: str, new: str) -> None:
+    """The Optuna trial asked for Tune trial id `old` now belongs to `new` (a batch is asked for before the
+    Tune trials that run it exist: study.stages.SearchStage)."""
+    search._ot_trials[new] = search._ot_trials.pop(old)
+
+
 def completed_trials(search) -> set:
     """The Tune trial ids OptunaSearch has told Optuna of."""
     return search._completed_trials

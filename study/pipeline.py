@@ -145,7 +145,7 @@ class Choice:
     def chosen(self) -> dict[str, dict]:
         """method -> its chosen hyper-parameters (a method whose search finished no trial has none)."""
         from analysis.choice import ranked_settings
-        from trainables.records import METHOD_COL, SEED_COL, TRIAL_KEY_COL, hparams_of, setting_of
+        from trainables.records import METHOD_COL, SEED_COL, TRIAL_KEY_COL, hparams_of, setting_of, trial_key
 
         ran = self.ctx.tracker.children(SELECT_STAGE, status=None)
         out = {}
@@ -154,16 +154,18 @@ class Choice:
                 out.update({method: found[0]} if found else {})
                 continue
             rows = ran[ran[METHOD_COL] == method].copy() if len(ran) else ran
-            if not len(rows):
-                continue
-            rows["setting"] = rows[TRIAL_KEY_COL].map(setting_of)
+            if len(rows):
+                rows["setting"] = rows[TRIAL_KEY_COL].map(setting_of)
+                digests = {trial_key(SELECT_STAGE, method, 0, h).split("/")[-1] for h in found}
+                rows = rows[rows["setting"].isin(digests)]  # the candidates of now, nothing older
             wanted = set(map(str, selection_replicates(self.ctx.cfg)))
             complete = {s for s, g in rows.groupby("setting")
                         if (g["status"] == "FINISHED").all() and wanted <= set(g[SEED_COL].astype(str))}
             rows = rows[rows["setting"].isin(complete) & (rows["status"] == "FINISHED")]
             if not len(rows):
-                print(f"[study] select: no candidate of {method} finished on every selection replicate; "
-                      f"{method} is not confirmed", file=sys.stderr, flush=True)
+                print(f"[study] select: no candidate of {method} finished on every selection replicate; {method} is "
+                      "not confirmed and its comparisons are left out (the select runs' `error` tags say why)",
+                      file=sys.stderr, flush=True)
                 continue
             best = ranked_settings(rows)[0]
             out[method] = hparams_of(rows[rows["setting"] == best].iloc[0])
@@ -260,9 +262,9 @@ def audit_runs(ctx: StudyContext, choice: Choice) -> list[dict]:
 def audited_settings(ctx: StudyContext, choice: Choice) -> list[tuple[str, dict]]:
     """(method, hyper-parameters) of what the privacy audits examine, once confirm has ended: each method's
     reported setting (`Choice.chosen`; a baseline at its paper setting under --paper-baselines)."""
-    chosen = choice.chosen()
+    chosen = choice.chosen()  # a method none of whose candidates finished is not audited: it was never reported
     return [(m, chosen[m] if m in chosen else ctx.fixed_hparams(m)) for m in [STUDIED, *ctx.cfg.baselines]
-            if m in chosen or m != STUDIED]
+            if m in chosen or (ctx.cfg.paper_baselines and m != STUDIED)]
 
 
 def ulira_stages(ctx: StudyContext, choice: Choice, after: tuple[str, ...]) -> list:

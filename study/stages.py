@@ -273,11 +273,7 @@ class SearchStage(Stage):
         self.written_ids: set[str] = set()
         self.lock = threading.Lock()  # the searcher is told from the tracking writer's thread
         self.batch = int(getattr(ctx.cfg, "search_batch", 0) or 0)
-        # the batch being asked for: how many settings it holds and how many were asked so far; the ends its
-        # trials reach before the last of it is asked wait in `deferred`, so every proposal of a batch is made
-        # from the same finished trials (the earlier batches'), whatever order they end in
-        self.batch_size = self.batch_asked = 0
-        self.deferred: dict[str, tuple[dict | None, bool]] = {}
+        self.ahead: deque[tuple[str, dict]] = deque()  # the batch's settings not yet handed out (placeholder id)
 
     def _plan(self) -> int:
         cfg = self.ctx.cfg
@@ -318,34 +314,32 @@ class SearchStage(Stage):
         )
         return remaining
 
-    def _batch_open(self) -> bool:
-        return self.batch_asked < self.batch_size
+    def _ask_batch(self) -> None:
+        """The next batch's settings, asked once every trial of the last one has ended and Optuna has heard of
+        each (their runs written: step 2 of a trial's end, waited for here if it is still on its way)."""
+        if self.untold:
+            self.ctx.tracker.flush()
+        with self.lock:
+            for i in range(min(self.batch, self.to_issue)):
+                placeholder = f"{self.label}-ahead-{self.issued + i}"
+                params = self.searcher.suggest(placeholder)
+                if params is None or params == Searcher.FINISHED:
+                    break
+                self.ahead.append((placeholder, params))
 
     def _next_setting(self, trial_id: str):
-        """The next setting: as a slot frees (no batch), or the batch's next one, asked when its trial starts (the
-        first trials of a batch run while the rest are asked); a new batch once every trial of the last one has
-        ended and Optuna has heard of each (their runs written: waited for here if still on their way)."""
         if not self.batch:
             with self.lock:
                 return self.searcher.suggest(trial_id)
-        if not self._batch_open():
+        if not self.ahead:
             if self.live:  # the batch's trials are still running: the next batch waits for all of them
                 return None
-            if self.untold:
-                self.ctx.tracker.flush()
-            with self.lock:
-                self.batch_size, self.batch_asked = min(self.batch, self.to_issue), 0
-            if not self._batch_open():
+            self._ask_batch()
+            if not self.ahead:
                 return Searcher.FINISHED
+        placeholder, params = self.ahead.popleft()
         with self.lock:
-            params = self.searcher.suggest(trial_id)
-            self.batch_asked += 1
-            if params is None or params == Searcher.FINISHED:
-                self.batch_size = self.batch_asked  # nothing more to ask in this batch
-            if not self._batch_open():  # the batch is whole: the ends that waited are told now
-                for waiting, (result, error) in list(self.deferred.items()):
-                    self._tell_now(waiting, result, error)
-                self.deferred.clear()
+            internals.rename_trial(self.searcher, placeholder, trial_id)
         return params
 
     def _suggest(self, trial_id: str) -> tuple[dict, int] | None:
@@ -373,7 +367,7 @@ class SearchStage(Stage):
             return False
         wake = super().ended(trial_id, result, error, seconds)
         # a batch's last trial: the next batch can be asked for (wait trials woken)
-        wake |= bool(self.batch) and not self.live and not self._batch_open() and self.to_issue > 0
+        wake |= bool(self.batch) and not self.live and not self.ahead and self.to_issue > 0
         with self.lock:
             score = (result or {}).get(SEL_FINAL)
             self.attrs.setdefault(trial_id, {})["final_score"] = (
@@ -401,15 +395,8 @@ class SearchStage(Stage):
 
     def _tell(self, trial_id: str, result: dict | None, error: bool) -> None:
         """Optuna hears of the trial's end, with what leads from it to the rest of the study: its seed, its
-        MLflow run, its selection final score and whether it is the paper's setting; while a batch is still
-        being asked for, once the batch is whole (`_next_setting`)."""
+        MLflow run, its selection final score and whether it is the paper's setting."""
         self.written_ids.discard(trial_id)
-        if self.batch and self._batch_open():
-            self.deferred[trial_id] = (result, error)
-            return
-        self._tell_now(trial_id, result, error)
-
-    def _tell_now(self, trial_id: str, result: dict | None, error: bool) -> None:
         self.searcher.user_attrs[trial_id] = self.attrs.pop(trial_id, {})
         self.searcher.on_trial_complete(trial_id, result=result, error=error)
 

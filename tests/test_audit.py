@@ -314,7 +314,8 @@ def test_the_cheap_ceiling_trains_no_second_set_of_retrained_models():
     from trainables.audit import TARGET_SEED
 
     for ceiling, retrained in (("retrained", 8), ("simulated", 4)):
-        cfg = resolve({"audit": 4, "audit_ceiling": ceiling, "baselines": ["finetune"], "shadows": 4, "targets": 2}, {})
+        cfg = resolve({"audit": 4, "audit_ceiling": ceiling, "baselines": ["finetune"], "shadows": 4, "targets": 2,
+                       "paper_baselines": True}, {})  # finetune at its paper setting: audited without a search
         ctx = SimpleNamespace(cfg=cfg, tracker=SimpleNamespace(children=lambda stage=None, status=None: pd.DataFrame()),
                               fixed_hparams=lambda method: {})
         runs = audit_runs(ctx, Choice(ctx, []))

@@ -26,6 +26,12 @@ def test_optuna_search_trials_objectives_and_study_are_where_the_study_reads_the
     assert isinstance(study, optuna.Study) and [t.number for t in study.trials] == [0]
     search.on_trial_complete("t1", {"a": 1.0, "b": 0.5})
     assert internals.completed_trials(search) == {"t1"} and study.trials[0].state == TrialState.COMPLETE
+    # a setting asked for ahead of its Tune trial (a batch) is handed to the trial that runs it
+    ahead = search.suggest("placeholder")
+    internals.rename_trial(search, "placeholder", "t2")
+    assert "placeholder" not in trials and trials["t2"].params == ahead
+    search.on_trial_complete("t2", {"a": 0.5, "b": 0.5})
+    assert internals.completed_trials(search) == {"t1", "t2"} and study.trials[1].state == TrialState.COMPLETE
 
 
 def test_a_stored_trial_s_storage_id_is_what_the_storage_takes():
