@@ -431,7 +431,8 @@ def test_until_settled_adds_rounds_of_replicates_and_reports_verdicts(tmp_path, 
     err = capsys.readouterr().err
     assert "stage base-round1: 2 trial(s)" in err or "every comparison settled after 2 replicates" in err
     verdicts = pd.read_csv(results / "verdicts.csv")
-    assert list(verdicts.columns[:8]) == ["baseline", "metric", "tested", "mean_diff", "lo", "hi", "replicates", "verdict"]
+    assert list(verdicts.columns[:9]) == ["baseline", "metric", "tested", "median_diff", "lo", "hi", "mean_diff",
+                                          "replicates", "verdict"]
     assert set(verdicts["baseline"]) == {"finetune", "eu_k"} and set(verdicts["looks"]) == {2}
     tested = verdicts[verdicts["tested"]]
     assert set(tested["metric"]) == {"final_score"} and set(verdicts["primary"]) == {"final_score"}
