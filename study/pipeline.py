@@ -145,7 +145,7 @@ class Choice:
     def chosen(self) -> dict[str, dict]:
         """method -> its chosen hyper-parameters (a method whose search finished no trial has none)."""
         from analysis.choice import ranked_settings
-        from trainables.records import METHOD_COL, SEED_COL, TRIAL_KEY_COL, hparams_of, setting_of, trial_key
+        from trainables.records import METHOD_COL, SEED_COL, TRIAL_KEY_COL, hparams_of, setting_of
 
         ran = self.ctx.tracker.children(SELECT_STAGE, status=None)
         out = {}
@@ -156,8 +156,6 @@ class Choice:
             rows = ran[ran[METHOD_COL] == method].copy() if len(ran) else ran
             if len(rows):
                 rows["setting"] = rows[TRIAL_KEY_COL].map(setting_of)
-                digests = {trial_key(SELECT_STAGE, method, 0, h).split("/")[-1] for h in found}
-                rows = rows[rows["setting"].isin(digests)]  # the candidates of now, nothing older
             wanted = set(map(str, selection_replicates(self.ctx.cfg)))
             complete = {s for s, g in rows.groupby("setting")
                         if (g["status"] == "FINISHED").all() and wanted <= set(g[SEED_COL].astype(str))}
