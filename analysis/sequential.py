@@ -45,7 +45,7 @@ import pandas as pd
 from trainables.records import REFERENCE_ROWS, SEED_COL, STUDIED, hparams_of
 
 from .groupseq import sign_bounds
-from .tables import LEVEL, MARGIN, summarise
+from .tables import LEVEL, MARGIN, row_settings
 
 # The compared metrics and which sign of GLI-minus-baseline favours GLI. `privacy_gap` is |mia_advantage - the
 # same replicate's retrained model's|: as close to retraining as possible, not as low.
@@ -116,12 +116,13 @@ def missing_note(ended: pd.DataFrame, size: int) -> str | None:
 
 def differences(rows: pd.DataFrame, metrics, method: str = STUDIED) -> list[dict]:
     """`method` minus each other unlearning method, replicate by replicate, each at its table row's setting
-    (`tables.summarise`), per metric: dicts of baseline, metric, favour, diff (an array) and the two settings as
+    (`tables.row_settings`), per metric: dicts of baseline, metric, favour, diff (an array) and the two settings as
     JSON."""
-    summary = summarise(rows)
-    if not len(rows) or method not in set(summary["method"]):
+    if not len(rows):
         return []
-    chosen = dict(zip(summary["method"], summary.get("setting", pd.Series([""] * len(summary)))))
+    chosen = row_settings(rows)  # the settings the table reports; no intervals needed here
+    if method not in chosen:
+        return []
 
     def per_seed(name):
         group = rows[(rows["method"] == name) & (rows["setting"] == chosen.get(name, ""))]
@@ -141,7 +142,7 @@ def differences(rows: pd.DataFrame, metrics, method: str = STUDIED) -> list[dict
 
     favour = dict(COMPARED) | {"accuracy": +1}
     ours, out = with_gap(per_seed(method)), []
-    for other in summary["method"]:
+    for other in chosen:
         if other == method or other in REFERENCE_ROWS:
             continue
         theirs = with_gap(per_seed(other))

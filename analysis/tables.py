@@ -149,6 +149,22 @@ def measurement_floor(group: pd.DataFrame, metric: str) -> float:
     return total
 
 
+def _row_setting(group: pd.DataFrame, setting_col: str = "setting") -> pd.DataFrame:
+    """One method's rows of the setting its table row reports: the one setting it has, or among several the best
+    mean selection final score (`analysis.choice.ranked_settings`)."""
+    if setting_col in group and group[setting_col].nunique() > 1 and SEL_FINAL in group:
+        return group[group[setting_col] == ranked_settings(group, setting_col)[0]]
+    return group
+
+
+def row_settings(rows: pd.DataFrame, method_col: str = "method", setting_col: str = "setting") -> dict[str, str]:
+    """Each method's reported setting (as `summarise` picks it), in the table's order, without the intervals."""
+    rank = {m: i for i, m in enumerate(ORDER)}
+    picked = {m: str(_row_setting(g, setting_col)[setting_col].iloc[0]) if setting_col in g else ""
+              for m, g in rows.groupby(method_col, sort=False)}
+    return dict(sorted(picked.items(), key=lambda item: (rank.get(item[0], len(ORDER)), item[0])))
+
+
 def summarise(rows: pd.DataFrame, method_col: str = "method", setting_col: str = "setting",
               level: float = LEVEL) -> pd.DataFrame:
     """Mean (`<metric>` and `<metric>_mean`), sample standard deviation (`_std`) and 95% interval (`_lo`, `_hi`,
@@ -162,9 +178,7 @@ def summarise(rows: pd.DataFrame, method_col: str = "method", setting_col: str =
         return pd.DataFrame(columns=["method", "seeds"])
     out = []
     for method, group in rows.groupby(method_col, sort=False):
-        if setting_col in group and group[setting_col].nunique() > 1 and SEL_FINAL in group:
-            best = ranked_settings(group, setting_col)[0]
-            group = group[group[setting_col] == best]
+        group = _row_setting(group, setting_col)
         entry: dict = {"method": method, "seeds": len(group)}
         if setting_col in group:
             entry["setting"] = group[setting_col].iloc[0]
